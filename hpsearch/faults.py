@@ -1,0 +1,271 @@
+"""Heartbeats, the stale-trial reaper, the study lock and fail-then-requeue.
+
+PostgreSQL and SQLite use Optuna's heartbeat table (database clock); the journal file and the
+gRPC proxy record the heartbeat as a trial user attribute. A trial whose heartbeat is older than
+1.5 heartbeat intervals (+2 s) is failed with a reason and queued again with the same parameters,
+its checkpoint and a link to the original, by whichever worker's reaper sees it first; the study
+lock makes that exactly once, and makes "nothing waits, nothing runs" a consistent reading.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+import zlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch import study as study_mod
+from hpsearch.storage import mask, with_reconnect
+
+log = logging.getLogger("hpsearch.faults")
+
+
+def grace(interval: float) -> float:
+    return 1.5 * float(interval) + 2.0
+
+
+# ---------------------------------------------------------------- study lock
+
+
+class StudyLock:
+    """A cross-process lock per study: a PostgreSQL advisory lock, or a lock file beside the storage."""
+
+    _locks: dict[int, StudyLock] = {}
+
+    def __init__(self, study: optuna.Study, url: str | None = None) -> None:
+        self.study = study
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._conn: Any = None
+        self._fh: Any = None
+        self.rdb = study_mod._rdb(study._storage)
+        self.key = (0x6870 << 32) | (zlib.crc32(study.study_name.encode()) & 0x7FFFFFFF)
+        self.path: Path | None = None
+        backend = getattr(study._storage, "_backend", None)
+        if self.rdb is not None and self.rdb.engine.dialect.name == "sqlite":
+            self.path = Path(self.rdb.engine.url.database or "hpsearch.sqlite").with_suffix(".lock")
+        elif backend is not None and hasattr(backend, "_file_path"):
+            self.path = Path(backend._file_path + ".hpsearch.lock")
+        StudyLock._locks[study._study_id] = self
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyLock:
+        return cls._locks.get(study._study_id) or cls(study)
+
+    def __enter__(self) -> StudyLock:
+        self._thread_lock.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            if self.rdb is not None and self.rdb.engine.dialect.name == "postgresql":
+                import sqlalchemy as sa
+
+                def take() -> Any:
+                    conn = self.rdb.engine.connect()
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                    return conn
+
+                self._conn = with_reconnect(take)()
+            elif self.path is not None:
+                self._fh = open(self.path, "a")  # noqa: SIM115 - held across __enter__/__exit__
+                fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._depth == 1:
+                if self._conn is not None:
+                    import sqlalchemy as sa
+
+                    try:
+                        self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                    except Exception:  # noqa: BLE001 - a dropped connection releases the lock anyway
+                        pass
+                    self._conn.close()
+                    self._conn = None
+                if self._fh is not None:
+                    fcntl.flock(self._fh, fcntl.LOCK_UN)
+                    self._fh.close()
+                    self._fh = None
+        finally:
+            self._depth -= 1
+            self._thread_lock.release()
+
+
+# ---------------------------------------------------------------- fail and requeue
+
+
+def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_stale: float | None = None) -> bool:
+    """Mark a running trial failed with `reason` and queue its parameters again. Exactly once."""
+    storage = study._storage
+    with StudyLock.of(study):
+        try:
+            frozen = storage.get_trial(trial_id)
+        except KeyError:
+            return False
+        if frozen.state != TrialState.RUNNING:
+            return False
+        if only_if_stale is not None and not _still_stale(study, frozen, only_if_stale):
+            return False
+        try:
+            storage.set_trial_user_attr(trial_id, study_mod.FAIL_REASON, reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        frozen = storage.get_trial(trial_id)
+        study_mod.requeue(study, frozen, reason)
+    log.info("trial %d failed (%s) and re-queued", frozen.number, reason)
+    return True
+
+
+def _still_stale(study: optuna.Study, frozen: optuna.trial.FrozenTrial, limit: float) -> bool:
+    age = beat_ages(study).get(frozen._trial_id)
+    return age is not None and age > limit
+
+
+# ---------------------------------------------------------------- heartbeat
+
+
+class Heartbeat:
+    """Beats every interval/2 for one running trial (twice per interval tolerates one lost beat)."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float) -> None:
+        self.study = study
+        self.trial_id = trial_id
+        self.interval = float(interval)
+        self.rdb = study_mod._rdb(study._storage)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hpsearch-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        if self.rdb is not None:
+            self.rdb.record_heartbeat(self.trial_id)
+        else:
+            self.study._storage.set_trial_user_attr(self.trial_id, study_mod.BEAT, time.time())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval / 2):
+            try:
+                self.beat()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # taken over by a reaper; the worker finds out when it tells
+            except Exception as exc:  # noqa: BLE001 - keep beating; the reaper judges staleness
+                log.warning("heartbeat failed: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- reaper
+
+
+def beat_ages(study: optuna.Study) -> dict[int, float]:
+    """Seconds since the last heartbeat of every running trial (trial_id -> age)."""
+    rdb = study_mod._rdb(study._storage)
+    if rdb is not None:
+        import sqlalchemy as sa
+
+        def q() -> dict[int, float]:
+            with rdb.engine.connect() as conn:
+                now = conn.execute(sa.select(sa.func.now())).scalar()
+                rows = conn.execute(
+                    sa.text("SELECT t.trial_id, h.heartbeat FROM trials t JOIN trial_heartbeats h "
+                            "ON h.trial_id = t.trial_id WHERE t.study_id = :s AND t.state = 'RUNNING'"),
+                    {"s": study._study_id},
+                ).all()
+            now = _naive(now)
+            return {int(r[0]): (now - _naive(r[1])).total_seconds() for r in rows}
+
+        return with_reconnect(q)()
+    ages = {}
+    now = time.time()
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get(study_mod.BEAT)
+        if beat is None and t.datetime_start is not None:
+            beat = t.datetime_start.timestamp()
+        if beat is not None:
+            ages[t._trial_id] = now - float(beat)
+    return ages
+
+
+def _naive(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=None)
+
+
+def stale_trials(study: optuna.Study, default_interval: float) -> list[tuple[int, float, float]]:
+    """(trial_id, age, limit) of running trials whose heartbeat stopped."""
+    ages = beat_ages(study)
+    if not ages:
+        return []
+    out = []
+    running = {t._trial_id: t for t in study._storage.get_all_trials(study._study_id, deepcopy=False,
+                                                                         states=(TrialState.RUNNING,))}
+    for trial_id, age in ages.items():
+        t = running.get(trial_id)
+        interval = float(t.user_attrs.get(study_mod.BEAT_INTERVAL, default_interval)) if t else default_interval
+        if age > grace(interval):
+            out.append((trial_id, age, grace(interval)))
+    return out
+
+
+class Reaper:
+    """Background thread: fail and re-queue stale trials of the study, every interval/4 seconds."""
+
+    def __init__(self, study: optuna.Study, lock: StudyLock, default_interval: float, log: Any = None) -> None:
+        self.study = study
+        self.lock = lock
+        self.interval = float(default_interval)
+        self.out = log or (lambda msg: None)
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hpsearch-reaper", daemon=True)
+        self.requeued = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        self._thread.join(timeout=10)
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def reap_once(self) -> int:
+        n = 0
+        for trial_id, age, limit in stale_trials(self.study, self.interval):
+            number = self.study._storage.get_trial_number_from_id(trial_id)
+            reason = f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); worker presumed dead"
+            if fail_and_requeue(self.study, trial_id, reason, only_if_stale=limit):
+                n += 1
+                self.out(f"trial {number} had no heartbeat for {age:.0f}s: marked failed (stale) and re-queued")
+        self.requeued += n
+        return n
+
+    def _loop(self) -> None:
+        period = max(0.5, self.interval / 4)
+        while not self._stop.is_set():
+            self._poke.wait(period)
+            self._poke.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.reap_once()
+            except Exception as exc:  # noqa: BLE001 - the reaper must outlive database hiccups
+                log.warning("reaper: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))

@@ -1,0 +1,250 @@
+"""One trial of the built-in trainer: build, (resume,) train, evaluate, report, prune, checkpoint.
+
+Reads top to bottom: resolve the configuration, seed, build data/model/optimizer, restore the last
+checkpoint if this trial is a retry, then the epoch loop, then the test evaluation. The test set is
+touched only after training; selection and pruning see the validation split only.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from hpsearch import config as config_mod
+from hpsearch import data as data_mod
+from hpsearch import space as space_mod
+from hpsearch.models import build_model, count_parameters
+from hpsearch.optim import build_loss, build_optimizer, build_schedule
+from hpsearch.spec import StudySpec
+
+CHECKPOINT = "checkpoint"  # user attr: artifact id of the trial's last epoch checkpoint
+
+
+class Divergent(Exception):
+    """The loss became NaN or infinite: recorded as a failed, divergent trial."""
+
+
+class Preempted(Exception):
+    """The worker was asked to stop: the trial is handed back and resumed elsewhere."""
+
+
+@dataclass
+class Context:
+    """What the worker lends a trial: device, checkpoint store, stop flag, progress and tracking."""
+
+    device: torch.device
+    artifact_store: Any = None
+    should_stop: Callable[[], bool] = lambda: False
+    progress: Callable[[str], None] = print
+    tracker: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_config(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    cfg = config_mod.defaults()
+    cfg.update(spec.train)
+    cfg.update(params)
+    return cfg
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def evaluate(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int, n_classes: int, confusion: bool = False) -> dict[str, Any]:
+    model.eval()
+    total_loss, correct = 0.0, 0
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long) if confusion else None
+    with torch.no_grad():
+        for xb, yb in data_mod.batches(x, y, max(batch_size, 256), shuffle=False):
+            out = model(xb)
+            total_loss += float(loss_fn(out, yb)) * len(yb)
+            pred = out.argmax(1)
+            correct += int((pred == yb).sum())
+            if cm is not None:
+                cm += torch.bincount((yb * n_classes + pred).cpu(), minlength=n_classes**2).view(n_classes, n_classes)
+    n = max(1, len(y))
+    result: dict[str, Any] = {"loss": total_loss / n, "acc": correct / n}
+    if cm is not None:
+        result["confusion"] = cm.tolist()
+    return result
+
+
+def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
+    # --- configuration ------------------------------------------------------------------
+    params = space_mod.suggest(trial, spec.space)
+    seed = int(trial.user_attrs.get("seed", spec.seed))
+    cfg = resolve_config(spec, params)
+    trial.set_user_attr("config", {**cfg, "seed": seed, "dataset": spec.dataset})
+    trial.set_user_attr("config_id", space_mod.config_id(params))
+    trial.set_user_attr("name", space_mod.short_name(params))
+    gen = seed_everything(seed)
+
+    # --- build -------------------------------------------------------------------------
+    data = data_mod.load(spec.dataset, ctx.device)
+    if ctx.extra.get("on_data"):
+        ctx.extra["on_data"](data)
+    model = build_model(cfg, data.input_shape, data.n_classes).to(ctx.device)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    schedule = build_schedule(optimizer, cfg)
+    loss_fn = build_loss(cfg["loss"])
+    trial.set_user_attr("n_parameters", count_parameters(model))
+    epochs, batch_size = int(cfg["epochs"]), int(cfg["batch_size"])
+    maximize = spec.direction == "maximize"
+    metric_key = spec.metric  # val_acc | val_loss
+
+    # --- resume ------------------------------------------------------------------------
+    state = {"epoch": 0, "curve": [], "best": None, "best_epoch": None, "stale": 0}
+    best_state: dict[str, Any] | None = None
+    ckpt_id = trial.user_attrs.get(CHECKPOINT)
+    if ckpt_id and ctx.artifact_store is not None:
+        ck = load_checkpoint(ctx.artifact_store, ckpt_id)
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            if schedule is not None and ck.get("schedule"):
+                schedule.load_state_dict(ck["schedule"])
+            gen.set_state(ck["generator"])
+            torch.set_rng_state(ck["torch_rng"])
+            best_state = ck.get("best_state")
+            state = ck["state"]
+            trial.set_user_attr("resumed_from_epoch", state["epoch"])
+            for rec in state["curve"]:  # the retry carries the whole learning curve
+                trial.report(rec[metric_key], rec["epoch"])
+            ctx.progress(f"resumed from epoch {state['epoch']} checkpoint")
+    start_epoch = state["epoch"]
+
+    # --- train ---------------------------------------------------------------------------
+    trial.set_user_attr("epochs_trained", 0)
+    t_start = time.monotonic()
+    for epoch in range(start_epoch + 1, epochs + 1):
+        t0 = time.monotonic()
+        model.train()
+        tr_loss, tr_correct, seen = 0.0, 0, 0
+        for xb, yb in data_mod.batches(data.x_train, data.y_train, batch_size, gen):
+            if ctx.should_stop():
+                raise Preempted(f"stopped during epoch {epoch}; resumes from epoch {state['epoch']}")
+            if cfg.get("augment"):
+                xb = data_mod.augment(xb, gen)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            if not torch.isfinite(loss):
+                raise Divergent(f"loss became {float(loss)} at epoch {epoch}")
+            loss.backward()
+            if cfg.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+            optimizer.step()
+            tr_loss += float(loss.detach()) * len(yb)
+            tr_correct += int((out.detach().argmax(1) == yb).sum())
+            seen += len(yb)
+        lr = optimizer.param_groups[0]["lr"]
+        if schedule is not None:
+            schedule.step()
+        val = evaluate(model, loss_fn, data.x_val, data.y_val, batch_size, data.n_classes)
+        if not math.isfinite(val["loss"]):
+            raise Divergent(f"validation loss became {val['loss']} at epoch {epoch}")
+        rec = {
+            "epoch": epoch, "train_loss": tr_loss / max(1, seen), "train_acc": tr_correct / max(1, seen),
+            "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "epoch_time": time.monotonic() - t0,
+        }
+        state["curve"].append(rec)
+        state["epoch"] = epoch
+        value = rec[metric_key]
+        improved = state["best"] is None or (value > state["best"] if maximize else value < state["best"])
+        if improved:
+            state["best"], state["best_epoch"], state["stale"] = value, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            state["stale"] += 1
+        trial.set_user_attr("curve", state["curve"])
+        trial.set_user_attr("epochs_trained", epoch - start_epoch)
+        if ctx.tracker is not None:
+            ctx.tracker.log_epoch(rec, model)
+        ctx.progress(
+            f"epoch {epoch}/{epochs} train_loss {rec['train_loss']:.4f} val_loss {rec['val_loss']:.4f} "
+            f"val_acc {rec['val_acc']:.4f} ({rec['epoch_time']:.1f}s)"
+        )
+
+        # --- report, prune, checkpoint, stop early ---------------------------------------
+        trial.report(value, epoch)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({metric_key}={value:.4f})")
+        if ctx.artifact_store is not None and epoch < epochs:
+            save_checkpoint(ctx, trial, model, optimizer, schedule, gen, state, best_state)
+        patience = int(cfg.get("patience") or 0)
+        if patience and state["stale"] >= patience:
+            trial.set_user_attr("early_stopped_at_epoch", epoch)
+            break
+
+    # --- test (only now, with the weights of the best validation epoch) -------------------
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = evaluate(model, loss_fn, data.x_test, data.y_test, batch_size, data.n_classes, confusion=True)
+    best_rec = next((r for r in state["curve"] if r["epoch"] == state["best_epoch"]), state["curve"][-1])
+    trial.set_user_attr("val_acc", best_rec["val_acc"])
+    trial.set_user_attr("val_loss", best_rec["val_loss"])
+    trial.set_user_attr("best_epoch", state["best_epoch"])
+    trial.set_user_attr("test_acc", test["acc"])
+    trial.set_user_attr("test_loss", test["loss"])
+    trial.set_user_attr("confusion_matrix", test["confusion"])
+    trial.set_user_attr("train_time_s", time.monotonic() - t_start)
+    if ctx.tracker is not None:
+        ctx.tracker.log_test(test, data.class_names)
+    return float(best_rec[metric_key])
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(ctx: Context, trial: optuna.Trial, model: torch.nn.Module, optimizer: Any, schedule: Any,
+                    gen: torch.Generator, state: dict[str, Any], best_state: dict[str, Any] | None) -> None:
+    from optuna.artifacts import upload_artifact
+
+    blob = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "state": copy.deepcopy(state), "best_state": best_state,
+    }
+    previous = trial.user_attrs.get(CHECKPOINT)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"trial{trial.number}-epoch{state['epoch']}.pt"
+        torch.save(blob, path)
+        artifact_id = upload_artifact(artifact_store=ctx.artifact_store, file_path=str(path), study_or_trial=trial)
+    trial.set_user_attr(CHECKPOINT, artifact_id)
+    trial.set_user_attr("checkpoint_epoch", state["epoch"])
+    # Only the newest checkpoint is needed to resume; older ones would fill the disk.
+    if previous and previous != artifact_id:
+        try:
+            ctx.artifact_store.remove(previous)
+        except Exception:  # noqa: BLE001 - removal is housekeeping; never fail a trial for it
+            pass
+
+
+def load_checkpoint(store: Any, artifact_id: str) -> dict[str, Any] | None:
+    try:
+        with store.open_reader(artifact_id) as f:
+            buf = io.BytesIO(f.read())
+    except Exception:  # noqa: BLE001 - a missing checkpoint means start from scratch
+        return None
+    return torch.load(buf, weights_only=False)

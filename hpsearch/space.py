@@ -1,0 +1,125 @@
+"""Spec parameters -> trial.suggest_*, grid enumeration, conditional parameters, config ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from hpsearch.spec import Param, StudySpec
+
+GRID_LIMIT = 1_000_000
+
+
+def ordered(space: dict[str, Param]) -> list[Param]:
+    """Parameters in an order where every condition's parameter comes first (spec order otherwise)."""
+    done: dict[str, Param] = {}
+
+    def visit(p: Param) -> None:
+        if p.name in done:
+            return
+        for other in p.when:
+            visit(space[other])
+        done[p.name] = p
+
+    for p in space.values():
+        visit(p)
+    return list(done.values())
+
+
+def active(p: Param, params: dict[str, Any]) -> bool:
+    return all(other in params and params[other] in values for other, values in p.when.items())
+
+
+def distribution(p: Param) -> BaseDistribution:
+    if p.is_categorical:
+        return CategoricalDistribution(p.choices)  # type: ignore[arg-type]
+    if p.is_int:
+        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))  # type: ignore[arg-type]
+    return FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)  # type: ignore[arg-type]
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Param]) -> dict[str, Any]:
+    """Suggest every active parameter; inactive conditional ones are simply absent."""
+    params: dict[str, Any] = {}
+    for p in ordered(space):
+        if not active(p, params):
+            continue
+        params[p.name] = trial._suggest(p.name, distribution(p))  # type: ignore[attr-defined]
+    return params
+
+
+def values(p: Param) -> list[Any]:
+    """The finite set of values of a parameter for a grid."""
+    if p.is_categorical:
+        return list(p.choices or [])
+    if p.is_int:
+        return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))  # type: ignore[arg-type]
+    assert p.step is not None, "grid over a continuous range is rejected by spec validation"
+    n = int(round((p.high - p.low) / p.step))  # type: ignore[operator]
+    # Round to the step's precision so 0.1 + 0.2 style drift cannot create near-duplicates.
+    digits = max(0, -int(f"{p.step:e}".split("e")[1])) + 6
+    return [round(p.low + i * p.step, digits) for i in range(n + 1)]  # type: ignore[operator]
+
+
+def grid_size(space: dict[str, Param]) -> int:
+    return len(grid(space))
+
+
+def grid(space: dict[str, Param]) -> list[dict[str, Any]]:
+    """Every combination of the space, with conditional parameters only where their condition holds."""
+    points: list[dict[str, Any]] = [{}]
+    for p in ordered(space):
+        vals = values(p)
+        nxt: list[dict[str, Any]] = []
+        for point in points:
+            if active(p, point):
+                nxt.extend({**point, p.name: v} for v in vals)
+            else:
+                nxt.append(point)
+        points = nxt
+        if len(points) > GRID_LIMIT:
+            from hpsearch.errors import HpsearchError
+
+            raise HpsearchError(f"space: the grid has more than {GRID_LIMIT:,} points; narrow it or use tpe/random")
+    # Same dict twice cannot arise, but be explicit: exactly-once starts with a duplicate-free plan.
+    seen: set[str] = set()
+    unique = []
+    for point in points:
+        key = config_id(point)
+        if key not in seen:
+            seen.add(key)
+            unique.append(point)
+    return unique
+
+
+def config_id(params: dict[str, Any]) -> str:
+    """Stable id of a configuration (the parameters without the seed): groups repeats together."""
+    blob = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def planned_trials(spec: StudySpec) -> list[tuple[dict[str, Any], int]]:
+    """(params, seed) of every trial a grid study runs: each point times each repeat seed."""
+    return [(point, spec.seed + r) for point in grid(spec.space) for r in range(spec.repeats)]
+
+
+def short_name(params: dict[str, Any], limit: int = 6) -> str:
+    """A readable trial name from its configuration, e.g. hl_3_bs_16_ac_tanh."""
+    parts = []
+    for key, value in list(params.items())[:limit]:
+        abbr = "".join(w[0] for w in key.split("_")) if "_" in key else key[:2]
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{abbr}_{value}")
+    return "_".join(str(p) for p in parts).replace(" ", "")
+
+

@@ -1,0 +1,199 @@
+"""Storage URL resolution, RDBStorage with heartbeat, the embedded journal file, password masking.
+
+Storage is chosen by `--storage`, else `HPSEARCH_STORAGE`, else the embedded default: an Optuna
+journal file under ./.hpsearch/ (no server; exactly-once claims through the journal's ordered
+log; optuna-dashboard reads it). PostgreSQL is the storage for clusters.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+
+from hpsearch.errors import HpsearchError, StorageUnavailable
+
+log = logging.getLogger("hpsearch")
+DEFAULT_DIR = ".hpsearch"
+DEFAULT_JOURNAL = "journal.log"
+_PASSWORD_RE = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
+_QUERY_PW_RE = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
+
+
+def mask(text: str) -> str:
+    """Hide the password of every URL in `text` (messages, logs, reprs)."""
+    text = _PASSWORD_RE.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
+    return _QUERY_PW_RE.sub(lambda m: f"{m['pre']}***", text)
+
+
+class MaskingFilter(logging.Filter):
+    """Installed on the root logger's handlers so no library logs a password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask(record.getMessage())
+        record.args = ()
+        return True
+
+
+def default_url() -> str:
+    return f"journal:{Path(DEFAULT_DIR) / DEFAULT_JOURNAL}"
+
+
+def resolve_url(url: str | None) -> str:
+    url = url or os.environ.get("HPSEARCH_STORAGE") or default_url()
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if "://" not in url and not url.startswith("journal:"):
+        # A bare path is a journal file (what optuna-dashboard also accepts).
+        url = f"journal:{url}"
+    return url
+
+
+def kind(url: str) -> str:
+    if url.startswith("journal:"):
+        return "journal"
+    if url.startswith("grpc://"):
+        return "grpc"
+    if url.startswith("sqlite"):
+        return "sqlite"
+    if url.startswith(("postgresql", "mysql")):
+        return "rdb"
+    raise HpsearchError(
+        f"storage {mask(url)!r} must be postgresql://..., sqlite:///..., grpc://host:port or a journal file path"
+    )
+
+
+def journal_path(url: str) -> Path:
+    return Path(url[len("journal:"):]).expanduser()
+
+
+def dashboard_target(url: str) -> str:
+    """What to hand to optuna-dashboard for this storage (a path for journal files)."""
+    return str(journal_path(url)) if kind(url) == "journal" else url
+
+
+def open_storage(
+    url: str | None = None,
+    *,
+    create: bool = False,
+    heartbeat: int | None = None,
+    retry_callback: Callable[[optuna.study.Study, optuna.trial.FrozenTrial], None] | None = None,
+    pool_size: int = 2,
+) -> optuna.storages.BaseStorage:
+    """Open the storage; `create` allows creating a journal file or database tables."""
+    url = resolve_url(url)
+    k = kind(url)
+    try:
+        if k == "journal":
+            from optuna.storages.journal import JournalFileBackend
+
+            path = journal_path(url)
+            if not path.exists():
+                if not create:
+                    raise StorageUnavailable(f"storage {path} does not exist; create a study first (hpsearch create-study SPEC)")
+                path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if k == "grpc":
+            host, _, port = url[len("grpc://"):].rstrip("/").rpartition(":")
+            if not port.isdigit():
+                raise HpsearchError(f"storage {url!r} must be grpc://host:port")
+            storage = optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
+            storage.wait_server_ready(timeout=30)
+            return storage
+        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if k == "rdb":
+            # A worker needs one connection for trials and one for its heartbeat thread.
+            engine_kwargs.update(pool_size=pool_size, max_overflow=2, pool_recycle=1800)
+            if url.startswith("postgresql"):
+                engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "hpsearch"}
+        elif k == "sqlite":
+            engine_kwargs["connect_args"] = {"timeout": 60}
+        storage = ResilientRDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            skip_table_creation=not create,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat if heartbeat else None,
+            heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
+        )
+        return storage
+    except HpsearchError:
+        raise
+    except Exception as exc:  # sqlalchemy/grpc raise many types; all mean "cannot use this storage"
+        raise StorageUnavailable(f"cannot open storage {mask(url)}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    line = next((t for t in text if t.strip()), type(exc).__name__)
+    return mask(line.strip())
+
+
+# ---------------------------------------------------------------- riding out database restarts
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return False
+
+
+def with_reconnect(fn: F, max_wait: float | None = None) -> F:
+    """Retry a storage call with exponential backoff while the database is unreachable."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        limit = max_wait if max_wait is not None else float(os.environ.get("HPSEARCH_DB_WAIT", "600"))
+        delay, start = 0.5, time.monotonic()
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not _is_transient(exc) or time.monotonic() - start > limit:
+                    raise
+                log.warning("storage unreachable (%s); retrying in %.1fs", _reason(exc), delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 15.0)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose calls wait for the database to come back instead of failing the worker."""
+
+
+for _name, _fn in list(vars(optuna.storages.RDBStorage).items()):
+    if callable(_fn) and not _name.startswith("__") and _name not in ("_fill_storage_url_template",):
+        setattr(ResilientRDBStorage, _name, with_reconnect(_fn))
+
+
+def artifact_store(url: str | None = None) -> Any:
+    """Checkpoints: a directory (shared across machines on a cluster) or S3 when configured."""
+    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+
+    target = os.environ.get("HPSEARCH_ARTIFACTS", "")
+    if target.startswith("s3://"):
+        import boto3
+
+        bucket = target[len("s3://"):].split("/")[0]
+        return Boto3ArtifactStore(bucket, client=boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL")))
+    if not target:
+        url = resolve_url(url)
+        base = journal_path(url).parent if kind(url) == "journal" else Path(DEFAULT_DIR)
+        target = str(base / "artifacts")
+    Path(target).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(target)

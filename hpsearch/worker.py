@@ -1,0 +1,316 @@
+"""The worker: claim -> heartbeat -> train -> tell, until the study is done or a limit is hit.
+
+A worker is stateless: it needs the study name and the storage; the spec comes from the study.
+Threads beside the training: a heartbeat for the running trial, and a reaper that fails and
+re-queues other workers' trials whose heartbeat stopped (so a dead worker's trial comes back even
+when nobody asks for a new trial). SIGTERM/SIGINT hand the running trial back and exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch import study as study_mod
+from hpsearch.errors import HpsearchError
+from hpsearch.faults import Heartbeat, Reaper, StudyLock, fail_and_requeue
+from hpsearch.samplers import build_pruner, build_sampler
+from hpsearch.spec import StudySpec
+from hpsearch.storage import mask, open_storage, resolve_url
+
+log = logging.getLogger("hpsearch.worker")
+_STOP = threading.Event()
+
+
+def should_stop() -> bool:
+    """For user objectives: True once the worker was asked to stop (preemption, Ctrl-C)."""
+    return _STOP.is_set()
+
+
+@dataclass
+class Options:
+    study: str
+    storage: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    device: str = "auto"
+    heartbeat: int = 30
+    max_failures: int = 5
+    seed: int | None = None
+    stop_timeout: float = 60.0
+    quiet: bool = False
+    tracking: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    states: Counter[str] = field(default_factory=Counter)
+    reason: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self, wid: str) -> str:
+        n = sum(self.states.values())
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(self.states.items())) or "none"
+        secs = int(time.monotonic() - self.started)
+        return f"worker {wid}: {n} trials ({parts}) in {secs // 60}m{secs % 60:02d}s; {self.reason}"
+
+
+def pick_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HpsearchError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise HpsearchError(f"--device must be auto, cpu or cuda:K, but got {name!r}") from None
+
+
+def run_worker(opts: Options) -> int:
+    url = resolve_url(opts.storage)
+    wid = study_mod.worker_id()
+    out = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))
+
+    # --- connect and read the spec from the study ----------------------------------------
+    storage = open_storage(url, heartbeat=opts.heartbeat)
+    probe = study_mod.load(opts.study, storage)
+    spec = study_mod.stored_spec(probe)
+    seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
+    sampler = build_sampler(spec.sampler, seed)  # a different seed per worker
+    pruner = build_pruner(spec.pruner, int(spec.train.get("epochs", 0) or 0) or None)
+    study = study_mod.load(opts.study, storage, sampler=sampler, pruner=pruner)
+    created = float(study.user_attrs.get(study_mod.CREATED_ATTR, time.time()))
+    deadline = created + spec.wall_clock if spec.wall_clock else None
+    my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
+
+    ctx = _context(spec, opts, url, out)
+    lock = StudyLock(study, url)
+    reaper = Reaper(study, lock, default_interval=opts.heartbeat, log=out)
+    reaper.start()
+    _install_signals(opts, out)
+    summary = Summary()
+    out(f"worker {wid} on study {opts.study!r} ({spec.sampler['name']}, storage {mask(url)}, device {ctx['device']})")
+
+    failures_in_row = 0
+    try:
+        while True:
+            # --- limits ---------------------------------------------------------------
+            if _STOP.is_set():
+                summary.reason = "stopped by signal"
+                break
+            if opts.n_trials is not None and sum(summary.states.values()) >= opts.n_trials:
+                summary.reason = f"--n-trials {opts.n_trials} reached"
+                break
+            if my_deadline and time.monotonic() > my_deadline:
+                summary.reason = f"--timeout {opts.timeout:g}s reached"
+                break
+            if deadline and time.time() > deadline:
+                summary.reason = "the study's wall-clock budget is spent"
+                break
+
+            # --- claim --------------------------------------------------------------------
+            trial = study_mod.claim(study)
+            if trial is None:
+                with lock:
+                    waiting, running = study_mod.active_counts(study)
+                if waiting == 0 and running == 0:
+                    summary.reason = "study done"
+                    break
+                # Others still run trials that may come back to the queue: wait, reap, retry.
+                _STOP.wait(1.0 + random.random())
+                reaper.poke()
+                continue
+
+            # --- run ------------------------------------------------------------------------
+            state = _run_one(study, trial, spec, ctx, opts, out)
+            summary.states[state] += 1
+            if state == "failed":
+                failures_in_row += 1
+                if failures_in_row >= opts.max_failures:
+                    summary.reason = (f"stopping: {failures_in_row} trials failed in a row on this worker "
+                                      "(a broken node or a bug?); see fail_reason of the trials")
+                    out(summary.line(wid))
+                    return 1
+            elif state != "preempted":
+                failures_in_row = 0
+    finally:
+        reaper.stop()
+    out(summary.line(wid))
+    return 0
+
+
+def _context(spec: StudySpec, opts: Options, url: str, out: Any) -> dict[str, Any]:
+    from hpsearch.storage import artifact_store
+
+    device = "cpu"
+    if spec.objective is None:  # user objectives import torch only if they want to
+        device = pick_device(opts.device)
+    return {"device": device, "artifacts": artifact_store(url), "url": url}
+
+
+def _install_signals(opts: Options, out: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        if _STOP.is_set():
+            return
+        _STOP.set()
+        out(f"received {signal.Signals(signum).name}: handing the running trial back and exiting")
+        # Bounded exit: if the trial does not reach a stopping point in time, leave anyway;
+        # the trial is requeued by the watchdog below or, failing that, by heartbeat.
+        timer = threading.Timer(opts.stop_timeout, _hard_exit)
+        timer.daemon = True
+        timer.start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+_CURRENT: dict[str, Any] = {}
+
+
+def _hard_exit() -> None:
+    cur = _CURRENT.get("trial")
+    if cur is not None:
+        try:
+            study, trial = cur
+            fail_and_requeue(study, trial._trial_id, "preempted (stop timeout)")
+        except Exception:  # noqa: BLE001 - exiting anyway; heartbeat recovery still applies
+            pass
+    os._exit(0)
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options,
+             out: Any) -> str:
+    from hpsearch.study import BEAT_INTERVAL, FAIL_REASON, WORKER
+
+    label = f"trial {trial.number}"
+    trial.set_user_attr(WORKER, study_mod.worker_id())
+    trial.set_user_attr(BEAT_INTERVAL, opts.heartbeat)
+    _CURRENT["trial"] = (study, trial)
+    t0 = time.monotonic()
+    with Heartbeat(study, trial._trial_id, opts.heartbeat):
+        try:
+            value = _objective(trial, spec, ctx, opts, lambda msg: out(f"[{label}] {msg}"))
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("duration_s", time.monotonic() - t0)
+            _tell(study, trial, state=TrialState.PRUNED)
+            out(f"[{label}] {exc or 'pruned'}")
+            return "pruned"
+        except _preempted_types() as exc:
+            _CURRENT.pop("trial", None)
+            fail_and_requeue(study, trial._trial_id, f"preempted: {exc}")
+            out(f"[{label}] handed back to the queue ({exc})")
+            return "preempted"
+        except BaseException as exc:  # a trial's failure must not take the worker down
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                fail_and_requeue(study, trial._trial_id, f"worker interrupted: {type(exc).__name__}")
+                raise
+            reason = _reason(exc)
+            divergent = type(exc).__name__ == "Divergent"
+            _safe(trial.set_user_attr, FAIL_REASON, reason)
+            _safe(trial.set_user_attr, "divergent", divergent)
+            _safe(trial.set_user_attr, "traceback", traceback.format_exc()[-4000:])
+            _tell(study, trial, state=TrialState.FAIL)
+            out(f"[{label}] failed: {reason}")
+            return "divergent" if divergent else "failed"
+        finally:
+            _CURRENT.pop("trial", None)
+    trial.set_user_attr("duration_s", time.monotonic() - t0)
+    trial.set_user_attr("device", str(ctx["device"]))
+    _maybe_enqueue_repeats(study, trial, spec)
+    _tell(study, trial, value=value)
+    out(f"[{label}] complete: {spec.metric}={value:.4f} ({time.monotonic() - t0:.1f}s)")
+    return "complete"
+
+
+def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> float:
+    if spec.objective is not None:
+        from hpsearch.registry import load_plugin
+
+        fn = load_plugin(spec.objective, "objective")
+        value = fn(trial, spec.to_dict())
+        return float(value)
+    from hpsearch import objective
+
+    tracker = None
+    if spec.tracking and os.environ.get("HPSEARCH_TRACKING", "on") != "off":
+        from hpsearch.tracking import start_run
+
+        tracker = start_run(trial, spec, opts.tracking)
+    c = objective.Context(device=ctx["device"], artifact_store=ctx["artifacts"], should_stop=should_stop,
+                          progress=progress, tracker=tracker,
+                          extra={"on_data": lambda d: _record_class_counts(trial.study, d)})
+    try:
+        value = objective.run(trial, spec, c)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish_error(exc)
+        raise
+    if tracker is not None:
+        tracker.finish("complete")
+    return value
+
+
+def _preempted_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = []
+    if "hpsearch.objective" in sys.modules:
+        types.append(sys.modules["hpsearch.objective"].Preempted)
+    return tuple(types) or (type("_Never", (BaseException,), {}),)
+
+
+def _record_class_counts(study: optuna.Study, data: Any) -> None:
+    if study_mod.CLASS_COUNTS_ATTR not in study.user_attrs:
+        _safe(study.set_user_attr, study_mod.CLASS_COUNTS_ATTR, {**data.class_counts(), "classes": data.class_names})
+
+
+def _maybe_enqueue_repeats(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> None:
+    """A sampled configuration that completed gets its other seeds queued (once, even on retry)."""
+    attrs = trial.user_attrs
+    if spec.is_grid or spec.repeats <= 1 or attrs.get(study_mod.REPEAT_OF) is not None:
+        return
+    if attrs.get("repeats_enqueued"):
+        return
+    seeds = [int(attrs.get(study_mod.SEED, spec.seed)) + r for r in range(1, spec.repeats)]
+    study_mod.enqueue_repeats(study, trial, spec, dict(trial.params), seeds)
+    trial.set_user_attr("repeats_enqueued", True)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> None:
+    try:
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            log.warning("trial %d was taken over by another worker (%s); result dropped", trial.number, frozen.state.name)
+            return
+        if value is not None:
+            study.tell(trial, value, skip_if_finished=True)
+        else:
+            study.tell(trial, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log.warning("trial %d was finished elsewhere; result dropped", trial.number)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return mask(f"{type(exc).__name__}: {first}"[:500])
+
+
+def _safe(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not hide the trial's real outcome
+        log.warning("could not record %s: %s", args[:1], mask(str(exc)))

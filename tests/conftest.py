@@ -1,0 +1,134 @@
+"""Shared fixtures: a fresh PostgreSQL database per test session, journal files, running the CLI.
+
+Tests use the real things: PostgreSQL on 127.0.0.1:5432, real Optuna, real torch on tiny data and
+real worker processes. Without PostgreSQL, its tests skip locally and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("HPSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _admin_engine() -> Any:
+    import sqlalchemy as sa
+
+    return sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of the shared server; fails (not skips) under CI when it is unreachable."""
+    import sqlalchemy as sa
+
+    try:
+        with _admin_engine().connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL unreachable at {PG_ADMIN} under CI: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN}: {exc}")
+    return PG_ADMIN
+
+
+def _create_db(prefix: str) -> str:
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with _admin_engine().connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return name
+
+
+def _drop_db(name: str) -> None:
+    import sqlalchemy as sa
+
+    with _admin_engine().connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_session_db(pg_server: str) -> Iterator[str]:
+    """One fresh database per test session (studies inside get unique names)."""
+    name = _create_db("hpsearch_test")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    _drop_db(name)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh database for one test (for tests that count every study or trial in it)."""
+    name = _create_db("hpsearch_t")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    _drop_db(name)
+
+
+@pytest.fixture
+def journal_url(tmp_path: Path) -> str:
+    return f"journal:{tmp_path / 'journal.log'}"
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def write_spec(tmp_path: Path, spec: dict[str, Any], filename: str | None = None) -> Path:
+    path = tmp_path / (filename or f"{spec.get('name', 'spec')}.yaml")
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HPSEARCH_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests" / "plugins")})
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `hpsearch ARGS...` as a user would, in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpsearch", *args], capture_output=True, text=True, timeout=timeout,
+        env=env or cli_env(), cwd=cwd or ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpsearch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_worker(study: str, storage: str, *extra: str, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> subprocess.Popen[str]:
+    """A real `python worker.py` process."""
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py"), "--study", study, "--storage", storage, *extra],
+        stdout=out, stderr=subprocess.STDOUT, text=True, env=env or cli_env(), cwd=ROOT,
+    )
+
+
+def tiny_spec(name: str, **over: Any) -> dict[str, Any]:
+    """A spec that trains in well under a second per trial on digits."""
+    spec: dict[str, Any] = {
+        "name": name, "metric": "val_acc", "sampler": "grid", "pruner": "none", "repeats": 1,
+        "dataset": {"name": "digits", "val_fraction": 0.2},
+        "train": {"epochs": 2, "batch_size": 128, "model": "dense", "hidden_size": 16, "hidden_layers": 1},
+        "space": {"lr": {"choices": [0.01, 0.1]}, "optimizer": {"choices": ["sgd", "adam"]}},
+    }
+    spec.update(over)
+    return spec
