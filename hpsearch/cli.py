@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", help="override the spec's sampler: grid, random, tpe, qmc")
     p.add_argument("--pruner", help="override the spec's pruner: none, median, percentile, successive_halving, hyperband")
     p.add_argument("--replace", action="store_true", help="delete an existing study of that name and its trials first")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a spec field, e.g. --set dataset.root=/data --set train.epochs=1 (repeatable)")
 
     p = sub.add_parser("worker", help="run trials of a study until it is done")
     worker_arguments(p)
@@ -152,7 +154,7 @@ def _create_study(args: argparse.Namespace) -> int:
     from hpsearch.storage import open_storage, resolve_url
 
     overrides = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
-    spec = load_spec(args.spec, overrides)  # validate everything before touching the storage
+    spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
     url = resolve_url(args.storage)
     storage = open_storage(url, create=True)
     _, message = study_mod.create(spec, storage, replace=args.replace)

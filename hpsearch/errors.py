@@ -15,3 +15,10 @@ class StudyNotFound(HpsearchError):
 
 class StorageUnavailable(HpsearchError):
     exit_code = 4
+
+
+class Preempted(Exception):  # noqa: N818 - an event, not an error
+    """The worker was asked to stop (SIGTERM/SIGINT): the trial is handed back and resumed elsewhere.
+
+    User objectives raise it when `hpsearch.worker.should_stop()` turns True.
+    """

@@ -25,6 +25,7 @@ import torch
 from hpsearch import config as config_mod
 from hpsearch import data as data_mod
 from hpsearch import space as space_mod
+from hpsearch.errors import Preempted
 from hpsearch.models import build_model, count_parameters
 from hpsearch.optim import build_loss, build_optimizer, build_schedule
 from hpsearch.spec import StudySpec
@@ -34,10 +35,6 @@ CHECKPOINT = "checkpoint"  # user attr: artifact id of the trial's last epoch ch
 
 class Divergent(Exception):
     """The loss became NaN or infinite: recorded as a failed, divergent trial."""
-
-
-class Preempted(Exception):
-    """The worker was asked to stop: the trial is handed back and resumed elsewhere."""
 
 
 @dataclass

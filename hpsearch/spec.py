@@ -118,8 +118,8 @@ class StudySpec:
 # ---------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
-    """Read a YAML file and validate it; `overrides` are top-level keys set by the CLI."""
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> StudySpec:
+    """Read a YAML file and validate it; `overrides` are top-level keys and `sets` KEY.PATH=VALUE from the CLI."""
     path = Path(path)
     if not path.is_file():
         raise HpsearchError(f"{path}: spec file not found")
@@ -137,7 +137,29 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Stud
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
+    for assignment in sets or []:
+        apply_set(raw, assignment, str(path))
     return parse_spec(raw, source=str(path))
+
+
+def apply_set(raw: dict[str, Any], assignment: str, source: str = "--set") -> None:
+    """`--set dataset.root=/data` or `--set space.lr.choices=[0.1,0.01]` (values parsed as YAML)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise HpsearchError(f"--set must be KEY.PATH=VALUE, but got {assignment!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise HpsearchError(f"--set {key}: value {text!r} is not valid YAML") from None
+    node: Any = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if isinstance(node.get(part), str) and part in ("dataset", "sampler", "pruner"):
+            node[part] = {"name": node[part]}
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise HpsearchError(f"{source}: --set {key}: {part!r} is not a mapping")
+    node[parts[-1]] = value
 
 
 def spec_from_dict(raw: dict[str, Any], source: str = "<stored spec>") -> StudySpec:

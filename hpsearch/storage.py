@@ -8,6 +8,7 @@ log; optuna-dashboard reads it). PostgreSQL is the storage for clusters.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import random
@@ -116,6 +117,9 @@ def open_storage(
                 engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "hpsearch"}
         elif k == "sqlite":
             engine_kwargs["connect_args"] = {"timeout": 60}
+        if url.startswith("postgresql://"):
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
         storage = ResilientRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
@@ -176,8 +180,11 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose calls wait for the database to come back instead of failing the worker."""
 
 
-for _name, _fn in list(vars(optuna.storages.RDBStorage).items()):
-    if callable(_fn) and not _name.startswith("__") and _name not in ("_fill_storage_url_template",):
+# Only the storage API (what Optuna's Study/Trial call) is wrapped; internals stay as they are.
+_API = [n for n, f in vars(optuna.storages.BaseStorage).items() if inspect.isfunction(f) and not n.startswith("_")]
+for _name in [*_API, "record_heartbeat", "_get_stale_trial_ids"]:
+    _fn = getattr(optuna.storages.RDBStorage, _name, None)
+    if inspect.isfunction(_fn):
         setattr(ResilientRDBStorage, _name, with_reconnect(_fn))
 
 

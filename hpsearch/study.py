@@ -29,6 +29,8 @@ HASH_ATTR = "hpsearch:spec_hash"
 READY_ATTR = "hpsearch:ready"
 CREATED_ATTR = "hpsearch:created"
 PLANNED_ATTR = "hpsearch:planned"
+ISSUED_ATTR = "hpsearch:issued"  # how many planned trials have been enqueued so far
+PLAN_INDEX = "plan_index"
 CLASS_COUNTS_ATTR = "hpsearch:class_counts"
 
 # Trial user attributes written by hpsearch (report.py and tracking.py read these names).
@@ -85,12 +87,18 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(HASH_ATTR, spec_hash)
     study.set_user_attr(CREATED_ATTR, time.time())
-    planned = enqueue_plan(study, spec)
-    study.set_user_attr(PLANNED_ATTR, planned)
+    planned = enqueue_plan(study, spec, chunk=issue_chunk(storage))
     # Written last: other create-study processes and workers wait for it.
     study.set_user_attr(READY_ATTR, True)
     what = "grid points x seeds" if spec.is_grid else "trials budget"
     return study, f"created study {spec.name!r} ({spec.sampler['name']}, {planned} trials planned: {what}; hash {spec_hash})"
+
+
+def issue_chunk(storage: optuna.storages.BaseStorage) -> int | None:
+    """Trials issued at a time; everything at once where workers cannot take the study lock (gRPC)."""
+    if isinstance(storage, optuna.storages.GrpcStorageProxy):
+        return None
+    return int(os.environ.get("HPSEARCH_ISSUE_CHUNK", "64"))
 
 
 def _direction(spec: StudySpec) -> optuna.study.StudyDirection:
@@ -109,16 +117,57 @@ def _wait_ready(study: optuna.Study, timeout: float = 300.0) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def enqueue_plan(study: optuna.Study, spec: StudySpec) -> int:
+def plan_item(spec: StudySpec, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fixed params, user attrs) of the index-th trial of the study's plan."""
     if spec.is_grid:
-        plan = space_mod.planned_trials(spec)
-        for params, seed in plan:
-            _enqueue(study, params, {SEED: seed, CONFIG_ID: space_mod.config_id(params)})
-        return len(plan)
-    assert spec.budget_trials is not None
-    for _ in range(spec.budget_trials):
-        _enqueue(study, {}, {SEED: spec.seed})
-    return spec.budget_trials
+        params, seed = _grid_plan(spec)[index]
+        return params, {SEED: seed, CONFIG_ID: space_mod.config_id(params)}
+    return {}, {SEED: spec.seed}
+
+
+_GRID_CACHE: dict[str, list[tuple[dict[str, Any], int]]] = {}
+
+
+def _grid_plan(spec: StudySpec) -> list[tuple[dict[str, Any], int]]:
+    key = spec.hash()
+    if key not in _GRID_CACHE:
+        _GRID_CACHE[key] = space_mod.planned_trials(spec)
+    return _GRID_CACHE[key]
+
+
+def planned_count(spec: StudySpec) -> int:
+    return len(_grid_plan(spec)) if spec.is_grid else int(spec.budget_trials or 0)
+
+
+def enqueue_plan(study: optuna.Study, spec: StudySpec, chunk: int | None = None) -> int:
+    """Issue the first `chunk` planned trials (all when None); workers issue the rest as needed.
+
+    Issuing lazily keeps the queue short: Optuna re-reads every unfinished trial on each sync, so
+    50,000 waiting tickets would make every trial pay for all of them.
+    """
+    planned = planned_count(spec)
+    study.set_user_attr(PLANNED_ATTR, planned)
+    _issue(study, spec, 0, planned if chunk is None else min(planned, chunk))
+    return planned
+
+
+def _issue(study: optuna.Study, spec: StudySpec, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        params, attrs = plan_item(spec, i)
+        _enqueue(study, params, {**attrs, PLAN_INDEX: i})
+    study.set_user_attr(ISSUED_ATTR, stop)
+
+
+def top_up(study: optuna.Study, spec: StudySpec, chunk: int) -> int:
+    """Issue the next chunk of the plan; call under the StudyLock. Returns how many were issued."""
+    attrs = study.user_attrs
+    planned = int(attrs.get(PLANNED_ATTR, 0))
+    issued = int(attrs.get(ISSUED_ATTR, planned))
+    if issued >= planned:
+        return 0
+    stop = min(planned, issued + chunk)
+    _issue(study, spec, issued, stop)
+    return stop - issued
 
 
 def _enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
@@ -169,6 +218,9 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     study._thread_local.cached_all_trials = None
     if rdb is not None:
         trial_id = _claim_rdb(rdb, study._study_id)
+        if trial_id is not None and rdb is not storage:
+            # The claim bypassed Optuna's cache; let it learn about the trial.
+            storage._read_trials_from_remote_storage(study._study_id)
     else:
         trial_id = study._pop_waiting_trial_id()
     if trial_id is None:

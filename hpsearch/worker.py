@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -24,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import study as study_mod
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, Preempted
 from hpsearch.faults import Heartbeat, Reaper, StudyLock, fail_and_requeue
 from hpsearch.samplers import build_pruner, build_sampler
 from hpsearch.spec import StudySpec
@@ -83,7 +82,8 @@ def pick_device(name: str) -> Any:
 def run_worker(opts: Options) -> int:
     url = resolve_url(opts.storage)
     wid = study_mod.worker_id()
-    out = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))
+    say = lambda msg: print(msg, flush=True)  # noqa: E731
+    out = (lambda msg: None) if opts.quiet else say
 
     # --- connect and read the spec from the study ----------------------------------------
     storage = open_storage(url, heartbeat=opts.heartbeat)
@@ -98,6 +98,7 @@ def run_worker(opts: Options) -> int:
     my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
     ctx = _context(spec, opts, url, out)
+    chunk = study_mod.issue_chunk(storage) or 1
     lock = StudyLock(study, url)
     reaper = Reaper(study, lock, default_interval=opts.heartbeat, log=out)
     reaper.start()
@@ -126,6 +127,8 @@ def run_worker(opts: Options) -> int:
             trial = study_mod.claim(study)
             if trial is None:
                 with lock:
+                    if study_mod.top_up(study, spec, chunk) > 0:
+                        continue
                     waiting, running = study_mod.active_counts(study)
                 if waiting == 0 and running == 0:
                     summary.reason = "study done"
@@ -143,13 +146,13 @@ def run_worker(opts: Options) -> int:
                 if failures_in_row >= opts.max_failures:
                     summary.reason = (f"stopping: {failures_in_row} trials failed in a row on this worker "
                                       "(a broken node or a bug?); see fail_reason of the trials")
-                    out(summary.line(wid))
+                    say(summary.line(wid))
                     return 1
             elif state != "preempted":
                 failures_in_row = 0
     finally:
         reaper.stop()
-    out(summary.line(wid))
+    say(summary.line(wid))
     return 0
 
 
@@ -210,7 +213,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
             _tell(study, trial, state=TrialState.PRUNED)
             out(f"[{label}] {exc or 'pruned'}")
             return "pruned"
-        except _preempted_types() as exc:
+        except Preempted as exc:
             _CURRENT.pop("trial", None)
             fail_and_requeue(study, trial._trial_id, f"preempted: {exc}")
             out(f"[{label}] handed back to the queue ({exc})")
@@ -239,9 +242,13 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
 
 def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> float:
     if spec.objective is not None:
+        from hpsearch import space as space_mod
         from hpsearch.registry import load_plugin
 
         fn = load_plugin(spec.objective, "objective")
+        # The space is suggested here, so grid points, conditions and samplers work the same
+        # for user objectives; they read trial.params (or suggest more of their own).
+        space_mod.suggest(trial, spec.space)
         value = fn(trial, spec.to_dict())
         return float(value)
     from hpsearch import objective
@@ -263,13 +270,6 @@ def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: 
     if tracker is not None:
         tracker.finish("complete")
     return value
-
-
-def _preempted_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = []
-    if "hpsearch.objective" in sys.modules:
-        types.append(sys.modules["hpsearch.objective"].Preempted)
-    return tuple(types) or (type("_Never", (BaseException,), {}),)
 
 
 def _record_class_counts(study: optuna.Study, data: Any) -> None:

@@ -1,0 +1,51 @@
+"""User objectives for tests: `objective: hps_objectives:NAME` in a spec."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import optuna
+
+
+def quadratic(trial: optuna.Trial, spec: dict[str, Any]) -> float:
+    """A torch-free objective with per-step reports; records whether torch got imported."""
+    x = float(trial.params.get("x", 0.0))
+    trial.set_user_attr("torch_imported", "torch" in sys.modules)
+    steps = int(spec["train"].get("steps", 3))
+    value = 0.0
+    for step in range(1, steps + 1):
+        value = (x - 0.3) ** 2 + 1.0 / step
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return value
+
+
+def sleepy(trial: optuna.Trial, spec: dict[str, Any]) -> float:
+    """Sleeps in small steps (for fault and scale tests); honours the worker's stop flag."""
+    from hpsearch.errors import Preempted
+    from hpsearch.worker import should_stop
+
+    seconds = float(os.environ.get("HPS_SLEEP", spec["train"].get("sleep", 1.0)))
+    steps = int(spec["train"].get("steps", 2))
+    for step in range(1, steps + 1):
+        end = time.monotonic() + seconds / steps
+        while time.monotonic() < end:
+            if should_stop():
+                raise Preempted(f"stop requested at step {step}")
+            time.sleep(0.05)
+        trial.report(float(step), step)
+    return float(trial.params.get("x", 0.0))
+
+
+def broken(trial: optuna.Trial, spec: dict[str, Any]) -> float:
+    """A user plugin with a bug."""
+    raise ZeroDivisionError("user plugin bug: division by zero")
+
+
+def nan_value(trial: optuna.Trial, spec: dict[str, Any]) -> float:
+    return math.nan
