@@ -171,11 +171,6 @@ def _storage_hint(storage: str | None) -> str:
 def _worker(args: argparse.Namespace) -> int:
     from hpsearch.worker import Options, run_worker
 
-    threads = os.environ.get("HPSEARCH_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     tracking = {k: v for k, v in {"project": args.wandb_project, "entity": args.wandb_entity}.items() if v}
     opts = Options(
         study=args.study, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout, device=args.device,

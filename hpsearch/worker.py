@@ -162,6 +162,11 @@ def _context(spec: StudySpec, opts: Options, url: str, out: Any) -> dict[str, An
     device = "cpu"
     if spec.objective is None:  # user objectives import torch only if they want to
         device = pick_device(opts.device)
+        threads = os.environ.get("HPSEARCH_THREADS")
+        if threads:  # set by `launch local` so N workers share the cores instead of oversubscribing
+            import torch
+
+            torch.set_num_threads(int(threads))
     return {"device": device, "artifacts": artifact_store(url), "url": url}
 
 
@@ -248,7 +253,11 @@ def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: 
         fn = load_plugin(spec.objective, "objective")
         # The space is suggested here, so grid points, conditions and samplers work the same
         # for user objectives; they read trial.params (or suggest more of their own).
-        space_mod.suggest(trial, spec.space)
+        params = space_mod.suggest(trial, spec.space)
+        seed = trial.user_attrs.get(study_mod.SEED, spec.seed)
+        trial.set_user_attr(study_mod.CONFIG_ID, space_mod.config_id(params))
+        trial.set_user_attr("name", space_mod.short_name(params))
+        trial.set_user_attr("config", {**spec.train, **params, "seed": seed})
         value = fn(trial, spec.to_dict())
         return float(value)
     from hpsearch import objective

@@ -27,7 +27,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def _admin_engine() -> Any:
     import sqlalchemy as sa
 
-    return sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    url = PG_ADMIN.replace("postgresql://", "postgresql+psycopg2://", 1)
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
 
 
 @pytest.fixture(scope="session")
