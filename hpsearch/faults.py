@@ -2,7 +2,7 @@
 
 PostgreSQL and SQLite use Optuna's heartbeat table (database clock); the journal file and the
 gRPC proxy record the heartbeat as a trial user attribute. A trial whose heartbeat is older than
-1.5 heartbeat intervals (+2 s) is failed with a reason and queued again with the same parameters,
+1.5 heartbeat intervals is failed with a reason and queued again with the same parameters,
 its checkpoint and a link to the original, by whichever worker's reaper sees it first; the study
 lock makes that exactly once, and makes "nothing waits, nothing runs" a consistent reading.
 """
@@ -28,7 +28,10 @@ log = logging.getLogger("hpsearch.faults")
 
 
 def grace(interval: float) -> float:
-    return 1.5 * float(interval) + 2.0
+    """Silence after which a trial is presumed dead: beats come every interval/2, so 1.5 intervals
+    is three missed beats, and with the reaper polling every interval/4 a killed worker's trial is
+    re-queued within two intervals of its death."""
+    return 1.5 * float(interval)
 
 
 # ---------------------------------------------------------------- study lock

@@ -98,6 +98,12 @@ def run_worker(opts: Options) -> int:
     my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
     ctx = _context(spec, opts, url, out)
+    if spec.objective is None:
+        # Load the data before claiming anything: missing files are one clear error, not a
+        # queue of failed trials (and the worker reuses it for every trial it runs).
+        from hpsearch import data as data_mod
+
+        data_mod.load(spec.dataset, ctx["device"])
     chunk = study_mod.issue_chunk(storage) or 1
     lock = StudyLock(study, url)
     reaper = Reaper(study, lock, default_interval=opts.heartbeat, log=out)
