@@ -208,7 +208,9 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
         err("seed", f"must be an integer >= 0, but got {seed=}")
         seed = 0
 
-    budget_trials, wall_clock = _budget(raw.get("budget"), sampler.get("name") == "grid", err)
+    # Only a known non-grid sampler needs a budget (an unknown name is already reported).
+    needs_budget = sampler.get("name") in ("random", "tpe", "qmc")
+    budget_trials, wall_clock = _budget(raw.get("budget"), not needs_budget, err)
 
     dataset = raw.get("dataset", {"name": "digits"})
     if isinstance(dataset, str):

@@ -90,7 +90,7 @@ def open_storage(
     pool_size: int = 2,
 ) -> optuna.storages.BaseStorage:
     """Open the storage; `create` allows creating a journal file or database tables."""
-    url = resolve_url(url)
+    url = shown = resolve_url(url)
     k = kind(url)
     try:
         if k == "journal":
@@ -132,10 +132,12 @@ def open_storage(
     except HpsearchError:
         raise
     except Exception as exc:  # sqlalchemy/grpc raise many types; all mean "cannot use this storage"
-        raise StorageUnavailable(f"cannot open storage {mask(url)}: {_reason(exc)}") from None
+        raise StorageUnavailable(f"cannot open storage {mask(shown)}: {_reason(exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:
+    if type(exc).__name__ == "StorageInternalError" and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     line = next((t for t in text if t.strip()), type(exc).__name__)
     return mask(line.strip())
@@ -146,13 +148,17 @@ def _reason(exc: BaseException) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _is_transient(exc: BaseException) -> bool:
+def _is_transient(exc: BaseException | None) -> bool:
+    """A lost or refused connection (Optuna wraps these in StorageInternalError: look at the cause)."""
     import sqlalchemy.exc as sa_exc
 
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
 
 
