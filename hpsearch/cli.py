@@ -39,6 +39,8 @@ def worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row")
     p.add_argument("--seed", type=int, help="sampler seed of this worker (default: random per worker)")
     p.add_argument("--stop-timeout", type=float, default=60.0, help="seconds to hand a trial back on SIGTERM")
+    p.add_argument("--checkpoint-every", type=float, default=float(os.environ.get("HPSEARCH_CHECKPOINT_EVERY", "30")),
+                   help="seconds between epoch checkpoints (0: every epoch); a resumed trial loses at most this")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     p.add_argument("--wandb-project", help="W&B project (default: the spec's tracking.project)")
     p.add_argument("--wandb-entity", help="W&B entity")
@@ -175,7 +177,7 @@ def _worker(args: argparse.Namespace) -> int:
     opts = Options(
         study=args.study, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
         heartbeat=args.heartbeat, max_failures=args.max_failures, seed=args.seed, stop_timeout=args.stop_timeout,
-        quiet=args.quiet, tracking=tracking,
+        checkpoint_every=args.checkpoint_every, quiet=args.quiet, tracking=tracking,
     )
     return run_worker(opts)
 

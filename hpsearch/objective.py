@@ -29,6 +29,7 @@ from hpsearch.errors import Preempted
 from hpsearch.models import build_model, count_parameters
 from hpsearch.optim import build_loss, build_optimizer, build_schedule
 from hpsearch.spec import StudySpec
+from hpsearch.study import set_user_attrs
 
 CHECKPOINT = "checkpoint"  # user attr: artifact id of the trial's last epoch checkpoint
 
@@ -46,6 +47,7 @@ class Context:
     should_stop: Callable[[], bool] = lambda: False
     progress: Callable[[str], None] = print
     tracker: Any = None
+    checkpoint_every: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,9 +92,8 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     params = space_mod.suggest(trial, spec.space)
     seed = int(trial.user_attrs.get("seed", spec.seed))
     cfg = resolve_config(spec, params)
-    trial.set_user_attr("config", {**cfg, "seed": seed, "dataset": spec.dataset})
-    trial.set_user_attr("config_id", space_mod.config_id(params))
-    trial.set_user_attr("name", space_mod.short_name(params))
+    attrs: dict[str, Any] = {"config": {**cfg, "seed": seed, "dataset": spec.dataset},
+                             "config_id": space_mod.config_id(params), "name": space_mod.short_name(params)}
     gen = seed_everything(seed)
 
     # --- build -------------------------------------------------------------------------
@@ -103,7 +104,8 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     optimizer = build_optimizer(model.parameters(), cfg)
     schedule = build_schedule(optimizer, cfg)
     loss_fn = build_loss(cfg["loss"])
-    trial.set_user_attr("n_parameters", count_parameters(model))
+    attrs["n_parameters"] = count_parameters(model)
+    set_user_attrs(trial, attrs)
     epochs, batch_size = int(cfg["epochs"]), int(cfg["batch_size"])
     maximize = spec.direction == "maximize"
     metric_key = spec.metric  # val_acc | val_loss
@@ -130,8 +132,7 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     start_epoch = state["epoch"]
 
     # --- train ---------------------------------------------------------------------------
-    trial.set_user_attr("epochs_trained", 0)
-    t_start = time.monotonic()
+    t_start = last_ckpt = time.monotonic()
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.monotonic()
         model.train()
@@ -172,8 +173,7 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
             best_state = copy.deepcopy(model.state_dict())
         else:
             state["stale"] += 1
-        trial.set_user_attr("curve", state["curve"])
-        trial.set_user_attr("epochs_trained", epoch - start_epoch)
+        set_user_attrs(trial, {"curve": state["curve"], "epochs_trained": epoch - start_epoch})
         if ctx.tracker is not None:
             ctx.tracker.log_epoch(rec, model)
         ctx.progress(
@@ -186,8 +186,11 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
         if trial.should_prune():
             trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch} ({metric_key}={value:.4f})")
-        if ctx.artifact_store is not None and epoch < epochs:
+        # Checkpoint at most every `checkpoint_every` seconds: a resume loses at most that much,
+        # and short epochs do not pay a disk write and a database row each.
+        if ctx.artifact_store is not None and epoch < epochs and time.monotonic() - last_ckpt >= ctx.checkpoint_every:
             save_checkpoint(ctx, trial, model, optimizer, schedule, gen, state, best_state)
+            last_ckpt = time.monotonic()
         patience = int(cfg.get("patience") or 0)
         if patience and state["stale"] >= patience:
             trial.set_user_attr("early_stopped_at_epoch", epoch)
@@ -198,13 +201,11 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
         model.load_state_dict(best_state)
     test = evaluate(model, loss_fn, data.x_test, data.y_test, batch_size, data.n_classes, confusion=True)
     best_rec = next((r for r in state["curve"] if r["epoch"] == state["best_epoch"]), state["curve"][-1])
-    trial.set_user_attr("val_acc", best_rec["val_acc"])
-    trial.set_user_attr("val_loss", best_rec["val_loss"])
-    trial.set_user_attr("best_epoch", state["best_epoch"])
-    trial.set_user_attr("test_acc", test["acc"])
-    trial.set_user_attr("test_loss", test["loss"])
-    trial.set_user_attr("confusion_matrix", test["confusion"])
-    trial.set_user_attr("train_time_s", time.monotonic() - t_start)
+    set_user_attrs(trial, {
+        "val_acc": best_rec["val_acc"], "val_loss": best_rec["val_loss"], "best_epoch": state["best_epoch"],
+        "test_acc": test["acc"], "test_loss": test["loss"], "confusion_matrix": test["confusion"],
+        "train_time_s": time.monotonic() - t_start,
+    })
     if ctx.tracker is not None:
         ctx.tracker.log_test(test, data.class_names)
     return float(best_rec[metric_key])
@@ -228,8 +229,7 @@ def save_checkpoint(ctx: Context, trial: optuna.Trial, model: torch.nn.Module, o
         path = Path(tmp) / f"trial{trial.number}-epoch{state['epoch']}.pt"
         torch.save(blob, path)
         artifact_id = upload_artifact(artifact_store=ctx.artifact_store, file_path=str(path), study_or_trial=trial)
-    trial.set_user_attr(CHECKPOINT, artifact_id)
-    trial.set_user_attr("checkpoint_epoch", state["epoch"])
+    set_user_attrs(trial, {CHECKPOINT: artifact_id, "checkpoint_epoch": state["epoch"]})
     # Only the newest checkpoint is needed to resume; older ones would fill the disk.
     if previous and previous != artifact_id:
         try:

@@ -112,14 +112,46 @@ def planned_trials(spec: StudySpec) -> list[tuple[dict[str, Any], int]]:
     return [(point, spec.seed + r) for point in grid(spec.space) for r in range(spec.repeats)]
 
 
-def short_name(params: dict[str, Any], limit: int = 6) -> str:
-    """A readable trial name from its configuration, e.g. hl_3_bs_16_ac_tanh."""
-    parts = []
+# Abbreviations of the usual keys; others get their words' initials (or first two letters).
+ABBREVIATIONS = {
+    "model": "md", "epochs": "ep", "batch_size": "bs", "optimizer": "opt", "lr": "lr", "momentum": "mom",
+    "weight_decay": "wd", "loss": "loss", "schedule": "sch", "dropout": "do", "hidden_layers": "hl",
+    "hidden_size": "hs", "widths": "wi", "activation": "ac", "init": "init", "batch_norm": "bn",
+    "filters": "f", "filters1": "f1", "filters2": "f2", "filters3": "f3", "fc_sizes": "fc",
+    "kernel_size": "ks", "augment": "aug", "mode": "mode", "grad_clip": "gc", "patience": "pat",
+}
+
+
+def _abbreviation(key: str) -> str:
+    if key in ABBREVIATIONS:
+        return ABBREVIATIONS[key]
+    words = [w for w in key.split("_") if w]
+    abbr = "".join(w[0] for w in words) if len(words) > 1 else key[:2]
+    return abbr + "".join(ch for ch in key if ch.isdigit()) if key[-1:].isdigit() else abbr
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.3g}"
+    elif isinstance(value, (list, tuple)):
+        text = "-".join(_value_text(v) for v in value)
+    else:
+        text = str(value)
+    # Names end up in file names and W&B run names: keep them to a safe alphabet.
+    return "".join(ch if ch.isalnum() or ch in ".-+" or ch == "_" else "-" for ch in text)
+
+
+def short_name(params: dict[str, Any], limit: int | None = None) -> str:
+    """A readable, stable trial name from its configuration, e.g. hl_3_bs_16_ac_tanh.
+
+    Every parameter appears (in spec order), so two configurations never share a name; if two
+    keys abbreviate alike, the later one keeps its full name.
+    """
+    parts, used = [], set()
     for key, value in list(params.items())[:limit]:
-        abbr = "".join(w[0] for w in key.split("_")) if "_" in key else key[:2]
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(f"{abbr}_{value}")
-    return "_".join(str(p) for p in parts).replace(" ", "")
-
-
+        abbr = _abbreviation(key)
+        if abbr in used:
+            abbr = key
+        used.add(abbr)
+        parts.append(f"{abbr}_{_value_text(value)}")
+    return "_".join(parts)

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,15 +121,24 @@ def open_storage(
         if url.startswith("postgresql://"):
             # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
             url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-        storage = ResilientRDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            skip_table_creation=not create,
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat if heartbeat else None,
-            heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
-        )
-        return storage
+        for attempt in range(6):
+            try:
+                return ResilientRDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    skip_table_creation=not create,
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat if heartbeat else None,
+                    heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
+                )
+            except Exception as exc:
+                # Several create-study processes on a fresh database race to create the tables;
+                # the losers see "duplicate key"/"already exists" and simply open what the winner made.
+                text = str(getattr(exc, "orig", None) or exc)
+                if not create or attempt == 5 or ("duplicate key" not in text and "already exists" not in text):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except HpsearchError:
         raise
     except Exception as exc:  # sqlalchemy/grpc raise many types; all mean "cannot use this storage"
@@ -169,17 +179,33 @@ def with_reconnect(fn: F, max_wait: float | None = None) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         limit = max_wait if max_wait is not None else float(os.environ.get("HPSEARCH_DB_WAIT", "600"))
         delay, start = 0.5, time.monotonic()
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if not _is_transient(exc) or time.monotonic() - start > limit:
-                    raise
-                log.warning("storage unreachable (%s); retrying in %.1fs", _reason(exc), delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 15.0)
+        outer = not getattr(_timing, "depth", 0)
+        _timing.depth = getattr(_timing, "depth", 0) + 1
+        t0 = time.perf_counter()
+        try:
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    if not _is_transient(exc) or time.monotonic() - start > limit:
+                        raise
+                    log.warning("storage unreachable (%s); retrying in %.1fs", _reason(exc), delay)
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 15.0)
+        finally:
+            _timing.depth -= 1
+            if outer:
+                _timing.seconds = getattr(_timing, "seconds", 0.0) + time.perf_counter() - t0
 
     return wrapper  # type: ignore[return-value]
+
+
+_timing = threading.local()
+
+
+def storage_seconds() -> float:
+    """Seconds this thread has spent in database calls (the service's own cost, for benchmarks)."""
+    return float(getattr(_timing, "seconds", 0.0))
 
 
 class ResilientRDBStorage(optuna.storages.RDBStorage):
@@ -188,7 +214,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
 # Only the storage API (what Optuna's Study/Trial call) is wrapped; internals stay as they are.
 _API = [n for n, f in vars(optuna.storages.BaseStorage).items() if inspect.isfunction(f) and not n.startswith("_")]
-for _name in [*_API, "record_heartbeat", "_get_stale_trial_ids"]:
+# ... plus the private entry points Optuna's _CachedStorage calls on its backend.
+_PRIVATE = ["record_heartbeat", "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param",
+            "_get_best_trial_id"]
+for _name in [*_API, *_PRIVATE]:
     _fn = getattr(optuna.storages.RDBStorage, _name, None)
     if inspect.isfunction(_fn):
         setattr(ResilientRDBStorage, _name, with_reconnect(_fn))

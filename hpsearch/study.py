@@ -269,6 +269,30 @@ def _claim_rdb(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
     return with_reconnect(attempt)()
 
 
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Several trial attributes in one database transaction (one round trip, not one per key)."""
+    study = trial.study
+    rdb = _rdb(study._storage)
+    if rdb is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    from hpsearch.storage import with_reconnect
+
+    def write() -> None:
+        with _create_scoped_session(rdb.scoped_session, True) as session:
+            row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
+            rdb.check_trial_is_updatable(trial._trial_id, row.state)
+            for key, value in attrs.items():
+                rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+
+    with_reconnect(write)()
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs reads back
+
+
 # ---------------------------------------------------------------- state of a study
 
 

@@ -49,6 +49,7 @@ class Options:
     max_failures: int = 5
     seed: int | None = None
     stop_timeout: float = 60.0
+    checkpoint_every: float = 30.0
     quiet: bool = False
     tracking: dict[str, Any] = field(default_factory=dict)
 
@@ -130,7 +131,9 @@ def run_worker(opts: Options) -> int:
                 break
 
             # --- claim --------------------------------------------------------------------
+            t_claim = time.perf_counter()
             trial = study_mod.claim(study)
+            ctx["claim_s"] = time.perf_counter() - t_claim
             if trial is None:
                 with lock:
                     if study_mod.top_up(study, spec, chunk) > 0:
@@ -209,18 +212,21 @@ def _hard_exit() -> None:
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options,
              out: Any) -> str:
+    from hpsearch.storage import storage_seconds
     from hpsearch.study import BEAT_INTERVAL, FAIL_REASON, WORKER
 
     label = f"trial {trial.number}"
-    trial.set_user_attr(WORKER, study_mod.worker_id())
-    trial.set_user_attr(BEAT_INTERVAL, opts.heartbeat)
+    service0 = storage_seconds()
+    study_mod.set_user_attrs(trial, {WORKER: study_mod.worker_id(), BEAT_INTERVAL: opts.heartbeat})
     _CURRENT["trial"] = (study, trial)
     t0 = time.monotonic()
     with Heartbeat(study, trial._trial_id, opts.heartbeat):
         try:
             value = _objective(trial, spec, ctx, opts, lambda msg: out(f"[{label}] {msg}"))
         except optuna.TrialPruned as exc:
-            trial.set_user_attr("duration_s", time.monotonic() - t0)
+            study_mod.set_user_attrs(trial, {
+                "duration_s": time.monotonic() - t0, "device": str(ctx["device"]),
+                "service_s": storage_seconds() - service0 + ctx.get("claim_s", 0.0)})
             _tell(study, trial, state=TrialState.PRUNED)
             out(f"[{label}] {exc or 'pruned'}")
             return "pruned"
@@ -243,8 +249,10 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
             return "divergent" if divergent else "failed"
         finally:
             _CURRENT.pop("trial", None)
-    trial.set_user_attr("duration_s", time.monotonic() - t0)
-    trial.set_user_attr("device", str(ctx["device"]))
+    # Database time on this trial's critical path (claim, reports, attrs): the service's overhead.
+    study_mod.set_user_attrs(trial, {
+        "duration_s": time.monotonic() - t0, "device": str(ctx["device"]),
+        "service_s": storage_seconds() - service0 + ctx.get("claim_s", 0.0)})
     _maybe_enqueue_repeats(study, trial, spec)
     _tell(study, trial, value=value)
     out(f"[{label}] complete: {spec.metric}={value:.4f} ({time.monotonic() - t0:.1f}s)")
@@ -274,7 +282,7 @@ def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: 
 
         tracker = start_run(trial, spec, opts.tracking)
     c = objective.Context(device=ctx["device"], artifact_store=ctx["artifacts"], should_stop=should_stop,
-                          progress=progress, tracker=tracker,
+                          progress=progress, tracker=tracker, checkpoint_every=opts.checkpoint_every,
                           extra={"on_data": lambda d: _record_class_counts(trial.study, d)})
     try:
         value = objective.run(trial, spec, c)

@@ -83,7 +83,8 @@ def test_kill9_mid_trial_is_requeued_and_resumed_from_its_checkpoint(pg_session_
     name = unique("kill")
     heartbeat = 3
     _create(tmp_path, pg_session_db, name, space={"lr": {"choices": [0.01, 0.02]}}, train=SLOW_TRAIN)
-    victim = start_worker(name, pg_session_db, "--heartbeat", str(heartbeat), "--device", "cpu")
+    victim = start_worker(name, pg_session_db, "--heartbeat", str(heartbeat), "--device", "cpu",
+                          "--checkpoint-every", "0")
     tail = Tail(victim)
     tail.wait_for("[trial 0] epoch 4/8")
     other = start_worker(name, pg_session_db, "--heartbeat", str(heartbeat), "--device", "cpu",
@@ -116,7 +117,7 @@ def test_kill9_mid_trial_is_requeued_and_resumed_from_its_checkpoint(pg_session_
 def test_sigterm_hands_the_trial_back_and_exits_zero(journal_url: str, tmp_path: Path) -> None:
     name = unique("term")
     _create(tmp_path, journal_url, name, space={"lr": {"choices": [0.01]}}, train=SLOW_TRAIN)
-    worker = start_worker(name, journal_url, "--heartbeat", "5", "--device", "cpu")
+    worker = start_worker(name, journal_url, "--heartbeat", "5", "--device", "cpu", "--checkpoint-every", "0")
     tail = Tail(worker)
     tail.wait_for("[trial 0] epoch 3/8")
     worker.send_signal(signal.SIGTERM)
