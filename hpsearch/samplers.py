@@ -10,6 +10,7 @@ import optuna
 
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import unknown_name_message
+from hpsearch.window import FilteredSampler
 
 
 def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
@@ -19,20 +20,15 @@ def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
     kw.setdefault("group", True)  # conditional spaces: model each sub-space on its own
     kw.setdefault("n_startup_trials", 10)
     window = kw.pop("window", None)
-    sampler = optuna.samplers.TPESampler(seed=seed, **kw)
-    if window:
-        from hpsearch.window import WindowedSampler
-
-        return WindowedSampler(sampler, int(window))
-    return sampler
+    return FilteredSampler(optuna.samplers.TPESampler(seed=seed, **kw), int(window) if window else None)
 
 
 def _random(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=seed, **kw)
+    return optuna.samplers.RandomSampler(seed=seed, **kw)  # learns nothing: no filtering needed
 
 
 def _qmc(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.QMCSampler(seed=seed, **kw)
+    return FilteredSampler(optuna.samplers.QMCSampler(seed=seed, **kw))
 
 
 # Grid points are all enqueued at create-study with fixed parameters; a worker only ever pops

@@ -69,6 +69,7 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     except optuna.exceptions.DuplicatedStudyError:
         creator = False
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    _ensure_indexes(storage)
 
     if not creator:
         attrs = _wait_ready(study)
@@ -92,6 +93,21 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     study.set_user_attr(READY_ATTR, True)
     what = "grid points x seeds" if spec.is_grid else "trials budget"
     return study, f"created study {spec.name!r} ({spec.sampler['name']}, {planned} trials planned: {what}; hash {spec_hash})"
+
+
+def _ensure_indexes(storage: optuna.storages.BaseStorage) -> None:
+    """Claims and counts filter trials by (study, state): index it, so they stay cheap at 50k trials."""
+    rdb = _rdb(storage)
+    if rdb is None or rdb.engine.dialect.name != "postgresql":
+        return
+    import sqlalchemy as sa
+
+    try:
+        with rdb.engine.begin() as conn:
+            conn.execute(sa.text("CREATE INDEX IF NOT EXISTS hpsearch_trials_study_state_number "
+                                 "ON trials (study_id, state, number)"))
+    except Exception:  # noqa: BLE001 - concurrent creators race on the catalog; the index is an optimisation
+        pass
 
 
 def issue_chunk(storage: optuna.storages.BaseStorage) -> int | None:
@@ -156,6 +172,12 @@ def _issue(study: optuna.Study, spec: StudySpec, start: int, stop: int) -> None:
         params, attrs = plan_item(spec, i)
         _enqueue(study, params, {**attrs, PLAN_INDEX: i})
     study.set_user_attr(ISSUED_ATTR, stop)
+
+
+def unissued(study: optuna.Study) -> int:
+    attrs = study.user_attrs
+    planned = int(attrs.get(PLANNED_ATTR, 0))
+    return max(0, planned - int(attrs.get(ISSUED_ATTR, planned)))
 
 
 def top_up(study: optuna.Study, spec: StudySpec, chunk: int) -> int:

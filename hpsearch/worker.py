@@ -135,11 +135,16 @@ def run_worker(opts: Options) -> int:
             trial = study_mod.claim(study)
             ctx["claim_s"] = time.perf_counter() - t_claim
             if trial is None:
-                with lock:
-                    if study_mod.top_up(study, spec, chunk) > 0:
-                        continue
+                if lock.available:
+                    with lock:
+                        if study_mod.top_up(study, spec, chunk) > 0:
+                            continue
+                        waiting, running = study_mod.active_counts(study)
+                    unissued = 0
+                else:  # through the gRPC proxy: its keeper issues the rest of the plan
                     waiting, running = study_mod.active_counts(study)
-                if waiting == 0 and running == 0:
+                    unissued = study_mod.unissued(study)
+                if waiting == 0 and running == 0 and unissued == 0:
                     summary.reason = "study done"
                     break
                 # Others still run trials that may come back to the queue: wait, reap, retry.

@@ -1,0 +1,78 @@
+"""A sampler wrapper that controls which trials the sampler learns from.
+
+- Trials queued by `hpsearch repeat` (user attr `is_repeat`) are extra seeds of configurations the
+  sampler already chose: they are never fed back as new samples.
+- `window: N` (a TPE option in the spec) keeps only the N most recent finished trials in the
+  sampler's model. TPE's cost per trial grows with the number of finished trials; a window bounds
+  it for studies of tens of thousands of trials (bench/scale.py measures cost and search quality).
+  Running trials are always kept, so constant liar still spreads parallel workers out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+
+def _keep(trials: list[FrozenTrial], window: int | None) -> list[FrozenTrial]:
+    trials = [t for t in trials if not t.user_attrs.get("is_repeat")]
+    if window:
+        finished = [t for t in trials if t.state.is_finished()]
+        if len(finished) > window:
+            recent = {t.number for t in sorted(finished, key=lambda t: t.number)[-window:]}
+            trials = [t for t in trials if not t.state.is_finished() or t.number in recent]
+    return trials
+
+
+class _StudyView:
+    """The study as the sampler should see it; everything else is delegated unchanged."""
+
+    def __init__(self, study: Any, window: int | None) -> None:
+        self._study = study
+        self._window = window
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        return _keep(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache), self._window)
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return _keep(self._study.get_trials(deepcopy=deepcopy, states=states), self._window)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class FilteredSampler(optuna.samplers.BaseSampler):
+    def __init__(self, inner: optuna.samplers.BaseSampler, window: int | None = None) -> None:
+        self.inner = inner
+        self.window = window
+
+    def _view(self, study: Any) -> Any:
+        return _StudyView(study, self.window)
+
+    def infer_relative_search_space(self, study: Any, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(self._view(study), trial)
+
+    def sample_relative(self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(self._view(study), trial, search_space)
+
+    def sample_independent(self, study: Any, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(self._view(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study: Any, trial: FrozenTrial) -> None:
+        self.inner.before_trial(self._view(study), trial)
+
+    def after_trial(self, study: Any, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self.inner.after_trial(self._view(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
