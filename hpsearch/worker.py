@@ -274,9 +274,9 @@ def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: 
         # for user objectives; they read trial.params (or suggest more of their own).
         params = space_mod.suggest(trial, spec.space)
         seed = trial.user_attrs.get(study_mod.SEED, spec.seed)
-        trial.set_user_attr(study_mod.CONFIG_ID, space_mod.config_id(params))
-        trial.set_user_attr("name", space_mod.short_name(params))
-        trial.set_user_attr("config", {**spec.train, **params, "seed": seed})
+        study_mod.set_user_attrs(trial, {study_mod.CONFIG_ID: space_mod.config_id(params),
+                                         "name": space_mod.short_name(params),
+                                         "config": {**spec.train, **params, "seed": seed}})
         value = fn(trial, spec.to_dict())
         return float(value)
     from hpsearch import objective
