@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--gpus-per-worker", type=int, default=1, help="for slurm/pbs")
     p.add_argument("--time", default="24:00:00", help="wall time per array task (slurm/pbs)")
+    p.add_argument("--cpus-per-worker", type=int, help="CPUs per array task (default: the template's)")
+    p.add_argument("--mem", help="memory per array task, e.g. 32G (default: the template's)")
+    p.add_argument("--partition", "--queue", dest="partition", help="SLURM partition or PBS queue")
+    p.add_argument("--account", help="SLURM account or PBS project (-A)")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on the storage (loopback by default)")
     _storage_arg(p)

@@ -222,7 +222,8 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
 
     label = f"trial {trial.number}"
     service0 = storage_seconds()
-    study_mod.set_user_attrs(trial, {WORKER: study_mod.worker_id(), BEAT_INTERVAL: opts.heartbeat})
+    study_mod.set_user_attrs(trial, {WORKER: study_mod.worker_id(), BEAT_INTERVAL: opts.heartbeat,
+                                     "device": str(ctx["device"])})
     _CURRENT["trial"] = (study, trial)
     t0 = time.monotonic()
     with Heartbeat(study, trial._trial_id, opts.heartbeat):
