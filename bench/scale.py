@@ -34,11 +34,11 @@ import optuna  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
-from pgcluster import Cluster, free_port  # noqa: E402
 
 from hpsearch import study as study_mod  # noqa: E402
 from hpsearch.spec import load_spec  # noqa: E402
 from hpsearch.storage import open_storage  # noqa: E402
+from pgcluster import Cluster, free_port  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")]), "HPSEARCH_THREADS": "1"}
 SPACE = {"x": {"low": 0.0, "high": 1.0}, "y": {"low": 0.0, "high": 2.0}, "z": {"low": 0.0, "high": 3.0},
@@ -141,7 +141,6 @@ def print_cost(rows: list[dict[str, Any]]) -> None:
 
 def part_quality(n_trials: int, seeds: int) -> None:
     import bench_objectives
-
     from hpsearch.window import FilteredSampler
 
     print(f"\nsearch quality: best value after {n_trials} trials on the benchmark function (lower is better), "

@@ -19,6 +19,7 @@ TRAIN_KEYS: dict[str, tuple[Any, str]] = {
     "weight_decay": (0.0, "L2 weight decay"),
     "betas": ([0.9, 0.999], "Adam-family betas"),
     "eps": (1e-8, "optimizer epsilon"),
+    "alpha": (0.99, "RMSprop smoothing constant"),
     "loss": ("cross_entropy", "loss from the loss registry"),
     "schedule": ("none", "lr schedule: none, step, cosine"),
     "step_size": (10, "epochs between lr drops for the step schedule"),
@@ -38,9 +39,12 @@ TRAIN_KEYS: dict[str, tuple[Any, str]] = {
     "filters3": (None, "CNN filters of conv block 3"),
     "fc_sizes": ([64], "CNN fully connected head widths"),
     "kernel_size": (3, "CNN kernel size"),
-    "augment": (False, "data augmentation (random crop + flip on image data)"),
+    "augment": (False, "batch augmentation of images: true (= crop_flip), crop, flip, none/false"),
     "mode": ("scratch", "ResNet training mode: scratch, linear_probe, finetune"),
-    "weights": (None, "path of a local pretrained weights file for ResNet"),
+    "weights": (None, "path of a local pretrained weights file for ResNet (a state_dict)"),
+    "stem": ("auto", "ResNet stem: auto, imagenet (7x7/2 + pool), small (3x3/1, for <= 64 px images)"),
+    "input_size": (0, "resize images to this side before a ResNet (0: as they are)"),
+    "sweep": (None, "label of a one-at-a-time sweep; the trainer ignores it, reports group by it"),
 }
 
 

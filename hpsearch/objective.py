@@ -136,24 +136,28 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.monotonic()
         model.train()
-        tr_loss, tr_correct, seen = 0.0, 0, 0
+        # Sums stay on the device: a float()/int() per step would sync the GPU every batch.
+        tr_loss = torch.zeros((), device=ctx.device)
+        tr_correct = torch.zeros((), dtype=torch.long, device=ctx.device)
+        seen = 0
         for xb, yb in data_mod.batches(data.x_train, data.y_train, batch_size, gen):
             if ctx.should_stop():
                 raise Preempted(f"stopped during epoch {epoch}; resumes from epoch {state['epoch']}")
             if cfg.get("augment"):
-                xb = data_mod.augment(xb, gen)
+                xb = data_mod.augment(xb, gen, cfg["augment"])
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
             loss = loss_fn(out, yb)
-            if not torch.isfinite(loss):
-                raise Divergent(f"loss became {float(loss)} at epoch {epoch}")
             loss.backward()
             if cfg.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             optimizer.step()
-            tr_loss += float(loss.detach()) * len(yb)
-            tr_correct += int((out.detach().argmax(1) == yb).sum())
+            tr_loss += loss.detach() * len(yb)
+            tr_correct += (out.detach().argmax(1) == yb).sum()
             seen += len(yb)
+        if not torch.isfinite(tr_loss):
+            raise Divergent(f"loss became {float(tr_loss / max(1, seen))} at epoch {epoch}")
+        tr_loss, tr_correct = float(tr_loss), int(tr_correct)
         lr = optimizer.param_groups[0]["lr"]
         if schedule is not None:
             schedule.step()

@@ -1,8 +1,15 @@
-"""Optimizers, losses and learning-rate schedules, each a plain registry."""
+"""Optimizers, losses and learning-rate schedules, each a plain registry.
+
+An optimizer builder gets (params, cfg) with cfg the trial's resolved configuration and returns a
+torch.optim.Optimizer; a user optimizer is reachable as `package.module:function` with the same
+signature. Values are read through float()/int(), so a number that YAML left as text fails here
+with the key's name rather than deep inside torch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -18,50 +25,85 @@ SCHEDULES: Registry[Any] = Registry("schedule", allow_plugins=False)
 Params = Iterable[torch.nn.Parameter]
 
 
+def check_signature(fn: Callable[..., Any], what: str, expected: str, *args: Any) -> None:
+    """A plugin with the wrong parameters fails with what it must take, not a TypeError inside."""
+    try:
+        signature = inspect.signature(fn)
+    except ValueError:  # no introspectable signature (a builtin): let the call decide
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        got = f"{getattr(fn, '__name__', 'function')}({', '.join(signature.parameters)})"
+        raise HpsearchError(f"{what} must take ({expected}), but got {got}") from None
+
+
+def _num(cfg: dict[str, Any], key: str) -> float:
+    try:
+        return float(cfg[key])
+    except (TypeError, ValueError):
+        raise HpsearchError(f"{key} must be a number, but got {key}={cfg[key]!r}") from None
+
+
+def _common(cfg: dict[str, Any]) -> dict[str, float]:
+    return {"lr": _num(cfg, "lr"), "weight_decay": _num(cfg, "weight_decay")}
+
+
 def _betas(cfg: dict[str, Any]) -> tuple[float, float]:
     b = cfg.get("betas") or [0.9, 0.999]
+    if not isinstance(b, (list, tuple)) or len(b) != 2:
+        raise HpsearchError(f"betas must be a list of two numbers, but got betas={b!r}")
     return float(b[0]), float(b[1])
+
+
+def _adam_family(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {**_common(cfg), "betas": _betas(cfg), "eps": _num(cfg, "eps")}
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """Plain SGD: no momentum, whatever `momentum` says (that is what `momentum` is for)."""
-    return torch.optim.SGD(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    """Plain SGD: `momentum` is ignored here (the `momentum` and `nag` optimizers use it)."""
+    return torch.optim.SGD(params, **_common(cfg))
 
 
 @OPTIMIZERS.register("momentum")
 def momentum(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    """SGD with heavy-ball momentum (`momentum`, 0.9 by default)."""
+    return torch.optim.SGD(params, momentum=_num(cfg, "momentum"), **_common(cfg))
 
 
 @OPTIMIZERS.register("nag")
 def nag(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"] or 0.9, nesterov=True,
-                           weight_decay=cfg["weight_decay"])
+    """Nesterov accelerated gradient; torch refuses nesterov without momentum, so 0 means 0.9."""
+    return torch.optim.SGD(params, momentum=_num(cfg, "momentum") or 0.9, nesterov=True, **_common(cfg))
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(params, lr=cfg["lr"], eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+    """RMSprop with smoothing `alpha` and no momentum (Keras' and torch's default)."""
+    alpha = _num({"alpha": 0.99, **cfg}, "alpha")
+    return torch.optim.RMSprop(params, alpha=alpha, eps=_num(cfg, "eps"), **_common(cfg))
 
 
 @OPTIMIZERS.register("adam")
 def adam(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg["lr"], betas=_betas(cfg), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(params, **_adam_family(cfg))
 
 
 @OPTIMIZERS.register("nadam")
 def nadam(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.NAdam(params, lr=cfg["lr"], betas=_betas(cfg), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+    return torch.optim.NAdam(params, **_adam_family(cfg))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg["lr"], betas=_betas(cfg), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(params, **_adam_family(cfg))
 
 
 def build_optimizer(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    opt = OPTIMIZERS.get(cfg["optimizer"])(params, cfg)
+    builder = OPTIMIZERS.get(cfg["optimizer"])
+    check_signature(builder, f"optimizer {cfg['optimizer']!r}", "params, cfg", params, cfg)
+    opt = builder(params, cfg)
     if not isinstance(opt, torch.optim.Optimizer):
         raise HpsearchError(f"optimizer {cfg['optimizer']!r} must return a torch.optim.Optimizer, but got {type(opt).__name__}")
     return opt
@@ -96,7 +138,7 @@ def no_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
 
 @SCHEDULES.register("step")
 def step_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
-    return torch.optim.lr_scheduler.StepLR(opt, step_size=int(cfg["step_size"]), gamma=float(cfg["gamma"]))
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=int(cfg["step_size"]), gamma=_num(cfg, "gamma"))
 
 
 @SCHEDULES.register("cosine")

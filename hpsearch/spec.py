@@ -239,7 +239,10 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
                 err(f"{where}.{key}", "unknown training setting" + _suggest(key, TRAIN_KEYS)
                     + f"; known: {', '.join(sorted(TRAIN_KEYS))}")
     for key in set(train) & set(space_raw):
-        err(f"space.{key}", "is also fixed under train:; a setting is either fixed or searched")
+        # Allowed for a conditional parameter: train: holds the value used where it is inactive.
+        if not (isinstance(space_raw[key], dict) and space_raw[key].get("when")):
+            err(f"space.{key}", "is also fixed under train:; a setting is either fixed or searched "
+                "(or give the searched one a `when:` condition)")
     for key in ("seed", "trial", "config_id"):
         if key in space_raw:
             err(f"space.{key}", "is reserved (seeds come from `repeats:`)")
@@ -466,6 +469,8 @@ def _check_registry_names(dataset: dict[str, Any], train: dict[str, Any], space:
             msg = registry_check(dataset.get("name"))
             if msg:
                 err("dataset.name", msg)
+            for where, problem in [] if msg else catalog.dataset_problems(dataset):
+                err(where, problem)
             continue
         if key in train:
             msg = registry_check(train[key])

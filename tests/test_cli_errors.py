@@ -124,7 +124,8 @@ def test_missing_storage_file_and_bad_url(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_files_stop_the_worker_before_claiming(tmp_path: Path, journal_url: str) -> None:
-    spec = tiny_spec(unique("mnist"), dataset={"name": "mnist", "root": str(tmp_path / "empty")})
+    spec = tiny_spec(unique("mnist"), dataset={"name": "mnist", "root": str(tmp_path / "empty"),
+                                                       "download": False})
     run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, check=True)
     before = _fingerprint(journal_url)
     proc = run_cli("worker", "--study", spec["name"], "--storage", journal_url)

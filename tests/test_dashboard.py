@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 
+from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from hpsearch import dashboard
 from hpsearch.errors import HpsearchError
 

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
 
+from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
 from hpsearch import deploy
 from hpsearch.errors import HpsearchError
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
 
+from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
 from hpsearch import launch, status
 from hpsearch import study as study_mod
 from hpsearch.spec import spec_from_dict

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, cli_env, run_cli, unique, write_spec
 from optuna.trial import TrialState
-from pgcluster import free_port
 
+from conftest import ROOT, cli_env, run_cli, unique, write_spec
 from hpsearch.storage import open_storage
 from hpsearch.window import FilteredSampler
+from pgcluster import free_port
 
 ENV = cli_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}:{ROOT / 'tests' / 'plugins'}", HPSEARCH_ISSUE_CHUNK="8")
 

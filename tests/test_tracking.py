@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 
+from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from hpsearch import tracking
 from hpsearch.spec import spec_from_dict
 

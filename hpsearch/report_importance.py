@@ -1,0 +1,160 @@
+"""Which parameters matter: optuna's importance evaluators and a per-parameter correlation summary.
+
+Importances (each normalized to sum to 1 over the parameters it could judge):
+- fANOVA: variance of a random-forest surrogate explained by each parameter (needs scikit-learn);
+  only parameters present in every complete trial (conditional ones are left out by optuna).
+- PED-ANOVA: how differently a parameter is distributed in the top 10% of trials than overall.
+- MDI: mean decrease in impurity of a random forest fitted to the trials.
+
+Correlations: Spearman's rank correlation for numeric parameters (rank based, so a log-scaled
+parameter needs no transform); for categorical ones the correlation ratio eta^2 (share of the
+metric's variance explained by the category) with a Kruskal-Wallis p-value.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+MIN_TRIALS = 4  # below this every evaluator returns noise (fANOVA even returns equal shares)
+MAX_TRIALS = 5000
+
+
+@dataclass
+class Importances:
+    by_method: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def params(self) -> list[str]:
+        """Parameters, most important first by the mean importance over methods."""
+        names = {p for imp in self.by_method.values() for p in imp}
+        mean = {p: sum(imp.get(p, 0.0) for imp in self.by_method.values()) / len(self.by_method) for p in names}
+        return sorted(names, key=lambda p: -mean[p])
+
+
+def _evaluators() -> dict[str, Any]:
+    from optuna.importance import (
+        FanovaImportanceEvaluator,
+        MeanDecreaseImpurityImportanceEvaluator,
+        PedAnovaImportanceEvaluator,
+    )
+
+    return {
+        "fANOVA": FanovaImportanceEvaluator(seed=0),
+        "PED-ANOVA": PedAnovaImportanceEvaluator(),
+        "MDI": MeanDecreaseImpurityImportanceEvaluator(seed=0),
+    }
+
+
+def complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+
+def snapshot_study(trials: Sequence[FrozenTrial], maximize: bool) -> optuna.Study:
+    """An in-memory copy of the complete trials: evaluators see the report's snapshot, never a later state."""
+    study = optuna.create_study(direction="maximize" if maximize else "minimize")
+    study.add_trials(complete(trials))
+    return study
+
+
+def importances(trials: Sequence[FrozenTrial], maximize: bool) -> Importances:
+    from optuna.importance import get_param_importances
+
+    result = Importances()
+    done = complete(trials)
+    varied = {p for p in {p for t in done for p in t.params} if len({repr(t.params.get(p)) for t in done}) > 1}
+    if len(done) < MIN_TRIALS or not varied:
+        result.notes.append(f"not computed: needs at least {MIN_TRIALS} complete trials and a parameter that "
+                            f"varies (have {len(done)} complete, {len(varied)} varying)")
+        return result
+    if len(done) > MAX_TRIALS:
+        # fANOVA's forest grows with the trials; the most recent ones describe the region searched now.
+        result.notes.append(f"computed on the {MAX_TRIALS} most recent of {len(done)} complete trials")
+        done = sorted(done, key=lambda t: t.number)[-MAX_TRIALS:]
+    study = snapshot_study(done, maximize)
+    for method, evaluator in _evaluators().items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                imp = get_param_importances(study, evaluator=evaluator)
+            except Exception as exc:  # noqa: BLE001 - one method failing must not sink the report
+                result.notes.append(f"{method}: not computable ({type(exc).__name__}: {exc})")
+                continue
+        result.by_method[method] = {k: float(v) for k, v in imp.items()}
+        for w in caught:
+            if "experimental" not in str(w.message):
+                result.notes.append(f"{method}: {w.message}")
+    return result
+
+
+# ---------------------------------------------------------------- correlations
+
+
+@dataclass(frozen=True)
+class Correlation:
+    param: str
+    kind: str  # "numeric" | "categorical"
+    statistic: str  # "Spearman rho" | "eta^2"
+    value: float | None
+    p_value: float | None
+    n: int
+    best: str  # the direction or level that goes with a better metric
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def correlations(trials: Sequence[FrozenTrial], maximize: bool) -> list[Correlation]:
+    done = complete(trials)
+    names = sorted({p for t in done for p in t.params})
+    out = []
+    for name in names:
+        pairs = [(t.params[name], float(t.value)) for t in done if name in t.params]  # type: ignore[arg-type]
+        if all(_is_number(x) for x, _ in pairs):
+            out.append(_spearman(name, pairs, maximize))
+        else:
+            out.append(_eta(name, pairs, maximize))
+    return out
+
+
+def _spearman(name: str, pairs: list[tuple[Any, float]], maximize: bool) -> Correlation:
+    from scipy import stats
+
+    xs, ys = [float(x) for x, _ in pairs], [y for _, y in pairs]
+    if len(set(xs)) < 2 or len(set(ys)) < 2 or len(pairs) < 3:
+        return Correlation(name, "numeric", "Spearman rho", None, None, len(pairs), "not enough variation")
+    res = stats.spearmanr(xs, ys)
+    rho, p = float(res.statistic), float(res.pvalue)
+    better = "higher" if (rho > 0) == maximize else "lower"
+    return Correlation(name, "numeric", "Spearman rho", rho, p, len(pairs), f"{better} {name} is better")
+
+
+def _eta(name: str, pairs: list[tuple[Any, float]], maximize: bool) -> Correlation:
+    from scipy import stats
+
+    levels: dict[str, list[float]] = defaultdict(list)
+    for x, y in pairs:
+        levels[str(x)].append(y)
+    ys = [y for _, y in pairs]
+    mean = sum(ys) / len(ys)
+    total = sum((y - mean) ** 2 for y in ys)
+    if len(levels) < 2 or total == 0:
+        return Correlation(name, "categorical", "eta^2", None, None, len(pairs), "not enough variation")
+    between = sum(len(v) * (sum(v) / len(v) - mean) ** 2 for v in levels.values())
+    p = None
+    if all(len(v) >= 2 for v in levels.values()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = float(stats.kruskal(*levels.values()).pvalue)
+    pick = max if maximize else min
+    best = pick(levels, key=lambda k: sum(levels[k]) / len(levels[k]))
+    return Correlation(name, "categorical", "eta^2", between / total, p if p == p else None, len(pairs),
+                       f"{name}={best} has the best mean")
