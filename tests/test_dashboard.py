@@ -8,13 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,6 @@ import pytest
 from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from hpsearch import dashboard
 from hpsearch.errors import HpsearchError
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
 
 # ---------------------------------------------------------------- a dashboard process
 
@@ -65,26 +60,6 @@ def study_names(base: str, headers: dict[str, str] | None = None) -> list[str]:
     status, body = request(f"{base}/api/studies", headers=headers)
     assert status == 200, body
     return [s["study_name"] for s in json.loads(body)["study_summaries"]]
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)):
-        pytest.skip("chromium/chromedriver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> Any:

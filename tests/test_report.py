@@ -4,9 +4,7 @@ on a real small study run by a worker process, opened in headless Chromium."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,6 @@ from test_report_data import CONFIGS, build
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from hpsearch.report import ReportOptions, write_report
 from hpsearch.storage import open_storage
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def _png_ok(path: Path) -> bool:
@@ -98,27 +94,6 @@ def test_report_of_a_study_without_results_says_so(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- a real small study
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)):
-        pytest.skip("chromium/chromedriver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _run_worker(name: str, url: str, log: Path) -> None:
