@@ -95,6 +95,8 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     attrs: dict[str, Any] = {"config": {**cfg, "seed": seed, "dataset": spec.dataset},
                              "config_id": space_mod.config_id(params), "name": space_mod.short_name(params)}
     gen = seed_everything(seed)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    ctx.progress(f"start: {shown or 'fixed settings'}, seed {seed}")
 
     # --- build -------------------------------------------------------------------------
     data = data_mod.load(spec.dataset, ctx.device)
