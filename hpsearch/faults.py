@@ -134,7 +134,7 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
 
 
 def _still_stale(study: optuna.Study, frozen: optuna.trial.FrozenTrial, limit: float) -> bool:
-    age = beat_ages(study).get(frozen._trial_id)
+    age = _ages_and_intervals(study, 30.0).get(frozen._trial_id, (None, 0.0))[0]
     return age is not None and age > limit
 
 
@@ -239,14 +239,18 @@ def _ages_and_intervals(study: optuna.Study, default_interval: float) -> dict[in
     def q() -> dict[int, tuple[float, float]]:
         with rdb.engine.connect() as conn:
             now = _naive(conn.execute(sa.select(sa.func.now())).scalar())
+            # Workers behind the gRPC proxy beat as a trial attribute, the others in trial_heartbeats.
             rows = conn.execute(
-                sa.text("SELECT t.trial_id, h.heartbeat, a.value_json FROM trials t "
-                        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                sa.text("SELECT t.trial_id, h.heartbeat, a.value_json, b.value_json FROM trials t "
+                        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
                         "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :k "
-                        "WHERE t.study_id = :s AND t.state = 'RUNNING'"),
-                {"s": study._study_id, "k": study_mod.BEAT_INTERVAL},
+                        "LEFT JOIN trial_user_attributes b ON b.trial_id = t.trial_id AND b.key = :beat "
+                        "WHERE t.study_id = :s AND t.state = 'RUNNING' "
+                        "AND (h.heartbeat IS NOT NULL OR b.value_json IS NOT NULL)"),
+                {"s": study._study_id, "k": study_mod.BEAT_INTERVAL, "beat": study_mod.BEAT},
             ).all()
-        return {int(r[0]): ((now - _naive(r[1])).total_seconds(),
+        wall = time.time()
+        return {int(r[0]): ((now - _naive(r[1])).total_seconds() if r[1] is not None else wall - float(json.loads(r[3])),
                             float(json.loads(r[2])) if r[2] is not None else default_interval) for r in rows}
 
     return with_reconnect(q)()
@@ -271,7 +275,8 @@ class Reaper:
     def stop(self) -> None:
         self._stop.set()
         self._poke.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def poke(self) -> None:
         self._poke.set()

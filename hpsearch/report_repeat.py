@@ -46,6 +46,14 @@ def queue_repeats(study: optuna.Study, spec: StudySpec, top: int, seeds: int,
                   group_by: str | None = None) -> list[Queued]:
     if seeds < 1:
         raise HpsearchError(f"--seeds must be >= 1, but got {seeds=}")
+    from hpsearch.faults import StudyLock
+
+    # Under the study lock, so two `repeat`s at once cannot hand out the same seeds.
+    with StudyLock.of(study):
+        return _queue(study, spec, top, seeds, group_by)
+
+
+def _queue(study: optuna.Study, spec: StudySpec, top: int, seeds: int, group_by: str | None) -> list[Queued]:
     trials = fastread.full_trials(study)
     check_group_by(group_by, trials, spec.space)
     maximize = spec.direction == "maximize"

@@ -29,8 +29,17 @@ def add_parsers(sub: Any, command: Callable[..., Any], storage_arg: Callable[[ar
     command("proxy")(_proxy)
 
 
+def reap(study: Any) -> None:
+    """Workers behind the proxy run no reaper of their own (200 of them would flood it): do it here."""
+    from hpsearch.faults import fail_and_requeue, stale_trials
+
+    for trial_id, age, limit in stale_trials(study, default_interval=30):
+        fail_and_requeue(study, trial_id, f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); "
+                         "worker presumed dead", only_if_stale=limit)
+
+
 def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> None:
-    """Issue the next chunk of every hpsearch study whose queue runs low."""
+    """Issue the next chunk of every hpsearch study whose queue runs low, and reap stale trials."""
     import optuna
 
     from hpsearch import study as study_mod
@@ -44,15 +53,17 @@ def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> Non
                 attrs = frozen.user_attrs
                 if not attrs.get(study_mod.READY_ATTR):
                     continue
-                if int(attrs.get(study_mod.ISSUED_ATTR, 0)) >= int(attrs.get(study_mod.PLANNED_ATTR, 0)):
-                    continue
                 study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+                if int(attrs.get(study_mod.ISSUED_ATTR, 0)) >= int(attrs.get(study_mod.PLANNED_ATTR, 0)):
+                    reap(study)
+                    continue
                 if frozen.study_name not in specs:
                     specs[frozen.study_name] = study_mod.stored_spec(study)
                 with StudyLock.of(study):
                     waiting, _ = study_mod.active_counts(study)
                     if waiting < chunk // 2:
                         study_mod.top_up(study, specs[frozen.study_name], chunk)
+                reap(study)
         except Exception as exc:  # noqa: BLE001 - the keeper must outlive database hiccups
             print(f"hpsearch proxy: keeper: {mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
                   flush=True)

@@ -108,12 +108,14 @@ def run_worker(opts: Options) -> int:
     chunk = study_mod.issue_chunk(storage) or 1
     lock = StudyLock(study, url)
     reaper = Reaper(study, lock, default_interval=opts.heartbeat, log=out)
-    reaper.start()
+    if lock.available:  # through the gRPC proxy, its keeper reaps for everyone
+        reaper.start()
     _install_signals(opts, out)
     summary = Summary()
     out(f"worker {wid} on study {opts.study!r} ({spec.sampler['name']}, storage {mask(url)}, device {ctx['device']})")
 
     failures_in_row = 0
+    idle_rounds = 0
     try:
         while True:
             # --- limits ---------------------------------------------------------------
@@ -148,9 +150,12 @@ def run_worker(opts: Options) -> int:
                     summary.reason = "study done"
                     break
                 # Others still run trials that may come back to the queue: wait, reap, retry.
-                _STOP.wait(1.0 + random.random())
+                # The wait grows while idle, so a crowd of idle workers does not flood the storage.
+                idle_rounds += 1
+                _STOP.wait(min(8.0, 1.0 + 0.5 * idle_rounds) * (0.5 + random.random()))
                 reaper.poke()
                 continue
+            idle_rounds = 0
 
             # --- run ------------------------------------------------------------------------
             state = _run_one(study, trial, spec, ctx, opts, out)

@@ -95,3 +95,34 @@ def test_the_sampler_never_learns_from_repeats_and_honours_its_window() -> None:
     nxt = study.ask()
     nxt.suggest_float("x", 0, 1)
     assert seen[-1] == [2, 3, 5, running.number, nxt.number]  # last 3 finished non-repeats + running ones
+
+
+def test_the_proxy_requeues_a_killed_workers_trial(proxy: tuple[str, str], tmp_path: Path) -> None:
+    pg, grpc = proxy
+    name = unique("pkill")
+    spec = {"name": name, "objective": "bench_objectives:sleep", "metric": "loss", "direction": "minimize",
+            "sampler": "grid", "train": {"sleep": 4.0, "steps": 4}, "space": {"x": {"choices": [0.1, 0.2, 0.3]}}}
+    run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", pg, check=True, env=ENV)
+    victim = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--study", name, "--storage", grpc,
+                               "--heartbeat", "2"], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    study = optuna.load_study(study_name=name, storage=open_storage(pg))
+    deadline = time.monotonic() + 60
+    while not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.5)
+    victim.kill()
+    victim.wait()
+    # No worker of its own reaps behind the proxy: the proxy's keeper does.
+    killed = next(t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
+    deadline = time.monotonic() + 30
+    while study.get_trials(deepcopy=False)[killed.number].state == TrialState.RUNNING:
+        assert time.monotonic() < deadline, "the proxy did not re-queue the dead worker's trial"
+        time.sleep(0.2)
+    _wait(_start(name, grpc, 2, tmp_path), tmp_path)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[killed.number].user_attrs["fail_reason"].startswith("stale")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in complete) == [0.1, 0.2, 0.3]
+    assert any(t.user_attrs.get("retry_of") == killed.number for t in complete)
