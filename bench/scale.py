@@ -109,11 +109,15 @@ def steady_cycle(study: optuna.Study) -> float:
     return statistics.median(b - a for a, b in zip(ours, ours[1:], strict=False))
 
 
-def part_cost(url: str, tmp: Path, sizes: list[int], k: int) -> list[dict[str, Any]]:
+SAMPLERS: dict[str, Any] = {"random": "random", "tpe": {"name": "tpe", "n_startup_trials": 10},
+                            "tpe-window": {"name": "tpe", "n_startup_trials": 10, "window": 1000}}
+
+
+def part_cost(url: str, tmp: Path, sizes: list[int], k: int, which: list[str]) -> list[dict[str, Any]]:
     rows = []
-    samplers = {"random": "random", "tpe": {"name": "tpe", "n_startup_trials": 10},
-                "tpe window=1000": {"name": "tpe", "n_startup_trials": 10, "window": 1000}}
-    for label, sampler in samplers.items():
+    for label, sampler in SAMPLERS.items():
+        if label not in which:
+            continue
         for size in sizes:
             name = f"cost-{uuid.uuid4().hex[:6]}"
             study, _ = study_mod.create(load_spec(spec_file(tmp, name, sampler=sampler, budget=k + 1000)),
@@ -276,6 +280,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["cost", "quality", "scaling", "crowd", "status"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="samplers of the cost part")
     args = parser.parse_args()
     q = args.quick
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -288,7 +293,8 @@ def main() -> None:
                 cluster.start()
                 url = cluster.create_db("bench")
             if "cost" in args.parts:
-                print_cost(part_cost(url, tmp, [1000, 2000] if q else [1000, 10000, 50000], 10 if q else 30))
+                print_cost(part_cost(url, tmp, [1000, 2000] if q else [1000, 10000, 50000], 10 if q else 30,
+                                     args.samplers))
             if "quality" in args.parts:
                 part_quality(200 if q else 1500, 2 if q else 3)
             if "scaling" in args.parts:
