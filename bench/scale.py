@@ -109,8 +109,12 @@ def steady_cycle(study: optuna.Study) -> float:
     return statistics.median(b - a for a, b in zip(ours, ours[1:], strict=False))
 
 
-SAMPLERS: dict[str, Any] = {"random": "random", "tpe": {"name": "tpe", "n_startup_trials": 10},
-                            "tpe-window": {"name": "tpe", "n_startup_trials": 10, "window": 1000}}
+SAMPLERS: dict[str, Any] = {
+    "random": "random",
+    "tpe-all": {"name": "tpe", "n_startup_trials": 10, "window": 0},  # every finished trial modelled
+    "tpe": {"name": "tpe", "n_startup_trials": 10},  # the default window of 5,000
+    "tpe-window1000": {"name": "tpe", "n_startup_trials": 10, "window": 1000},
+}
 
 
 def part_cost(url: str, tmp: Path, sizes: list[int], k: int, which: list[str]) -> list[dict[str, Any]]:
@@ -269,11 +273,12 @@ def part_status(url: str, tmp: Path, size: int) -> None:
     study, _ = study_mod.create(load_spec(spec_file(tmp, name, budget=10)), open_storage(url, create=True))
     prefill(url, study, size)
     print(f"\nstatus/best on a {size}-trial study")
-    for cmd in (["status", name], ["best", name, "--top", "10"]):
+    for cmd in (["status", name], ["best", name, "--top", "10"], ["report", name, "--out", str(tmp / "report")]):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "hpsearch", *cmd, "--storage", url], env=ENV, check=True,
                        stdout=subprocess.DEVNULL)
         print(f"  hpsearch {cmd[0]:<7} {time.perf_counter() - t0:6.1f} s", flush=True)
+    print("  (Optuna's own study.get_trials() alone takes ~26 s on this study: see hpsearch/fastread.py)")
 
 
 def main() -> None:

@@ -75,8 +75,11 @@ class StudyLock:
                 import sqlalchemy as sa
 
                 def take() -> Any:
+                    # A transaction-scoped lock held by an open transaction: released on commit or
+                    # on a dropped connection, and it works behind pgbouncer's transaction pooling.
                     conn = self.rdb.engine.connect()
-                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                    conn.begin()
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
                     return conn
 
                 self._conn = with_reconnect(take)()
@@ -89,10 +92,8 @@ class StudyLock:
         try:
             if self._depth == 1:
                 if self._conn is not None:
-                    import sqlalchemy as sa
-
                     try:
-                        self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                        self._conn.commit()
                     except Exception:  # noqa: BLE001 - a dropped connection releases the lock anyway
                         pass
                     self._conn.close()
