@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 MIN_TRIALS = 4  # below this every evaluator returns noise (fANOVA even returns equal shares)
 MAX_TRIALS = 5000
-FANOVA_MAX_TRIALS = 1000
+FANOVA_MAX_TRIALS = 500
 
 
 @dataclass
