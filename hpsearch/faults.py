@@ -182,23 +182,7 @@ class Heartbeat:
 
 
 def beat_ages(study: optuna.Study) -> dict[int, float]:
-    """Seconds since the last heartbeat of every running trial (trial_id -> age)."""
-    rdb = study_mod._rdb(study._storage)
-    if rdb is not None:
-        import sqlalchemy as sa
-
-        def q() -> dict[int, float]:
-            with rdb.engine.connect() as conn:
-                now = conn.execute(sa.select(sa.func.now())).scalar()
-                rows = conn.execute(
-                    sa.text("SELECT t.trial_id, h.heartbeat FROM trials t JOIN trial_heartbeats h "
-                            "ON h.trial_id = t.trial_id WHERE t.study_id = :s AND t.state = 'RUNNING'"),
-                    {"s": study._study_id},
-                ).all()
-            now = _naive(now)
-            return {int(r[0]): (now - _naive(r[1])).total_seconds() for r in rows}
-
-        return with_reconnect(q)()
+    """Seconds since the last heartbeat of every running trial, where heartbeats are trial attributes."""
     ages = {}
     now = time.time()
     for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):

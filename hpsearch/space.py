@@ -70,10 +70,6 @@ def values(p: Param) -> list[Any]:
     return [round(p.low + i * p.step, digits) for i in range(n + 1)]  # type: ignore[operator]
 
 
-def grid_size(space: dict[str, Param]) -> int:
-    return len(grid(space))
-
-
 def grid(space: dict[str, Param]) -> list[dict[str, Any]]:
     """Every combination of the space, with conditional parameters only where their condition holds."""
     points: list[dict[str, Any]] = [{}]

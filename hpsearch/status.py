@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import optuna
@@ -206,30 +205,6 @@ def _done(snap: dict[str, Any]) -> bool:
     return bool(snap["n"]) and snap["remaining"] == 0
 
 
-def rows_by_config(study: optuna.Study) -> list[dict[str, Any]]:
-    """Complete trials grouped by configuration (repeats over seeds): mean and spread per group."""
-    groups: dict[str, list[FrozenTrial]] = defaultdict(list)
-    complete = fastread.trials(study, keys=[study_mod.CONFIG_ID, "test_acc", "val_acc", study_mod.SEED],
-                               states=(TrialState.COMPLETE,), with_params=True)
-    for t in complete:
-        groups[t.user_attrs.get(study_mod.CONFIG_ID) or str(sorted(t.params.items()))].append(t)
-    rows = []
-    for cid, ts in groups.items():
-        vals = [t.value for t in ts if t.value is not None]
-        tests = [t.user_attrs["test_acc"] for t in ts if isinstance(t.user_attrs.get("test_acc"), (int, float))]
-        vaccs = [t.user_attrs["val_acc"] for t in ts if isinstance(t.user_attrs.get("val_acc"), (int, float))]
-        rows.append({
-            "config_id": cid, "params": ts[0].params, "n": len(ts), "trials": [t.number for t in ts],
-            "value": statistics.fmean(vals) if vals else float("nan"),
-            "value_sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "val_acc": statistics.fmean(vaccs) if vaccs else None,
-            "test_acc": statistics.fmean(tests) if tests else None,
-        })
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    rows.sort(key=lambda r: r["value"], reverse=maximize)
-    return rows
-
-
 def _console() -> Console:
     # Piped output (logs, CI, `make demo | tee`) gets a wide table instead of rich's 80 columns.
     import sys
@@ -237,9 +212,14 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def print_best(name: str, storage: str | None, top: int) -> None:
+def print_best(name: str, storage: str | None, top: int, level: float = 0.9) -> None:
+    from hpsearch.report_stats import summarize
+
     study, spec = open_study(name, storage)
-    rows = rows_by_config(study)
+    complete = fastread.trials(study, keys=[study_mod.CONFIG_ID, "name", "test_acc", "val_acc", "val_loss",
+                                            study_mod.SEED], states=(TrialState.COMPLETE,), with_params=True)
+    # The same grouping and ranking as the report's table, so `best` and `report` agree.
+    rows = summarize(complete, study.direction == optuna.study.StudyDirection.MAXIMIZE, level)
     console = _console()
     if not rows:
         console.print(f"study {name}: no complete trial yet")
@@ -247,16 +227,15 @@ def print_best(name: str, storage: str | None, top: int) -> None:
     metric = spec.metric if spec else "value"
     extra = [m for m in ("val_acc", "test_acc") if m != metric]  # the metric column already shows val_acc
     table = Table(title=f"best configurations of {name} ({'max' if study.direction.name == 'MAXIMIZE' else 'min'}imize "
-                        f"{metric}, mean ± sd over seeds)")
+                        f"{metric}, mean ± {level:.0%} t-interval over seeds)")
     for col in ("rank", metric, "seeds", *extra, "trials", "parameters"):
         table.add_column(col, justify="right" if col not in ("parameters", "trials") else "left")
-    for i, r in enumerate(rows[:top], 1):
-        value = f"{r['value']:.4f}" + (f" ± {r['value_sd']:.4f}" if r["n"] > 1 else "")
-        cells = [f"{r[m]:.4f}" if r[m] is not None else "-" for m in extra]
+    for r in rows[:top]:
+        cells = [r.metrics[m].text() if r.metrics.get(m) is not None else "-" for m in extra]
         table.add_row(
-            str(i), value, str(r["n"]), *cells,
-            ",".join(map(str, r["trials"][:6])) + ("…" if len(r["trials"]) > 6 else ""),
-            ", ".join(f"{k}={_v(v)}" for k, v in r["params"].items()) or "-",
+            str(r.rank), r.value.text(), str(r.value.n), *cells,
+            ",".join(map(str, r.trials[:6])) + ("…" if len(r.trials) > 6 else ""),
+            ", ".join(f"{k}={_v(v)}" for k, v in r.params.items()) or "-",
         )
     console.print(table)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +21,6 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError, StudyNotFound
 from hpsearch.spec import StudySpec, spec_from_dict
-from hpsearch.storage import mask
 
 SPEC_ATTR = "hpsearch:spec"
 HASH_ATTR = "hpsearch:spec_hash"
@@ -318,13 +316,6 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- state of a study
 
 
-def counts(study: optuna.Study) -> Counter[str]:
-    c: Counter[str] = Counter()
-    for t in study.get_trials(deepcopy=False):
-        c[t.state.name.lower()] += 1
-    return c
-
-
 def active_counts(study: optuna.Study) -> tuple[int, int]:
     """(waiting, running): the only question a worker's loop asks of the whole study."""
     storage = study._storage
@@ -372,6 +363,3 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
         )
     )
 
-
-def describe_storage(url: str) -> str:
-    return mask(url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -209,4 +208,3 @@ def test_wrong_password_is_one_masked_line(throwaway_pg: Cluster, tmp_path: Path
         assert "wrong-pass-123" not in proc.stderr + proc.stdout
         assert "postgres:***@" in proc.stderr and "password authentication failed" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert os.environ.get("HPSEARCH_STORAGE") is None
