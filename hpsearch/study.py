@@ -239,13 +239,28 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     if rdb is not None:
         trial_id = _claim_rdb(rdb, study._study_id)
         if trial_id is not None and rdb is not storage:
-            # The claim bypassed Optuna's cache; let it learn about the trial.
-            storage._read_trials_from_remote_storage(study._study_id)
+            _cache_claimed(storage, study._study_id, rdb.get_trial(trial_id))
     else:
         trial_id = study._pop_waiting_trial_id()
     if trial_id is None:
         return None
     return optuna.Trial(study, trial_id)
+
+
+def _cache_claimed(cached: Any, study_id: int, frozen: FrozenTrial) -> None:
+    """Tell Optuna's _CachedStorage about the one trial the claim took behind its back.
+
+    Its own sync (_read_trials_from_remote_storage) re-reads every unfinished trial of the study:
+    with 64 workers that is ~130 trials and ~3,000 ORM rows per claim, which made coordination
+    cost grow with the number of workers. The claimed trial is registered as unfinished, so any
+    later sync (TPE's constant liar reads running trials) refreshes it the usual way.
+    """
+    from optuna.storages._cached_storage import _StudyInfo
+
+    with cached._lock:
+        info = cached._studies.setdefault(study_id, _StudyInfo())
+        cached._add_trials_to_cache(study_id, [frozen])
+        info.unfinished_trial_ids.add(frozen._trial_id)
 
 
 def _rdb(storage: Any) -> optuna.storages.RDBStorage | None:
