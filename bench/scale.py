@@ -8,7 +8,8 @@ cost     per-trial coordination (claim, suggest, 5 reports, tell) of an objectiv
 quality  best value found by TPE with and without a window on the benchmark function (in memory).
 scaling  trials/second of 1..64 workers running 5-second sleeping trials against PostgreSQL, as
          efficiency relative to linear (steady state per worker: sleep / time between its trials).
-crowd    200 workers through `hpsearch proxy` against a PostgreSQL with max_connections=100.
+crowd    200 workers against a PostgreSQL with max_connections=100, through `hpsearch proxy` and
+         through pgbouncer (crowd-proxy, crowd-pgbouncer: one of them).
 status   `hpsearch status` and `hpsearch best` on the 50k-trial study.
 Everything runs on loopback against PostgreSQL clusters this script starts itself.
 """
@@ -21,9 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +193,13 @@ def run_workers(url: str, name: str, n: int, log_dir: Path, storage: str | None 
     return codes, logs
 
 
-def steady_efficiency(study: optuna.Study, sleep: float) -> float:
-    """sleep / median time between consecutive trial starts of the same worker, in steady state.
+def steady_efficiency(study: optuna.Study, sleep: float) -> tuple[float, float]:
+    """(mean, median) of sleep / time between consecutive trial starts of the same worker, in steady state.
 
-    Starting 64 Python processes on 2 cores takes most of a minute; gaps that begin before the last
-    worker started its first trial measure that start-up storm, not coordination, and are left out.
+    The mean is throughput relative to linear (all the time between trials counts, stalls
+    included); the median is the typical worker's cycle. Starting 64 Python processes on 2 cores
+    takes a while; gaps that begin before the last worker started its first trial measure that
+    start-up storm, not coordination, and are left out.
     """
     starts: dict[str, list[float]] = defaultdict(list)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -203,7 +207,9 @@ def steady_efficiency(study: optuna.Study, sleep: float) -> float:
     all_running = max(min(s) for s in starts.values())
     gaps = [b - a for s in starts.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)
             if a >= all_running]
-    return sleep / statistics.median(gaps) if gaps else float("nan")
+    if not gaps:
+        return float("nan"), float("nan")
+    return sleep / statistics.mean(gaps), sleep / statistics.median(gaps)
 
 
 def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) -> None:
@@ -212,7 +218,7 @@ def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) ->
     try:
         print(f"\nworker scaling: {sleep:g}-second trials, {per_worker} per worker, PostgreSQL direct "
               f"(max_connections=400)")
-        print(f"{'workers':>8} {'trials':>7} {'trials/s':>9} {'ideal/s':>8} {'efficiency':>11}")
+        print(f"{'workers':>8} {'trials':>7} {'trials/s':>9} {'ideal/s':>8} {'efficiency':>11} {'median':>7}")
         for n in counts:
             url = cluster.create_db(f"scale{n}")
             name = f"scale{n}"
@@ -222,9 +228,10 @@ def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) ->
             codes, logs = run_workers(url, name, n, tmp)
             assert codes == [0] * n, logs[-2000:]
             study = optuna.load_study(study_name=name, storage=open_storage(url))
-            eff = steady_efficiency(study, sleep)
+            eff, median = steady_efficiency(study, sleep)
             done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            print(f"{n:>8} {done:>7} {eff * n / sleep:>9.2f} {n / sleep:>8.2f} {100 * eff:>10.1f}%", flush=True)
+            print(f"{n:>8} {done:>7} {eff * n / sleep:>9.2f} {n / sleep:>8.2f} {100 * eff:>10.1f}% "
+                  f"{100 * median:>6.1f}%", flush=True)
     finally:
         cluster.destroy()
 
@@ -232,36 +239,62 @@ def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) ->
 # ---------------------------------------------------------------- 200 workers through the proxy
 
 
-def part_crowd(tmp: Path, workers: int, budget: int, sleep: float) -> None:
+def part_crowd(tmp: Path, workers: int, budget: int, sleep: float, via: str) -> None:
+    """`workers` processes against one PostgreSQL with max_connections=100, through `via`:
+    `proxy` (hpsearch proxy, Optuna's gRPC storage proxy) or `pgbouncer` (transaction pooling)."""
+    from pgcluster import Bouncer
+
     cluster = Cluster(max_connections=100).init()
     cluster.start()
-    proxy = None
+    proxy = bouncer = None
+    peak = [0]
+    done = threading.Event()
     try:
         url = cluster.create_db("crowd")
         name = "crowd"
         study_mod.create(load_spec(spec_file(tmp, name, objective="bench_objectives:sleep", budget=budget,
                                              train={"sleep": sleep, "steps": 2})), open_storage(url, create=True))
-        port = free_port()
-        proxy = subprocess.Popen([sys.executable, "-m", "hpsearch", "proxy", "--storage", url, "--port", str(port),
-                                  "--threads", "64", "--pool", "16"], env=ENV, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-        time.sleep(3)
+        if via == "proxy":
+            port = free_port()
+            proxy = subprocess.Popen([sys.executable, "-m", "hpsearch", "proxy", "--storage", url, "--port",
+                                      str(port), "--threads", "64", "--pool", "16"], env=ENV,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            time.sleep(3)
+            target, how = f"grpc://127.0.0.1:{port}", "hpsearch proxy (--pool 16)"
+        else:
+            bouncer = Bouncer(cluster, pool_size=40)
+            bouncer.start()
+            target, how = bouncer.url("crowd"), "pgbouncer, transaction pooling, pool of 40"
+
+        def watch() -> None:  # the most server connections seen while the workers run
+            with engine(cluster.url()).connect() as c:
+                while not done.wait(0.5):
+                    peak[0] = max(peak[0], c.execute(sa.text("SELECT count(*) FROM pg_stat_activity "
+                                                             "WHERE backend_type = 'client backend'")).scalar())
+
+        threading.Thread(target=watch, daemon=True).start()
         t0 = time.perf_counter()
-        codes, logs = run_workers(url, name, workers, tmp, storage=f"grpc://127.0.0.1:{port}")
+        codes, logs = run_workers(url, name, workers, tmp, storage=target)
         wall = time.perf_counter() - t0
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        complete = states.count(TrialState.COMPLETE)
-        with engine(cluster.url()).connect() as c:
-            peak = c.execute(sa.text("SELECT count(*) FROM pg_stat_activity")).scalar()
-        print(f"\n{workers} workers through hpsearch proxy, PostgreSQL max_connections=100, budget {budget}, "
+        done.set()
+        trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        span = max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)
+        errors = Counter(line for line in logs.splitlines() if "error" in line.lower())
+        for line, count in errors.most_common(3):
+            print(f"  {count} x {line[:300]}")
+        print(f"\n{workers} workers through {how}; PostgreSQL max_connections=100; budget {budget}, "
               f"{sleep:g}-second trials")
         print(f"  exit codes: {sum(c == 0 for c in codes)}/{workers} zero; 'too many clients' in logs: "
-              f"{logs.count('too many clients')}; trials complete {complete}/{budget}, other states "
-              f"{len(states) - complete}; wall {wall:.0f}s; server connections at the end: {peak}")
+              f"{logs.count('too many clients')}; trials complete {len(complete)}/{budget}, other states "
+              f"{len(trials) - len(complete)}; peak server connections {peak[0]}; "
+              f"{len(complete) / span.total_seconds():.1f} trials/s from first start to last end; wall {wall:.0f}s")
     finally:
+        done.set()
         if proxy is not None:
             proxy.terminate()
+        if bouncer is not None:
+            bouncer.stop()
         cluster.destroy()
 
 
@@ -286,6 +319,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["cost", "quality", "scaling", "crowd", "status"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="samplers of the cost part")
+    parser.add_argument("--workers", nargs="+", type=int, help="worker counts of the scaling part")
     args = parser.parse_args()
     q = args.quick
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -303,9 +337,11 @@ def main() -> None:
             if "quality" in args.parts:
                 part_quality(200 if q else 1500, 2 if q else 3)
             if "scaling" in args.parts:
-                part_scaling(tmp, [1, 4] if q else [1, 2, 4, 8, 16, 32, 64], 1.0 if q else 5.0, 3 if q else 10)
-            if "crowd" in args.parts:
-                part_crowd(tmp, 20 if q else 200, 40 if q else 600, 1.0)
+                part_scaling(tmp, args.workers or ([1, 4] if q else [1, 2, 4, 8, 16, 32, 64]), 1.0 if q else 5.0,
+                             3 if q else 10)
+            for via in ("proxy", "pgbouncer"):
+                if "crowd" in args.parts or f"crowd-{via}" in args.parts:
+                    part_crowd(tmp, 20 if q else 200, 40 if q else 600, 1.0, via)
             if "status" in args.parts:
                 part_status(url, tmp, 2000 if q else 50000)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import random
 import threading
 import time
 import zlib
@@ -75,12 +76,20 @@ class StudyLock:
                 import sqlalchemy as sa
 
                 def take() -> Any:
-                    # A transaction-scoped lock held by an open transaction: released on commit or
-                    # on a dropped connection, and it works behind pgbouncer's transaction pooling.
-                    conn = self.rdb.engine.connect()
-                    conn.begin()
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
-                    return conn
+                    # A transaction-scoped lock, released on commit or on a dropped connection, so it
+                    # works behind pgbouncer's transaction pooling. Waiters poll with try-lock rather
+                    # than block: a blocked waiter pins a server connection, and with a bounded pool
+                    # (pgbouncer) enough of them starve the holder, who needs one to finish its work.
+                    delay = 0.02
+                    while True:
+                        conn = self.rdb.engine.connect()
+                        conn.begin()
+                        if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self.key}).scalar():
+                            return conn
+                        conn.rollback()
+                        conn.close()
+                        time.sleep(delay * (0.5 + random.random()))
+                        delay = min(delay * 2, 0.5)
 
                 self._conn = with_reconnect(take)()
             elif self.path is not None:

@@ -254,5 +254,7 @@ def print_list(storage: str | None) -> None:
     for s in studies:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None and s.best_trial.value is not None else "-"
         created = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        table.add_row(s.study_name, str(s.n_trials), s.direction.name.lower(), best, created)
+        # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
+        direction = ", ".join(d.name.lower() for d in s.directions)
+        table.add_row(s.study_name, str(s.n_trials), direction, best, created)
     console.print(table)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import optuna
 
 from hpsearch.errors import HpsearchError, StorageUnavailable
+from hpsearch.pglean import LeanRDBStorage
 
 log = logging.getLogger("hpsearch")
 DEFAULT_DIR = ".hpsearch"
@@ -121,7 +122,9 @@ def open_storage(
         if url.startswith("postgresql://"):
             # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
             url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-        for attempt in range(6):
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
             try:
                 return ResilientRDBStorage(
                     url,
@@ -132,17 +135,28 @@ def open_storage(
                     heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
                 )
             except Exception as exc:
+                text = str(getattr(exc, "orig", None) or exc)
                 # Several create-study processes on a fresh database race to create the tables;
                 # the losers see "duplicate key"/"already exists" and simply open what the winner made.
-                text = str(getattr(exc, "orig", None) or exc)
-                if not create or attempt == 5 or ("duplicate key" not in text and "already exists" not in text):
+                race = create and attempt < 6 and ("duplicate key" in text or "already exists" in text)
+                # A server or pooler that is up but swamped (a job array's 200 workers logging in
+                # at the same second) times out or drops the login: wait for it, for a while.
+                # A refused connection, a wrong password or an unknown database fails at once.
+                swamped = any(s in text for s in _SWAMPED) and time.monotonic() - started < _connect_wait()
+                if not (race or swamped):
                     raise
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+                time.sleep(min(0.2 * attempt, 5.0) * (0.5 + random.random()))
     except HpsearchError:
         raise
     except Exception as exc:  # sqlalchemy/grpc raise many types; all mean "cannot use this storage"
         raise StorageUnavailable(f"cannot open storage {mask(shown)}: {_reason(exc)}") from None
+
+
+_SWAMPED = ("timeout expired", "server closed the connection unexpectedly", "query_wait_timeout")
+
+
+def _connect_wait() -> float:
+    return float(os.environ.get("HPSEARCH_CONNECT_WAIT", "120"))
 
 
 def _reason(exc: BaseException) -> str:
@@ -208,17 +222,17 @@ def storage_seconds() -> float:
     return float(getattr(_timing, "seconds", 0.0))
 
 
-class ResilientRDBStorage(optuna.storages.RDBStorage):
-    """RDBStorage whose calls wait for the database to come back instead of failing the worker."""
+class ResilientRDBStorage(LeanRDBStorage):
+    """RDBStorage (lean on PostgreSQL) whose calls wait for the database instead of failing the worker."""
 
 
 # Only the storage API (what Optuna's Study/Trial call) is wrapped; internals stay as they are.
 _API = [n for n, f in vars(optuna.storages.BaseStorage).items() if inspect.isfunction(f) and not n.startswith("_")]
 # ... plus the private entry points Optuna's _CachedStorage calls on its backend.
 _PRIVATE = ["record_heartbeat", "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param",
-            "_get_best_trial_id"]
+            "_get_best_trial_id", "set_trial_user_attrs"]
 for _name in [*_API, *_PRIVATE]:
-    _fn = getattr(optuna.storages.RDBStorage, _name, None)
+    _fn = getattr(LeanRDBStorage, _name, None)
     if inspect.isfunction(_fn):
         setattr(ResilientRDBStorage, _name, with_reconnect(_fn))
 

@@ -10,6 +10,7 @@ overshot, whatever the number of workers. A study is done when nothing waits and
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from datetime import datetime
@@ -241,10 +242,33 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
         if trial_id is not None and rdb is not storage:
             _cache_claimed(storage, study._study_id, rdb.get_trial(trial_id))
     else:
-        trial_id = study._pop_waiting_trial_id()
+        trial_id = _claim_any(study)
     if trial_id is None:
         return None
     return optuna.Trial(study, trial_id)
+
+
+def _claim_any(study: optuna.Study) -> int | None:
+    """Journal file and gRPC proxy: compare-and-set WAITING -> RUNNING through the storage.
+
+    Optuna's own _pop_waiting_trial_id tries the waiting trials in order, so N workers asking at
+    once all race for the first one and make O(N) failed attempts each. Behind the proxy, where
+    every attempt is a network round trip, each worker starts at a random place among the first
+    waiting trials instead; the journal keeps plan order (its log serialises claims anyway).
+    """
+    storage = study._storage
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    if isinstance(storage, optuna.storages.GrpcStorageProxy) and len(waiting) > 1:
+        head = min(len(waiting), 64)
+        start = random.randrange(head)
+        waiting = waiting[start:head] + waiting[:start] + waiting[head:]
+    for frozen in waiting:
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return frozen._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished by someone else since the list was read
+    return None
 
 
 def _cache_claimed(cached: Any, study_id: int, frozen: FrozenTrial) -> None:
@@ -274,10 +298,21 @@ def _claim_rdb(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
     from hpsearch.storage import with_reconnect
 
     postgres = rdb.engine.dialect.name == "postgresql"
-    pick = (
-        "SELECT trial_id FROM trials WHERE study_id = :s AND state = 'WAITING' "
-        "ORDER BY number LIMIT 1" + (" FOR UPDATE SKIP LOCKED" if postgres else "")
-    )
+    pick = "SELECT trial_id FROM trials WHERE study_id = :s AND state = 'WAITING' ORDER BY number LIMIT 1"
+
+    def attempt_postgres() -> int | None:
+        # One statement: the row lock skips trials other workers are claiming right now, and the
+        # state test makes it a compare-and-set. The heartbeat row starts in the same transaction.
+        with rdb.engine.begin() as conn:
+            row = conn.execute(sa.text(
+                "UPDATE trials SET state = 'RUNNING', datetime_start = :now WHERE trial_id = ("
+                "SELECT trial_id FROM trials WHERE study_id = :s AND state = 'WAITING' ORDER BY number LIMIT 1 "
+                "FOR UPDATE SKIP LOCKED) AND state = 'WAITING' RETURNING trial_id"),
+                {"s": study_id, "now": datetime.now()}).first()
+            if row is not None and rdb.heartbeat_interval:
+                conn.execute(sa.text("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, CURRENT_TIMESTAMP) "
+                                     "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP"), {"t": row[0]})
+        return None if row is None else int(row[0])
 
     def attempt() -> int | None:
         for _ in range(50):
@@ -301,30 +336,17 @@ def _claim_rdb(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
                     return int(row[0])
         return None
 
-    return with_reconnect(attempt)()
+    return with_reconnect(attempt_postgres if postgres else attempt)()
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Several trial attributes in one database transaction (one round trip, not one per key)."""
-    study = trial.study
-    rdb = _rdb(study._storage)
-    if rdb is None:
+    """Several trial attributes in one database statement (one round trip, not one per key)."""
+    rdb = _rdb(trial.study._storage)
+    if rdb is None or not hasattr(rdb, "set_trial_user_attrs"):
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    from hpsearch.storage import with_reconnect
-
-    def write() -> None:
-        with _create_scoped_session(rdb.scoped_session, True) as session:
-            row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
-            rdb.check_trial_is_updatable(trial._trial_id, row.state)
-            for key, value in attrs.items():
-                rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-
-    with_reconnect(write)()
+    rdb.set_trial_user_attrs(trial._trial_id, attrs)
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs reads back
 
 

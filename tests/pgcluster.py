@@ -76,6 +76,15 @@ class Cluster:
         engine.dispose()
         return self.url(name)
 
+    def scram_secret(self, user: str = "postgres") -> str:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url().replace("postgresql://", "postgresql+psycopg2://"))
+        with engine.connect() as conn:
+            secret = conn.execute(sa.text("SELECT rolpassword FROM pg_authid WHERE rolname = :u"), {"u": user}).scalar()
+        engine.dispose()
+        return str(secret)
+
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,3 +98,60 @@ class Cluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Bouncer:
+    """pgbouncer (Debian's package) in transaction pooling mode in front of a Cluster.
+
+    Clients connect to its port with the cluster's user and password; it keeps at most
+    `pool_size` server connections per database however many clients it has.
+    """
+
+    def __init__(self, cluster: Cluster, pool_size: int = 10, max_client_conn: int = 1000) -> None:
+        exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.path.exists(exe):
+            raise RuntimeError("pgbouncer is not installed (Debian package pgbouncer; .ci/run installs it)")
+        self.exe = exe
+        self.cluster = cluster
+        self.dir = cluster.root / "pgbouncer"
+        self.dir.mkdir()
+        self.port = free_port()
+        # The server's SCRAM secret, not the password: with a plain password pgbouncer runs the
+        # 4096-round key derivation for every login (~0.1 s each, one at a time), and 200 workers
+        # starting together time out; with the secret a login is a couple of HMACs.
+        (self.dir / "userlist.txt").write_text(f'"postgres" "{cluster.scram_secret()}"\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            f"[databases]\n* = host=127.0.0.1 port={cluster.port}\n\n[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = scram-sha-256\nauth_file = {self.dir / 'userlist.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = {max_client_conn}\n"
+            f"max_db_connections = {pool_size}\nlogfile = {self.dir / 'log'}\npidfile = {self.dir / 'pid'}\n"
+            "ignore_startup_parameters = extra_float_digits,options\n")
+        if cluster.as_postgres:
+            for path in (self.dir, *self.dir.iterdir()):
+                shutil.chown(path, "postgres", "postgres")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [self.exe, str(self.dir / "pgbouncer.ini")]
+        if self.cluster.as_postgres:  # pgbouncer refuses to run as root
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"pgbouncer exited: {(self.dir / 'log').read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        raise RuntimeError("pgbouncer did not come up")
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)

@@ -30,7 +30,9 @@ def test_full_trials_equal_optunas_trials(pg_session_db: str) -> None:
             user_attrs={"curve": [{"epoch": 1, "val_acc": 0.5}], "config_id": f"c{i % 4}", "seed": i},
             system_attrs={"fixed_params": {"x": 0.1}}))
     study.enqueue_trial({"act": "relu"}, user_attrs={"seed": 99})
-    theirs = study.get_trials(deepcopy=False)
+    # The reference is Optuna's own ORM reader (hpsearch's storage reads lean SQL: hpsearch.pglean).
+    plain = optuna.storages.RDBStorage(pg_session_db.replace("postgresql://", "postgresql+psycopg2://"))
+    theirs = plain.get_all_trials(study._study_id, deepcopy=False)
     ours = fastread.full_trials(study)
     assert [t.number for t in ours] == [t.number for t in theirs]
     for a, b in zip(ours, theirs, strict=True):

@@ -126,3 +126,30 @@ def test_the_proxy_requeues_a_killed_workers_trial(proxy: tuple[str, str], tmp_p
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["x"] for t in complete) == [0.1, 0.2, 0.3]
     assert any(t.user_attrs.get("retry_of") == killed.number for t in complete)
+
+
+def test_more_workers_than_server_connections_through_pgbouncer(tmp_path: Path) -> None:
+    """40 direct workers, a server that takes 20 connections, pgbouncer with a pool of 8 between them."""
+    from pgcluster import Bouncer, Cluster
+
+    cluster = Cluster(max_connections=20).init()
+    cluster.start()
+    bouncer = Bouncer(cluster, pool_size=8)
+    try:
+        bouncer.start()
+        cluster.create_db("crowd")
+        url = bouncer.url("crowd")
+        name = unique("bouncer")
+        spec = {"name": name, "objective": "bench_objectives:sleep", "metric": "loss", "direction": "minimize",
+                "sampler": "grid", "repeats": 2, "train": {"sleep": 0.5, "steps": 2},
+                "space": {"x": {"choices": [0.1, 0.2, 0.3, 0.4, 0.5]}, "y": {"choices": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]}}}
+        run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", url, check=True, env=ENV)
+        _wait(_start(name, url, 40, tmp_path), tmp_path)  # asserts exit 0 and no "too many clients"
+        trials = optuna.load_study(study_name=name, storage=open_storage(cluster.url("crowd"))).get_trials()
+        assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 60}
+        keys = Counter((t.params["x"], t.params["y"], t.user_attrs["seed"]) for t in trials)
+        assert len(keys) == 60 and set(keys.values()) == {1}
+        assert len({t.user_attrs["worker"] for t in trials}) > 8  # more workers than server connections took part
+    finally:
+        bouncer.stop()
+        cluster.destroy()

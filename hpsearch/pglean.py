@@ -1,0 +1,281 @@
+"""The per-trial hot path on PostgreSQL as one plain SQL statement per call (Optuna's schema and semantics).
+
+Optuna's RDBStorage goes through the SQLAlchemy ORM for every write: it loads the trial row to
+check it is still updatable, loads the existing row it may overwrite, then inserts; a get_trial is
+six queries. A worker makes ~90 such statements per trial (4 params, 5 reports, attributes, tell),
+and at 64 workers on 2 cores that CPU, in the workers and in the server, is what coordination
+costs. Here each of those calls is one guarded statement (INSERT ... SELECT FROM trials WHERE the
+trial is still updatable ... ON CONFLICT ...) and get_trial is one query. When a guarded statement
+touches no row, the original ORM method runs instead, so every error (unknown trial, finished
+trial) is exactly Optuna's. Other databases (SQLite, MySQL) use Optuna's methods unchanged.
+tests/test_pglean.py replays the same operations on both and compares the stored trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Container, Sequence
+from datetime import datetime
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna import distributions
+from optuna.storages._rdb.models import NOT_FOUND_MSG
+from optuna.trial import FrozenTrial, TrialState
+
+_UPDATABLE = "('RUNNING', 'WAITING')"  # Optuna's check_trial_is_updatable: anything not finished
+
+_GET_TRIAL = sa.text(
+    "SELECT t.number, t.state, t.datetime_start, t.datetime_complete, "
+    "(SELECT json_agg(json_build_array(param_name, param_value, distribution_json) ORDER BY param_id) "
+    " FROM trial_params WHERE trial_id = t.trial_id), "
+    "(SELECT json_agg(json_build_array(objective, value, value_type)) FROM trial_values WHERE trial_id = t.trial_id), "
+    "(SELECT json_agg(json_build_array(key, value_json)) FROM trial_user_attributes WHERE trial_id = t.trial_id), "
+    "(SELECT json_agg(json_build_array(key, value_json)) FROM trial_system_attributes WHERE trial_id = t.trial_id), "
+    "(SELECT json_agg(json_build_array(step, intermediate_value, intermediate_value_type)) "
+    " FROM trial_intermediate_values WHERE trial_id = t.trial_id) "
+    "FROM trials t WHERE t.trial_id = :t"
+)  # columns after the first four: _CHILDREN's order
+_SET_PARAM = sa.text(
+    "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+    f"SELECT trial_id, :n, :v, :d FROM trials WHERE trial_id = :t AND state IN {_UPDATABLE} "
+    "ON CONFLICT (trial_id, param_name) DO NOTHING"
+)
+_SET_REPORT = sa.text(
+    "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
+    f"SELECT trial_id, :step, :v, CAST(:vt AS trialintermediatevaluetype) FROM trials "
+    f"WHERE trial_id = :t AND state IN {_UPDATABLE} "
+    "ON CONFLICT (trial_id, step) DO UPDATE SET intermediate_value = EXCLUDED.intermediate_value, "
+    "intermediate_value_type = EXCLUDED.intermediate_value_type"
+)
+_FINISH = sa.text(
+    "UPDATE trials SET state = CAST(:st AS trialstate), datetime_complete = :now "
+    f"WHERE trial_id = :t AND state IN {_UPDATABLE}"
+)
+_SET_VALUE = sa.text(
+    "INSERT INTO trial_values (trial_id, objective, value, value_type) "
+    "VALUES (:t, :o, :v, CAST(:vt AS trialvaluetype)) "
+    "ON CONFLICT (trial_id, objective) DO UPDATE SET value = EXCLUDED.value, value_type = EXCLUDED.value_type"
+)
+_HEARTBEAT = sa.text(
+    "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, now()) "
+    "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = now()"
+)
+
+
+def stored_float(value: float | None, kind: str | None) -> float:
+    """Optuna stores inf and NaN as a type tag beside a NULL value."""
+    if kind == "INF_POS":
+        return float("inf")
+    if kind == "INF_NEG":
+        return float("-inf")
+    if kind == "NAN" or value is None:
+        return float("nan")
+    return float(value)
+
+
+_CHILDREN = ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
+             "trial_intermediate_values")
+
+
+def _frozen(trial_id: int, number: int, state: str, start: datetime | None, complete: datetime | None,
+            params: Any, values: Any, user: Any, system: Any, inter: Any,
+            cache: dict[str, distributions.BaseDistribution]) -> FrozenTrial:
+    """A FrozenTrial as Optuna's _build_frozen_trial_from_trial_model makes it, from plain rows."""
+    ps: dict[str, Any] = {}
+    ds: dict[str, distributions.BaseDistribution] = {}
+    for name, value, dist_json in params or ():
+        dist = cache.get(dist_json) or cache.setdefault(dist_json, distributions.json_to_distribution(dist_json))
+        # float(): JSON writes 3.0 as 3, the ORM reads a float8 column as 3.0.
+        ps[name], ds[name] = dist.to_external_repr(float(value)), dist
+    vals = None
+    if values:
+        vals = [0.0] * len(values)
+        for objective, value, kind in values:
+            vals[objective] = stored_float(value, kind)
+    return FrozenTrial(
+        number=number, state=TrialState[state], value=None, values=vals, datetime_start=start,
+        datetime_complete=complete, params=ps, distributions=ds,
+        user_attrs={k: json.loads(v) for k, v in user or ()},
+        system_attrs={k: json.loads(v) for k, v in system or ()},
+        intermediate_values={step: stored_float(v, kind) for step, v, kind in inter or ()},
+        trial_id=trial_id,
+    )
+
+
+def _tag(value: float, nan_ok: bool) -> tuple[float | None, str]:
+    if nan_ok and math.isnan(value):
+        return None, "NAN"
+    if value == float("inf"):
+        return None, "INF_POS"
+    if value == float("-inf"):
+        return None, "INF_NEG"
+    return value, "FINITE"
+
+
+def _attrs_statement(table: str, n: int) -> sa.TextClause:
+    rows = ", ".join(f"(:k{i}, :v{i})" for i in range(n))
+    return sa.text(
+        f"INSERT INTO {table} (trial_id, key, value_json) SELECT t.trial_id, a.key, a.value_json "
+        f"FROM trials t, (VALUES {rows}) AS a(key, value_json) WHERE t.trial_id = :t AND t.state IN {_UPDATABLE} "
+        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
+    )
+
+
+class LeanRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage with single-statement hot-path calls on PostgreSQL."""
+
+    @property
+    def lean(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _run(self, stmt: sa.TextClause, params: dict[str, Any]) -> int:
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(stmt, params).rowcount
+        except sa.exc.SQLAlchemyError as exc:
+            # As Optuna does: callers (and hpsearch's reconnect wrapper) look at the cause.
+            raise optuna.exceptions.StorageInternalError("lean storage statement failed") from exc
+
+    # ------------------------------------------------------------ reads
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        if not self.lean:
+            return super().get_trial(trial_id)
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(_GET_TRIAL, {"t": trial_id}).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise optuna.exceptions.StorageInternalError("lean get_trial failed") from exc
+        if row is None:
+            raise KeyError(NOT_FOUND_MSG)
+        return _frozen(trial_id, *row, {})
+
+    def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[FrozenTrial]:
+        """Optuna's cache sync and get_all_trials: five set-based queries in one snapshot, no ORM objects."""
+        if not self.lean:
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        included = sorted(t for t in included_trial_ids if t <= trial_id_greater_than)
+        where, params = "t.study_id = :s", {"s": study_id}
+        if states is not None:
+            where += " AND t.state::text = ANY(:states)"
+            params["states"] = [s.name for s in states]  # type: ignore[union-attr]
+        if trial_id_greater_than > -1:
+            params["gt"] = trial_id_greater_than
+            where += " AND (t.trial_id > :gt OR t.trial_id = ANY(:inc))" if included else " AND t.trial_id > :gt"
+            params["inc"] = included
+        ids = f"SELECT t.trial_id FROM trials t WHERE {where}"
+        try:
+            with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+                if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :s"), params).first() is None:
+                    raise KeyError(NOT_FOUND_MSG)
+
+                def q(sql: str) -> list[Any]:
+                    return list(conn.execute(sa.text(sql), params).all())
+
+                base = q(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete "
+                         f"FROM trials t WHERE {where} ORDER BY t.trial_id")
+                if not base:
+                    return []
+                children = {
+                    table: q(f"SELECT trial_id, {cols} FROM {table} WHERE trial_id IN ({ids}){order}")
+                    for table, cols, order in (
+                        ("trial_params", "param_name, param_value, distribution_json", " ORDER BY param_id"),
+                        ("trial_values", "objective, value, value_type", ""),
+                        ("trial_user_attributes", "key, value_json", ""),
+                        ("trial_system_attributes", "key, value_json", ""),
+                        ("trial_intermediate_values", "step, intermediate_value, intermediate_value_type", ""),
+                    )
+                }
+        except sa.exc.SQLAlchemyError as exc:
+            raise optuna.exceptions.StorageInternalError("lean _get_trials failed") from exc
+        by_trial: dict[str, dict[int, list[Any]]] = {}
+        for table, rows in children.items():
+            grouped: dict[int, list[Any]] = {}
+            for row in rows:
+                grouped.setdefault(row[0], []).append(row[1:])
+            by_trial[table] = grouped
+        cache: dict[str, distributions.BaseDistribution] = {}
+        return [_frozen(tid, number, state, start, complete, *(by_trial[t].get(tid) for t in _CHILDREN), cache)
+                for tid, number, state, start, complete in base]
+
+    # ------------------------------------------------------------ writes
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: distributions.BaseDistribution,
+                         previous_distribution: distributions.BaseDistribution | None) -> None:
+        # Without the study's earlier distribution of this name (first use in this process),
+        # Optuna's method looks it up; after that the cache knows it and one INSERT does.
+        if not self.lean or previous_distribution is None:
+            return super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
+                                            previous_distribution)
+        distributions.check_distribution_compatibility(previous_distribution, distribution)
+        n = self._run(_SET_PARAM, {"t": trial_id, "n": param_name, "v": param_value_internal,
+                                   "d": distributions.distribution_to_json(distribution)})
+        if n == 0:  # not updatable, unknown, or already set (Optuna ignores that): its own answer
+            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        if not self.lean:
+            return super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        value, kind = _tag(float(intermediate_value), nan_ok=True)
+        if self._run(_SET_REPORT, {"t": trial_id, "step": step, "v": value, "vt": kind}) == 0:
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.set_trial_user_attrs(trial_id, {key: value})
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self.lean:
+            return super().set_trial_system_attr(trial_id, key, value)
+        self._set_attrs("trial_system_attributes", trial_id, {key: value},
+                        lambda: super(LeanRDBStorage, self).set_trial_system_attr(trial_id, key, value))
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Several user attributes in one statement (Optuna has only one-at-a-time)."""
+        if not attrs:
+            return
+        if not self.lean:
+            for key, value in attrs.items():
+                super().set_trial_user_attr(trial_id, key, value)
+            return
+        first = next(iter(attrs.items()))
+        self._set_attrs("trial_user_attributes", trial_id, attrs,
+                        lambda: super(LeanRDBStorage, self).set_trial_user_attr(trial_id, *first))
+
+    def _set_attrs(self, table: str, trial_id: int, attrs: dict[str, Any], fallback: Any) -> None:
+        params: dict[str, Any] = {"t": trial_id}
+        for i, (key, value) in enumerate(attrs.items()):
+            params[f"k{i}"], params[f"v{i}"] = key, json.dumps(value)
+        if self._run(_attrs_statement(table, len(attrs)), params) == 0:
+            fallback()  # raises Optuna's KeyError / UpdateFinishedTrialError
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        # RUNNING (claiming a waiting trial) keeps Optuna's compare-and-set; finishing is one transaction.
+        if not self.lean or not state.is_finished():
+            return super().set_trial_state_values(trial_id, state, values)
+        try:
+            with self.engine.begin() as conn:
+                finished = conn.execute(_FINISH, {"t": trial_id, "st": state.name, "now": datetime.now()}).rowcount
+                for objective, v in enumerate(values or ()) if finished else ():
+                    value, kind = _tag(float(v), nan_ok=False)
+                    conn.execute(_SET_VALUE, {"t": trial_id, "o": objective, "v": value, "vt": kind})
+        except sa.exc.IntegrityError:
+            return False
+        except sa.exc.SQLAlchemyError as exc:
+            raise optuna.exceptions.StorageInternalError("lean set_trial_state_values failed") from exc
+        if not finished:  # unknown or already finished: Optuna's own method raises the right error
+            return super().set_trial_state_values(trial_id, state, values)
+        return True
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        if not self.lean:
+            return super().record_heartbeat(trial_id)
+        try:
+            self._run(_HEARTBEAT, {"t": trial_id})
+        except optuna.exceptions.StorageInternalError as exc:
+            if not isinstance(exc.__cause__, sa.exc.IntegrityError):  # a deleted trial: Optuna ignores it
+                raise
