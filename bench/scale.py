@@ -10,7 +10,9 @@ scaling  trials/second of 1..64 workers running 5-second sleeping trials against
          efficiency relative to linear (steady state per worker: sleep / time between its trials).
 crowd    200 workers against a PostgreSQL with max_connections=100, through `hpsearch proxy` and
          through pgbouncer (crowd-proxy, crowd-pgbouncer: one of them).
-status   `hpsearch status` and `hpsearch best` on the 50k-trial study.
+capacity trials/s the coordination path sustains (no-op trials, 16 workers): PostgreSQL direct,
+         pgbouncer, hpsearch proxy.
+status   `hpsearch status`, `best` and `report` on the 50k-trial study.
 Everything runs on loopback against PostgreSQL clusters this script starts itself.
 """
 
@@ -298,6 +300,61 @@ def part_crowd(tmp: Path, workers: int, budget: int, sleep: float, via: str) -> 
         cluster.destroy()
 
 
+# ---------------------------------------------------------------- coordination capacity
+
+
+def part_capacity(tmp: Path, workers: int, per_worker: int) -> None:
+    """Trials per second that the coordination path sustains when trials take no time at all.
+
+    Capacity C means: W workers with T-second trials need W/T trials/s, so keep W/T well under C.
+    """
+    from pgcluster import Bouncer
+
+    cluster = Cluster(max_connections=100).init()
+    cluster.start()
+    print(f"\ncoordination capacity: {workers} workers, objective does nothing (claim, 4 params, 2 reports, tell), "
+          f"{per_worker} trials each; steady state")
+    print(f"{'set-up':>34} {'trials/s':>9} {'ms per trial per worker':>24}")
+    try:
+        for via in ("PostgreSQL direct", "pgbouncer (transaction pooling)", "hpsearch proxy (gRPC)"):
+            name = f"cap{len(via)}"
+            url = cluster.create_db(name)
+            study_mod.create(load_spec(spec_file(tmp, name, budget=workers * per_worker, train={"steps": 2})),
+                             open_storage(url, create=True))
+            proxy = bouncer = None
+            target = url
+            if via.startswith("pgbouncer"):
+                bouncer = Bouncer(cluster, pool_size=20)
+                bouncer.start()
+                target = bouncer.url(name)
+            elif via.startswith("hpsearch proxy"):
+                port = free_port()
+                proxy = subprocess.Popen([sys.executable, "-m", "hpsearch", "proxy", "--storage", url, "--port",
+                                          str(port), "--threads", "64", "--pool", "16"], env=ENV,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                time.sleep(3)
+                target = f"grpc://127.0.0.1:{port}"
+            try:
+                codes, logs = run_workers(url, name, workers, tmp, storage=target)
+                assert codes == [0] * workers, logs[-2000:]
+            finally:
+                if proxy is not None:
+                    proxy.terminate()
+                if bouncer is not None:
+                    bouncer.stop()
+            study = optuna.load_study(study_name=name, storage=open_storage(url))
+            starts: dict[str, list[float]] = defaultdict(list)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                starts[t.user_attrs.get("worker", "?")].append(t.datetime_start.timestamp())
+            all_running = max(min(v) for v in starts.values())
+            gaps = [b - a for v in starts.values() for a, b in zip(sorted(v), sorted(v)[1:], strict=False)
+                    if a >= all_running]
+            cycle = statistics.mean(gaps)
+            print(f"{via:>34} {workers / cycle:>9.1f} {1000 * cycle:>24.1f}", flush=True)
+    finally:
+        cluster.destroy()
+
+
 # ---------------------------------------------------------------- status on 50k
 
 
@@ -316,7 +373,7 @@ def part_status(url: str, tmp: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["cost", "quality", "scaling", "crowd", "status"])
+    parser.add_argument("--parts", nargs="+", default=["cost", "quality", "scaling", "crowd", "capacity", "status"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="samplers of the cost part")
     parser.add_argument("--workers", nargs="+", type=int, help="worker counts of the scaling part")
@@ -342,6 +399,8 @@ def main() -> None:
             for via in ("proxy", "pgbouncer"):
                 if "crowd" in args.parts or f"crowd-{via}" in args.parts:
                     part_crowd(tmp, 20 if q else 200, 40 if q else 600, 1.0, via)
+            if "capacity" in args.parts:
+                part_capacity(tmp, 4 if q else 16, 10 if q else 40)
             if "status" in args.parts:
                 part_status(url, tmp, 2000 if q else 50000)
         finally:

@@ -23,6 +23,7 @@ import optuna
 import sqlalchemy as sa
 from optuna import distributions
 from optuna.storages._rdb.models import NOT_FOUND_MSG
+from optuna.storages._rdb.storage import _VersionManager
 from optuna.trial import FrozenTrial, TrialState
 
 _UPDATABLE = "('RUNNING', 'WAITING')"  # Optuna's check_trial_is_updatable: anything not finished
@@ -279,3 +280,18 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         except optuna.exceptions.StorageInternalError as exc:
             if not isinstance(exc.__cause__, sa.exc.IntegrityError):  # a deleted trial: Optuna ignores it
                 raise
+
+
+# Optuna's schema check at start holds a session open while it opens a second connection (and loads
+# alembic's scripts): two server connections per starting worker, so many workers starting at once
+# behind a bounded pooler (pgbouncer) each hold one and wait for another, until the pooler gives up.
+# The same check, one connection at a time; on a mismatch Optuna's own check raises its message.
+_optuna_schema_check = _VersionManager.check_table_schema_compatibility
+
+
+def _schema_check(self: _VersionManager) -> None:
+    if self.get_current_version() != self.get_head_version():
+        _optuna_schema_check(self)
+
+
+_VersionManager.check_table_schema_compatibility = _schema_check  # type: ignore[method-assign]

@@ -135,7 +135,7 @@ def open_storage(
                     heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
                 )
             except Exception as exc:
-                text = str(getattr(exc, "orig", None) or exc)
+                text = _chain_text(exc)
                 # Several create-study processes on a fresh database race to create the tables;
                 # the losers see "duplicate key"/"already exists" and simply open what the winner made.
                 race = create and attempt < 6 and ("duplicate key" in text or "already exists" in text)
@@ -153,6 +153,15 @@ def open_storage(
 
 
 _SWAMPED = ("timeout expired", "server closed the connection unexpectedly", "query_wait_timeout")
+
+
+def _chain_text(exc: BaseException | None) -> str:
+    """The messages of an exception and its causes (Optuna wraps the driver's error)."""
+    parts = []
+    while exc is not None and len(parts) < 5:
+        parts.append(str(getattr(exc, "orig", None) or exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts)
 
 
 def _connect_wait() -> float:
