@@ -116,7 +116,7 @@ def steady_cycle(study: optuna.Study) -> float:
 SAMPLERS: dict[str, Any] = {
     "random": "random",
     "tpe-all": {"name": "tpe", "n_startup_trials": 10, "window": 0},  # every finished trial modelled
-    "tpe": {"name": "tpe", "n_startup_trials": 10},  # the default window of 5,000
+    "tpe": {"name": "tpe", "n_startup_trials": 10},  # the default window of 2,000
     "tpe-window1000": {"name": "tpe", "n_startup_trials": 10, "window": 1000},
 }
 
@@ -195,6 +195,16 @@ def run_workers(url: str, name: str, n: int, log_dir: Path, storage: str | None 
     return codes, logs
 
 
+def steady_gaps(study: optuna.Study) -> list[float]:
+    """Seconds between consecutive trial starts of the same worker, once every worker is running."""
+    starts: dict[str, list[float]] = defaultdict(list)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        starts[t.user_attrs.get("worker", "?")].append(t.datetime_start.timestamp())
+    all_running = max(min(s) for s in starts.values())
+    return [b - a for s in starts.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)
+            if a >= all_running]
+
+
 def steady_efficiency(study: optuna.Study, sleep: float) -> tuple[float, float]:
     """(mean, median) of sleep / time between consecutive trial starts of the same worker, in steady state.
 
@@ -203,12 +213,7 @@ def steady_efficiency(study: optuna.Study, sleep: float) -> tuple[float, float]:
     takes a while; gaps that begin before the last worker started its first trial measure that
     start-up storm, not coordination, and are left out.
     """
-    starts: dict[str, list[float]] = defaultdict(list)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        starts[t.user_attrs.get("worker", "?")].append(t.datetime_start.timestamp())
-    all_running = max(min(s) for s in starts.values())
-    gaps = [b - a for s in starts.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)
-            if a >= all_running]
+    gaps = steady_gaps(study)
     if not gaps:
         return float("nan"), float("nan")
     return sleep / statistics.mean(gaps), sleep / statistics.median(gaps)
@@ -343,13 +348,7 @@ def part_capacity(tmp: Path, workers: int, per_worker: int) -> None:
                 if bouncer is not None:
                     bouncer.stop()
             study = optuna.load_study(study_name=name, storage=open_storage(url))
-            starts: dict[str, list[float]] = defaultdict(list)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                starts[t.user_attrs.get("worker", "?")].append(t.datetime_start.timestamp())
-            all_running = max(min(v) for v in starts.values())
-            gaps = [b - a for v in starts.values() for a, b in zip(sorted(v), sorted(v)[1:], strict=False)
-                    if a >= all_running]
-            cycle = statistics.mean(gaps)
+            cycle = statistics.mean(steady_gaps(study))
             print(f"{via:>34} {workers / cycle:>9.1f} {1000 * cycle:>24.1f}", flush=True)
     finally:
         cluster.destroy()
