@@ -321,8 +321,8 @@ def part_capacity(tmp: Path, workers: int, per_worker: int) -> None:
           f"{per_worker} trials each; steady state")
     print(f"{'set-up':>34} {'trials/s':>9} {'ms per trial per worker':>24}")
     try:
-        for via in ("PostgreSQL direct", "pgbouncer (transaction pooling)", "hpsearch proxy (gRPC)"):
-            name = f"cap{len(via)}"
+        for i, via in enumerate(("PostgreSQL direct", "pgbouncer (transaction pooling)", "hpsearch proxy (gRPC)")):
+            name = f"cap{i}"
             url = cluster.create_db(name)
             study_mod.create(load_spec(spec_file(tmp, name, budget=workers * per_worker, train={"steps": 2})),
                              open_storage(url, create=True))

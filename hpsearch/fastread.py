@@ -19,6 +19,7 @@ import optuna
 from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 
+from hpsearch.pglean import LeanRDBStorage
 from hpsearch.study import _rdb
 
 
@@ -107,6 +108,6 @@ def full_trials(study: optuna.Study, states: Iterable[TrialState] | None = None)
     """
     wanted = tuple(states) if states is not None else None
     rdb = _rdb(study._storage)
-    if not supported(study) or not hasattr(rdb, "lean"):
+    if not supported(study) or not isinstance(rdb, LeanRDBStorage):
         return study.get_trials(deepcopy=False, states=wanted)
     return sorted(rdb._get_trials(study._study_id, wanted, set(), -1), key=lambda t: t.number)

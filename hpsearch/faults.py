@@ -73,25 +73,7 @@ class StudyLock:
         self._depth += 1
         if self._depth == 1:
             if self.rdb is not None and self.rdb.engine.dialect.name == "postgresql":
-                import sqlalchemy as sa
-
-                def take() -> Any:
-                    # A transaction-scoped lock, released on commit or on a dropped connection, so it
-                    # works behind pgbouncer's transaction pooling. Waiters poll with try-lock rather
-                    # than block: a blocked waiter pins a server connection, and with a bounded pool
-                    # (pgbouncer) enough of them starve the holder, who needs one to finish its work.
-                    delay = 0.02
-                    while True:
-                        conn = self.rdb.engine.connect()
-                        conn.begin()
-                        if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self.key}).scalar():
-                            return conn
-                        conn.rollback()
-                        conn.close()
-                        time.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 0.5)
-
-                self._conn = with_reconnect(take)()
+                self._conn = with_reconnect(_advisory_xact_lock)(self.rdb.engine, self.key)
             elif self.path is not None:
                 self._fh = open(self.path, "a")  # noqa: SIM115 - held across __enter__/__exit__
                 fcntl.flock(self._fh, fcntl.LOCK_EX)
@@ -114,6 +96,28 @@ class StudyLock:
         finally:
             self._depth -= 1
             self._thread_lock.release()
+
+
+def _advisory_xact_lock(engine: Any, key: int) -> Any:
+    """An open connection whose transaction holds the advisory lock `key`.
+
+    Transaction-scoped: released on commit or on a dropped connection, so it works behind
+    pgbouncer's transaction pooling. Waiters poll with try-lock rather than block: a blocked waiter
+    pins a server connection, and with a bounded pool (pgbouncer) enough of them starve the holder,
+    who needs one to finish its work.
+    """
+    import sqlalchemy as sa
+
+    delay = 0.02
+    while True:
+        conn = engine.connect()
+        conn.begin()
+        if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+            return conn
+        conn.rollback()
+        conn.close()
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
 
 
 # ---------------------------------------------------------------- fail and requeue

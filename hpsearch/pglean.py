@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +39,7 @@ _GET_TRIAL = sa.text(
     "(SELECT json_agg(json_build_array(step, intermediate_value, intermediate_value_type)) "
     " FROM trial_intermediate_values WHERE trial_id = t.trial_id) "
     "FROM trials t WHERE t.trial_id = :t"
-)  # columns after the first four: _CHILDREN's order
+)  # columns after the first four: _CHILD_COLUMNS' order
 _SET_PARAM = sa.text(
     "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
     f"SELECT trial_id, :n, :v, :d FROM trials WHERE trial_id = :t AND state IN {_UPDATABLE} "
@@ -60,7 +61,7 @@ _SET_VALUE = sa.text(
     "VALUES (:t, :o, :v, CAST(:vt AS trialvaluetype)) "
     "ON CONFLICT (trial_id, objective) DO UPDATE SET value = EXCLUDED.value, value_type = EXCLUDED.value_type"
 )
-_HEARTBEAT = sa.text(
+HEARTBEAT = sa.text(
     "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, now()) "
     "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = now()"
 )
@@ -77,8 +78,14 @@ def stored_float(value: float | None, kind: str | None) -> float:
     return float(value)
 
 
-_CHILDREN = ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
-             "trial_intermediate_values")
+# The five child tables of a trial, in the order _frozen takes them (and _GET_TRIAL selects them).
+_CHILD_COLUMNS = (
+    ("trial_params", "param_name, param_value, distribution_json", " ORDER BY param_id"),
+    ("trial_values", "objective, value, value_type", ""),
+    ("trial_user_attributes", "key, value_json", ""),
+    ("trial_system_attributes", "key, value_json", ""),
+    ("trial_intermediate_values", "step, intermediate_value, intermediate_value_type", ""),
+)
 
 
 def _frozen(trial_id: int, number: int, state: str, start: datetime | None, complete: datetime | None,
@@ -125,6 +132,16 @@ def _attrs_statement(table: str, n: int) -> sa.TextClause:
     )
 
 
+@contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """As Optuna does: a driver error becomes StorageInternalError with the driver's error as its
+    cause (callers, and hpsearch's reconnect wrapper, look at the cause)."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        raise optuna.exceptions.StorageInternalError(f"lean {what} failed") from exc
+
+
 class LeanRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage with single-statement hot-path calls on PostgreSQL."""
 
@@ -133,23 +150,16 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         return self.engine.dialect.name == "postgresql"
 
     def _run(self, stmt: sa.TextClause, params: dict[str, Any]) -> int:
-        try:
-            with self.engine.begin() as conn:
-                return conn.execute(stmt, params).rowcount
-        except sa.exc.SQLAlchemyError as exc:
-            # As Optuna does: callers (and hpsearch's reconnect wrapper) look at the cause.
-            raise optuna.exceptions.StorageInternalError("lean storage statement failed") from exc
+        with _storage_errors("storage statement"), self.engine.begin() as conn:
+            return int(conn.execute(stmt, params).rowcount)
 
     # ------------------------------------------------------------ reads
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         if not self.lean:
             return super().get_trial(trial_id)
-        try:
-            with self.engine.connect() as conn:
-                row = conn.execute(_GET_TRIAL, {"t": trial_id}).first()
-        except sa.exc.SQLAlchemyError as exc:
-            raise optuna.exceptions.StorageInternalError("lean get_trial failed") from exc
+        with _storage_errors("get_trial"), self.engine.connect() as conn:
+            row = conn.execute(_GET_TRIAL, {"t": trial_id}).first()
         if row is None:
             raise KeyError(NOT_FOUND_MSG)
         return _frozen(trial_id, *row, {})
@@ -169,38 +179,22 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
             where += " AND (t.trial_id > :gt OR t.trial_id = ANY(:inc))" if included else " AND t.trial_id > :gt"
             params["inc"] = included
         ids = f"SELECT t.trial_id FROM trials t WHERE {where}"
-        try:
-            with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
-                if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :s"), params).first() is None:
-                    raise KeyError(NOT_FOUND_MSG)
-
-                def q(sql: str) -> list[Any]:
-                    return list(conn.execute(sa.text(sql), params).all())
-
-                base = q(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete "
-                         f"FROM trials t WHERE {where} ORDER BY t.trial_id")
-                if not base:
-                    return []
-                children = {
-                    table: q(f"SELECT trial_id, {cols} FROM {table} WHERE trial_id IN ({ids}){order}")
-                    for table, cols, order in (
-                        ("trial_params", "param_name, param_value, distribution_json", " ORDER BY param_id"),
-                        ("trial_values", "objective, value, value_type", ""),
-                        ("trial_user_attributes", "key, value_json", ""),
-                        ("trial_system_attributes", "key, value_json", ""),
-                        ("trial_intermediate_values", "step, intermediate_value, intermediate_value_type", ""),
-                    )
-                }
-        except sa.exc.SQLAlchemyError as exc:
-            raise optuna.exceptions.StorageInternalError("lean _get_trials failed") from exc
-        by_trial: dict[str, dict[int, list[Any]]] = {}
-        for table, rows in children.items():
-            grouped: dict[int, list[Any]] = {}
-            for row in rows:
-                grouped.setdefault(row[0], []).append(row[1:])
-            by_trial[table] = grouped
+        with _storage_errors("_get_trials"), \
+                self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+            if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :s"), params).first() is None:
+                raise KeyError(NOT_FOUND_MSG)
+            base = conn.execute(sa.text(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, "
+                                        f"t.datetime_complete FROM trials t WHERE {where} ORDER BY t.trial_id"),
+                                params).all()
+            children: list[dict[int, list[Any]]] = []
+            for table, cols, order in _CHILD_COLUMNS if base else ():
+                grouped: dict[int, list[Any]] = {}
+                for row in conn.execute(sa.text(f"SELECT trial_id, {cols} FROM {table} "
+                                                f"WHERE trial_id IN ({ids}){order}"), params):
+                    grouped.setdefault(row[0], []).append(row[1:])
+                children.append(grouped)
         cache: dict[str, distributions.BaseDistribution] = {}
-        return [_frozen(tid, number, state, start, complete, *(by_trial[t].get(tid) for t in _CHILDREN), cache)
+        return [_frozen(tid, number, state, start, complete, *(c.get(tid) for c in children), cache)
                 for tid, number, state, start, complete in base]
 
     # ------------------------------------------------------------ writes
@@ -259,15 +253,16 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         if not self.lean or not state.is_finished():
             return super().set_trial_state_values(trial_id, state, values)
         try:
-            with self.engine.begin() as conn:
+            with _storage_errors("set_trial_state_values"), self.engine.begin() as conn:
                 finished = conn.execute(_FINISH, {"t": trial_id, "st": state.name, "now": datetime.now()}).rowcount
-                for objective, v in enumerate(values or ()) if finished else ():
-                    value, kind = _tag(float(v), nan_ok=False)
-                    conn.execute(_SET_VALUE, {"t": trial_id, "o": objective, "v": value, "vt": kind})
-        except sa.exc.IntegrityError:
-            return False
-        except sa.exc.SQLAlchemyError as exc:
-            raise optuna.exceptions.StorageInternalError("lean set_trial_state_values failed") from exc
+                if finished:
+                    for objective, v in enumerate(values or ()):
+                        value, kind = _tag(float(v), nan_ok=False)
+                        conn.execute(_SET_VALUE, {"t": trial_id, "o": objective, "v": value, "vt": kind})
+        except optuna.exceptions.StorageInternalError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                return False  # as Optuna's method answers a constraint violation
+            raise
         if not finished:  # unknown or already finished: Optuna's own method raises the right error
             return super().set_trial_state_values(trial_id, state, values)
         return True
@@ -276,7 +271,7 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         if not self.lean:
             return super().record_heartbeat(trial_id)
         try:
-            self._run(_HEARTBEAT, {"t": trial_id})
+            self._run(HEARTBEAT, {"t": trial_id})
         except optuna.exceptions.StorageInternalError as exc:
             if not isinstance(exc.__cause__, sa.exc.IntegrityError):  # a deleted trial: Optuna ignores it
                 raise

@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,17 +155,29 @@ def open_storage(
 _SWAMPED = ("timeout expired", "server closed the connection unexpectedly", "query_wait_timeout")
 
 
-def _chain_text(exc: BaseException | None) -> str:
-    """The messages of an exception and its causes (Optuna wraps the driver's error)."""
-    parts = []
-    while exc is not None and len(parts) < 5:
-        parts.append(str(getattr(exc, "orig", None) or exc))
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """An exception and up to four of its causes (Optuna wraps the driver's error)."""
+    for _ in range(5):
+        if exc is None:
+            return
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return " | ".join(parts)
+
+
+def _chain_text(exc: BaseException) -> str:
+    return " | ".join(str(getattr(e, "orig", None) or e) for e in _causes(exc))
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise HpsearchError(f"{name} must be a number of seconds, but got {raw!r}") from None
 
 
 def _connect_wait() -> float:
-    return float(os.environ.get("HPSEARCH_CONNECT_WAIT", "120"))
+    return _env_seconds("HPSEARCH_CONNECT_WAIT", 120.0)
 
 
 def _reason(exc: BaseException) -> str:
@@ -185,14 +197,8 @@ def _is_transient(exc: BaseException | None) -> bool:
     """A lost or refused connection (Optuna wraps these in StorageInternalError: look at the cause)."""
     import sqlalchemy.exc as sa_exc
 
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-            return True
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+    return any(isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError))
+               or (isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated) for e in _causes(exc))
 
 
 def with_reconnect(fn: F, max_wait: float | None = None) -> F:
@@ -200,7 +206,7 @@ def with_reconnect(fn: F, max_wait: float | None = None) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        limit = max_wait if max_wait is not None else float(os.environ.get("HPSEARCH_DB_WAIT", "600"))
+        limit = max_wait if max_wait is not None else _env_seconds("HPSEARCH_DB_WAIT", 600.0)
         delay, start = 0.5, time.monotonic()
         outer = not getattr(_timing, "depth", 0)
         _timing.depth = getattr(_timing, "depth", 0) + 1
@@ -237,10 +243,11 @@ class ResilientRDBStorage(LeanRDBStorage):
 
 # Only the storage API (what Optuna's Study/Trial call) is wrapped; internals stay as they are.
 _API = [n for n, f in vars(optuna.storages.BaseStorage).items() if inspect.isfunction(f) and not n.startswith("_")]
-# ... plus the private entry points Optuna's _CachedStorage calls on its backend.
+# ... plus the private entry points Optuna's _CachedStorage calls on its backend, and hpsearch's own.
 _PRIVATE = ["record_heartbeat", "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param",
-            "_get_best_trial_id", "set_trial_user_attrs"]
-for _name in [*_API, *_PRIVATE]:
+            "_get_best_trial_id"]
+_OURS = ["set_trial_user_attrs"]
+for _name in [*_API, *_PRIVATE, *_OURS]:
     _fn = getattr(LeanRDBStorage, _name, None)
     if inspect.isfunction(_fn):
         setattr(ResilientRDBStorage, _name, with_reconnect(_fn))

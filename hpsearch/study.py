@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError, StudyNotFound
+from hpsearch.pglean import HEARTBEAT, LeanRDBStorage
 from hpsearch.spec import StudySpec, spec_from_dict
 
 SPEC_ATTR = "hpsearch:spec"
@@ -310,8 +311,7 @@ def _claim_rdb(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
                 "FOR UPDATE SKIP LOCKED) AND state = 'WAITING' RETURNING trial_id"),
                 {"s": study_id, "now": datetime.now()}).first()
             if row is not None and rdb.heartbeat_interval:
-                conn.execute(sa.text("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, CURRENT_TIMESTAMP) "
-                                     "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP"), {"t": row[0]})
+                conn.execute(HEARTBEAT, {"t": row[0]})
         return None if row is None else int(row[0])
 
     def attempt() -> int | None:
@@ -342,7 +342,7 @@ def _claim_rdb(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Several trial attributes in one database statement (one round trip, not one per key)."""
     rdb = _rdb(trial.study._storage)
-    if rdb is None or not hasattr(rdb, "set_trial_user_attrs"):
+    if not isinstance(rdb, LeanRDBStorage):
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import run_cli, tiny_spec, unique, write_spec
+from conftest import cli_env, run_cli, tiny_spec, unique, write_spec
 from hpsearch import study as study_mod
 from hpsearch.spec import load_spec
 from hpsearch.storage import open_storage
@@ -115,6 +115,15 @@ def test_unreachable_database_is_one_masked_line(tmp_path: Path) -> None:
         proc = run_cli(*args, "--storage", url, timeout=60)
         _assert_one_line(proc, "cannot open storage postgresql://hp:***@127.0.0.1")
         assert "topsecret" not in proc.stdout + proc.stderr
+
+
+def test_a_bad_wait_setting_is_one_line_and_a_good_one_works(pg_session_db: str, tmp_path: Path) -> None:
+    name = unique("wait")
+    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name))), "--storage", pg_session_db, check=True)
+    good = run_cli("status", name, "--storage", pg_session_db, env=cli_env(HPSEARCH_DB_WAIT="30"))
+    assert good.returncode == 0, good.stderr
+    bad = run_cli("status", name, "--storage", pg_session_db, env=cli_env(HPSEARCH_DB_WAIT="ten minutes"))
+    _assert_one_line(bad, "HPSEARCH_DB_WAIT must be a number of seconds, but got 'ten minutes'")
 
 
 def test_missing_storage_file_and_bad_url(tmp_path: Path) -> None:

@@ -32,29 +32,28 @@ def _script(s: _CachedStorage, sid: int) -> list[Any]:
         except Exception as exc:  # noqa: BLE001 - the exception type is what is compared
             out.append(("raised", type(exc).__name__))
 
-    running = s.create_new_trial(sid)
-    for tid in (running,):
-        call(s.set_trial_param, tid, "x", 0.01, X)
-        call(s.set_trial_param, tid, "n", 3, N)
-        call(s.set_trial_param, tid, "act", 1, ACT)
-        call(s.set_trial_param, tid, "n", 5, N)  # set twice: the first value stays
-        call(s.set_trial_param, tid, "x", 2, IntDistribution(1, 3))  # incompatible with the study's x
-        for step, value in ((1, 0.5), (2, float("nan")), (3, float("inf")), (4, float("-inf")), (1, 0.25)):
-            call(s.set_trial_intermediate_value, tid, step, value)
-        call(s.set_trial_user_attr, tid, "seed", 7)
-        call(s.set_trial_user_attr, tid, "seed", 8)
-        call(s.set_trial_user_attr, tid, "curve", [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "note": "é"}])
-        call(s.set_trial_system_attr, tid, "fixed_params", {"x": 0.1})
-        call(s._backend.record_heartbeat, tid)
-        call(s._backend.record_heartbeat, tid)
-        call(s.set_trial_state_values, tid, TrialState.COMPLETE, [float("inf")])
-        # Everything after the end is refused.
-        call(s.set_trial_param, tid, "y", 0.5, FloatDistribution(0, 1))
-        call(s.set_trial_param, tid, "x", 0.5, X)
-        call(s.set_trial_intermediate_value, tid, 9, 1.0)
-        call(s.set_trial_user_attr, tid, "late", True)
-        call(s.set_trial_system_attr, tid, "late", True)
-        call(s.set_trial_state_values, tid, TrialState.FAIL, None)
+    tid = s.create_new_trial(sid)
+    call(s.set_trial_param, tid, "x", 0.01, X)
+    call(s.set_trial_param, tid, "n", 3, N)
+    call(s.set_trial_param, tid, "act", 1, ACT)
+    call(s.set_trial_param, tid, "n", 5, N)  # set twice: the first value stays
+    call(s.set_trial_param, tid, "x", 2, IntDistribution(1, 3))  # incompatible with the study's x
+    for step, value in ((1, 0.5), (2, float("nan")), (3, float("inf")), (4, float("-inf")), (1, 0.25)):
+        call(s.set_trial_intermediate_value, tid, step, value)
+    call(s.set_trial_user_attr, tid, "seed", 7)
+    call(s.set_trial_user_attr, tid, "seed", 8)
+    call(s.set_trial_user_attr, tid, "curve", [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "note": "é"}])
+    call(s.set_trial_system_attr, tid, "fixed_params", {"x": 0.1})
+    call(s._backend.record_heartbeat, tid)
+    call(s._backend.record_heartbeat, tid)
+    call(s.set_trial_state_values, tid, TrialState.COMPLETE, [float("inf")])
+    # Everything after the end is refused.
+    call(s.set_trial_param, tid, "y", 0.5, FloatDistribution(0, 1))
+    call(s.set_trial_param, tid, "x", 0.5, X)
+    call(s.set_trial_intermediate_value, tid, 9, 1.0)
+    call(s.set_trial_user_attr, tid, "late", True)
+    call(s.set_trial_system_attr, tid, "late", True)
+    call(s.set_trial_state_values, tid, TrialState.FAIL, None)
     # A waiting trial: claimed once, not twice; finished without ever running.
     waiting = s.create_new_trial(sid, optuna.trial.create_trial(state=TrialState.WAITING))
     call(s.set_trial_state_values, waiting, TrialState.RUNNING, None)
@@ -89,11 +88,11 @@ def test_lean_storage_stores_and_refuses_what_optuna_does(pg_url: str, direction
         sid = cached.create_new_study(directions, unique("lean"))
         results.append(_script(cached, sid))
         trials.append(plain.get_all_trials(sid, deepcopy=False))  # read back the same way for both
+    # sid is now the study the lean storage wrote.
     assert results[0] == results[1]
     assert ("raised", "UpdateFinishedTrialError") in results[1] and ("raised", "KeyError") in results[1]
     assert [_comparable(t) for t in trials[0]] == [_comparable(t) for t in trials[1]]
     # The bulk reader (cache syncs, get_trials) reads what Optuna's ORM reads, with every filter.
-    sid = lean.get_study_id_from_name(lean.get_all_studies()[-1].study_name)
     ids = [t._trial_id for t in trials[1]]
     for states, included, greater in ((None, set(), -1), ((TrialState.COMPLETE,), set(), -1),
                                       ((TrialState.WAITING, TrialState.RUNNING), set(), -1),
