@@ -6,6 +6,8 @@ Any of these keys may be fixed under `train:` or searched under `space:` in a sp
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 # key -> (default, one-line meaning). A spec naming any other key fails validation.
@@ -50,3 +52,94 @@ TRAIN_KEYS: dict[str, tuple[Any, str]] = {
 
 def defaults() -> dict[str, Any]:
     return {k: v[0] for k, v in TRAIN_KEYS.items()}
+
+
+# ---------------------------------------------------------------- accepted values
+#
+# The one place that says which values a training setting can take. Spec validation checks both
+# `train:` values and `space:` ranges/choices against it, so a value the trainer (or torch) would
+# refuse on every trial fails at create-study instead of burning the whole queue.
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """A numeric setting's accepted values: an interval of ints or numbers, or a list of them."""
+
+    integer: bool
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded (lr > 0)
+    high_open: bool = False  # high itself excluded (dropout < 1)
+    many: bool = False  # a list of such values (widths, filters, betas)
+    length: int | None = None  # exact list length (betas)
+    nullable: bool = False  # None means "not set" (widths, filters1..3)
+
+    def describe(self) -> str:
+        what = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            what += f" in {left}{_num_text(self.low)}, {_num_text(self.high)}{right}"
+        elif self.low is not None:
+            what += f" {'>' if self.low_open else '>='} {_num_text(self.low)}"
+        if self.many:
+            n = f"{self.length} " if self.length else ""
+            what = f"a list of {n}" + what.replace("an integer", "integers").replace("a number", "numbers")
+        return what
+
+    def accepts_one(self, value: Any) -> bool:
+        """One scalar value (a list's item, a range's end, a choice)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def accepts(self, value: Any) -> bool:
+        """A whole value as it appears under train: or as one choice under space:."""
+        if value is None:
+            return self.nullable
+        if not self.many:
+            return self.accepts_one(value)
+        if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length):
+            return False
+        return all(self.accepts_one(v) for v in value)
+
+
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+_POSITIVE_INT = Accepts(integer=True, low=1)
+_NON_NEGATIVE_INT = Accepts(integer=True, low=0)
+_POSITIVE = Accepts(integer=False, low=0, low_open=True)
+_NON_NEGATIVE = Accepts(integer=False, low=0)
+_FRACTION = Accepts(integer=False, low=0, high=1, high_open=True)  # [0, 1)
+
+# key -> accepted values; keys not listed (names, flags, paths) are checked by their registries.
+ACCEPTS: dict[str, Accepts] = {
+    "epochs": _POSITIVE_INT,
+    "batch_size": _POSITIVE_INT,
+    "lr": _POSITIVE,
+    "momentum": _FRACTION,  # >= 1 diverges
+    "weight_decay": _NON_NEGATIVE,
+    "betas": Accepts(integer=False, low=0, high=1, high_open=True, many=True, length=2),
+    "eps": _POSITIVE,
+    "alpha": Accepts(integer=False, low=0, high=1),  # RMSprop's smoothing; > 1 takes a negative root
+    "step_size": _POSITIVE_INT,
+    "gamma": _POSITIVE,
+    "grad_clip": _NON_NEGATIVE,
+    "patience": _NON_NEGATIVE_INT,
+    "dropout": _FRACTION,  # 1 drops every unit
+    "hidden_layers": _NON_NEGATIVE_INT,  # 0: a linear model, a fair baseline
+    "hidden_size": _POSITIVE_INT,
+    "widths": Accepts(integer=True, low=1, many=True, nullable=True),
+    "filters": Accepts(integer=True, low=1, many=True),
+    "filters1": Accepts(integer=True, low=1, nullable=True),
+    "filters2": Accepts(integer=True, low=1, nullable=True),
+    "filters3": Accepts(integer=True, low=1, nullable=True),
+    "fc_sizes": Accepts(integer=True, low=1, many=True),
+    "kernel_size": _POSITIVE_INT,
+    "input_size": _NON_NEGATIVE_INT,
+}

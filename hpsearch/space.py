@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 from typing import Any
 
 import optuna
@@ -68,6 +70,46 @@ def values(p: Param) -> list[Any]:
     # Round to the step's precision so 0.1 + 0.2 style drift cannot create near-duplicates.
     digits = max(0, -int(f"{p.step:e}".split("e")[1])) + 6
     return [round(p.low + i * p.step, digits) for i in range(n + 1)]  # type: ignore[operator]
+
+
+def n_values(p: Param) -> int:
+    """len(values(p)), by arithmetic: a range of 10^12 integers is counted, not listed."""
+    if p.is_categorical:
+        return len(p.choices or [])
+    if p.is_int:
+        return (int(p.high) - int(p.low)) // int(p.step or 1) + 1  # type: ignore[arg-type]
+    assert p.step is not None, "grid over a continuous range is rejected by spec validation"
+    steps = (p.high - p.low) / p.step  # type: ignore[operator]
+    return int(round(steps)) + 1 if math.isfinite(steps) else sys.maxsize
+
+
+def grid_size(space: dict[str, Param], limit: int = GRID_LIMIT) -> int:
+    """How many points grid(space) has, without listing them; any count above `limit` is limit + 1.
+
+    Points are grouped by the values of the parameters that conditions look at (the only values
+    that decide whether a later parameter is active), each group with its multiplicity. Every
+    group holds at least one point, so the groups never outnumber the points.
+    """
+    watched = {other for p in space.values() for other in p.when}
+    groups: dict[tuple[tuple[str, Any], ...], int] = {(): 1}
+    for p in ordered(space):
+        nxt: dict[tuple[tuple[str, Any], ...], int] = {}
+        n = n_values(p)
+        for key, count in groups.items():
+            if not active(p, dict(key)):
+                nxt[key] = nxt.get(key, 0) + count
+            elif p.name in watched:
+                if n > limit:
+                    return limit + 1
+                for v in values(p):
+                    k = (*key, (p.name, v))
+                    nxt[k] = nxt.get(k, 0) + count
+            else:
+                nxt[key] = nxt.get(key, 0) + count * n
+        groups = nxt
+        if sum(groups.values()) > limit:
+            return limit + 1
+    return sum(groups.values())
 
 
 def grid(space: dict[str, Param]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from hpsearch.config import TRAIN_KEYS
+from hpsearch.config import ACCEPTS, TRAIN_KEYS
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import is_plugin_ref
 
@@ -27,7 +27,13 @@ TOP_KEYS = {
 }
 PARAM_KEYS = {"choices", "low", "high", "log", "step", "type", "when"}
 BUILTIN_METRICS = {"val_acc", "val_loss"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# fullmatch, not `$`: `$` also matches before a trailing newline ("name\n" would be stored).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding accept
+# Bounds that keep a hostile or mistyped spec from exhausting memory before it is even validated:
+MAX_SPEC_BYTES = 1_000_000  # real specs are a few hundred bytes
+MAX_YAML_NODES = 100_000  # nodes after expanding aliases (a 677-byte alias bomb expands to 10^9)
+MAX_PLAN = 1_000_000  # planned trials (grid points x repeats, or a trial budget)
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
@@ -118,13 +124,76 @@ class StudySpec:
 # ---------------------------------------------------------------- loading
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand beyond MAX_YAML_NODES nodes.
+
+    PyYAML builds aliased nodes once and shares them, so a "billion laughs" spec loads quickly but
+    anything that walks it (validation, repr in a message, JSON for the storage) runs out of memory.
+    The composed graph is measured before anything is constructed from it.
+    """
+
+    def compose_document(self) -> yaml.Node:  # type: ignore[override]
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+class _AliasBomb(yaml.YAMLError):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = None
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of the fully expanded document (memoised per node: linear in the graph)."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise _AliasBomb("an alias refers to a node that contains it (recursive YAML)")
+        visiting.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        visiting.discard(key)
+        if total > MAX_YAML_NODES:
+            raise _AliasBomb(f"must expand to at most {MAX_YAML_NODES:,} YAML nodes, but its aliases (*name) "
+                             f"expand to more")
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load with alias expansion bounded (see _BoundedLoader)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> StudySpec:
     """Read a YAML file and validate it; `overrides` are top-level keys and `sets` KEY.PATH=VALUE from the CLI."""
     path = Path(path)
     if not path.is_file():
         raise HpsearchError(f"{path}: spec file not found")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise HpsearchError(f"{path}: must be a spec of at most {MAX_SPEC_BYTES:,} bytes, but got {size:,} bytes")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise HpsearchError(f"{path}: must be UTF-8 text, but got byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start}") from None
+    except RecursionError:
+        raise HpsearchError(f"{path}: malformed YAML: nested too deeply") from None
+    except _AliasBomb as exc:
+        raise HpsearchError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -148,8 +217,8 @@ def apply_set(raw: dict[str, Any], assignment: str, source: str = "--set") -> No
     if not sep or not key.strip():
         raise HpsearchError(f"--set must be KEY.PATH=VALUE, but got {assignment!r}")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = safe_load(text)
+    except (yaml.YAMLError, RecursionError):
         raise HpsearchError(f"--set {key}: value {text!r} is not valid YAML") from None
     node: Any = raw
     parts = key.strip().split(".")
@@ -177,9 +246,9 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
             err(str(key), "unknown field" + _suggest(str(key), TOP_KEYS) + f"; known: {', '.join(sorted(TOP_KEYS))}")
 
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        err("name", f"must be a name of letters, digits, '_', '.', '-', but got {name=}")
-        name = str(name)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        err("name", f"must be a name of letters, digits, '_', '.', '-', but got name={_short(name)}")
+        name = str(name)[:100]
 
     objective = raw.get("objective")
     if objective is not None and not is_plugin_ref(objective):
@@ -201,16 +270,27 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
 
     repeats = raw.get("repeats", 1)
     if not _is_int(repeats) or repeats < 1:
-        err("repeats", f"must be an integer >= 1, but got {repeats=}")
+        err("repeats", f"must be an integer >= 1, but got repeats={_short(repeats)}")
+        repeats = 1
+    elif repeats > MAX_PLAN:
+        err("repeats", f"must be at most {MAX_PLAN:,} (planned trials), but got {repeats=}")
         repeats = 1
     seed = raw.get("seed", 0)
-    if not _is_int(seed) or seed < 0:
-        err("seed", f"must be an integer >= 0, but got {seed=}")
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        err("seed", f"must be an integer in [0, 2**32-1], but got seed={_short(seed)}")
         seed = 0
+    elif seed + repeats - 1 > MAX_SEED:
+        # Repeat r trains with seed + r: the last one must still be a valid seed.
+        err("seed", f"must leave room for the repeat seeds (seed + repeats - 1 <= 2**32-1), but got {seed=}, "
+            f"{repeats=}")
 
     # Only a known non-grid sampler needs a budget (an unknown name is already reported).
     needs_budget = sampler.get("name") in ("random", "tpe", "qmc")
     budget_trials, wall_clock = _budget(raw.get("budget"), not needs_budget, err)
+    if budget_trials is not None and budget_trials * repeats > MAX_PLAN:
+        # Each budgeted configuration is repeated with repeats - 1 more seeds.
+        err("budget.trials", f"must plan at most {MAX_PLAN:,} trials (trials x repeats), but got "
+            f"trials={budget_trials:,} x repeats={repeats:,}")
 
     dataset = raw.get("dataset", {"name": "digits"})
     if isinstance(dataset, str):
@@ -250,10 +330,16 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
     space = {str(k): _param(str(k), v, err) for k, v in space_raw.items()}
     space = {k: p for k, p in space.items() if p is not None}
     _check_conditions(space, err)
+    if builtin:
+        _check_accepted_values(train, space, err)
+    finite_grid = True
     if sampler.get("name") == "grid":
         for p in space.values():
             if not p.is_categorical and not p.is_int and p.step is None:
                 err(f"space.{p.name}", "grid search needs a finite set: give `step` or `choices` for a continuous range")
+                finite_grid = False
+        if finite_grid and not problems:
+            _check_plan_size(space, int(repeats), err)
 
     tracking = raw.get("tracking")
     if tracking in ("none", None, False):
@@ -280,6 +366,12 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
 
 
 # ---------------------------------------------------------------- pieces
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr for a message: a hostile value (a huge list, a control character) stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _suggest(word: str, known: Any) -> str:
@@ -336,7 +428,10 @@ def _budget(value: Any, is_grid: bool, err: Any) -> tuple[int | None, float | No
             err(f"budget.{key}", "unknown field; known: trials, wall_clock")
     trials = value.get("trials")
     if trials is not None and (not _is_int(trials) or trials < 1):
-        err("budget.trials", f"must be an integer >= 1, but got {trials=}")
+        err("budget.trials", f"must be an integer >= 1, but got trials={_short(trials)}")
+        trials = None
+    elif trials is not None and trials > MAX_PLAN:
+        err("budget.trials", f"must be at most {MAX_PLAN:,} (planned trials), but got {trials=}")
         trials = None
     if trials is None and not is_grid and "trials" not in value:
         err("budget.trials", "random and TPE studies need a number of trials")
@@ -372,8 +467,15 @@ def _param(name: str, value: Any, err: Any) -> Param | None:
         if any(not isinstance(c, (str, int, float, bool)) and c is not None for c in choices):
             err(f"{where}.choices", "must hold only strings, numbers, booleans or null")
             return None
-        if len({json.dumps(c) for c in choices}) != len(choices):
-            err(f"{where}.choices", f"must not repeat a value, but got choices={choices!r}")
+        if any(isinstance(c, float) and not math.isfinite(c) for c in choices):
+            err(f"{where}.choices", f"must hold finite numbers, but got choices={_short(choices)}")
+            return None
+        same = _first_repeat(choices)
+        if same is not None:
+            # Python equality, as Optuna's categorical index lookup uses: 1, 1.0 and true are one
+            # value, so the grid would store one point several times.
+            err(f"{where}.choices", f"must not repeat a value (1, 1.0 and true are equal), but got "
+                f"{same[0]!r} and {same[1]!r} in choices={_short(choices)}")
             return None
         extra = {"low", "high", "log", "step"} & set(value)
         if extra:
@@ -417,6 +519,53 @@ def _param(name: str, value: Any, err: Any) -> Param | None:
                      step=int(step) if step is not None else None, is_int=True, when=when)
     return Param(name=name, low=float(low), high=float(high), log=log,
                  step=float(step) if step is not None else None, when=when)
+
+
+def _first_repeat(choices: list[Any]) -> tuple[Any, Any] | None:
+    """The first pair of choices equal under Python equality (quadratic: choices lists are short)."""
+    for i, a in enumerate(choices):
+        for b in choices[:i]:
+            if a == b:
+                return b, a
+    return None
+
+
+def _check_accepted_values(train: dict[str, Any], space: dict[str, Param], err: Any) -> None:
+    """Fixed values, range ends and choices of the trainer's numeric settings against config.ACCEPTS."""
+    for key, value in train.items():
+        accepts = ACCEPTS.get(key)
+        if accepts is not None and not accepts.accepts(value):
+            err(f"train.{key}", f"must be {accepts.describe()} ({TRAIN_KEYS[key][1]}), but got {key}={_short(value)}")
+    for key, p in space.items():
+        accepts = ACCEPTS.get(key)
+        if accepts is None:
+            continue
+        meaning = TRAIN_KEYS[key][1]
+        if p.is_categorical:
+            bad = [c for c in p.choices or [] if not accepts.accepts(c)]
+            if bad:
+                err(f"space.{key}.choices", f"must each be {accepts.describe()} ({meaning}), but got "
+                    f"{_short(bad[0])}")
+        elif accepts.many:
+            err(f"space.{key}", f"must be searched with choices ({accepts.describe()}), but got a range")
+        elif accepts.integer and not p.is_int:
+            err(f"space.{key}", f"must be an integer range (type: int, {accepts.describe()}), but got a float "
+                f"range low={p.low}, high={p.high}")
+        else:
+            for end, value in (("low", p.low), ("high", p.high)):
+                if not accepts.accepts_one(value):
+                    err(f"space.{key}.{end}", f"must be {accepts.describe()} ({meaning}), but got {end}={value}")
+
+
+def _check_plan_size(space: dict[str, Param], repeats: int, err: Any) -> None:
+    """Grid points x repeats, counted without enumerating, bounded before anything is stored."""
+    from hpsearch.space import grid_size  # space.py imports this module
+
+    points = grid_size(space, limit=MAX_PLAN)
+    if points * repeats > MAX_PLAN:
+        size = f"{points:,} points" if points <= MAX_PLAN else f"more than {MAX_PLAN:,} points"
+        err("space", f"must plan at most {MAX_PLAN:,} trials (grid points x repeats), but the grid has {size}"
+            + (f" x {repeats:,} repeats" if repeats > 1 else "") + "; narrow it, or use sampler tpe/random with a budget")
 
 
 def _when(value: Any, where: str, err: Any) -> dict[str, list[Any]]:
