@@ -49,7 +49,7 @@ def queue_repeats(study: optuna.Study, spec: StudySpec, top: int, seeds: int,
     from hpsearch.faults import StudyLock
 
     # Under the study lock, so two `repeat`s at once cannot hand out the same seeds.
-    with StudyLock.of(study):
+    with StudyLock(study, purpose="repeat"):
         return _queue(study, spec, top, seeds, group_by)
 
 

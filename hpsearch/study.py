@@ -32,6 +32,7 @@ PLANNED_ATTR = "hpsearch:planned"
 ISSUED_ATTR = "hpsearch:issued"  # how many planned trials have been enqueued so far
 PLAN_INDEX = "plan_index"
 CLASS_COUNTS_ATTR = "hpsearch:class_counts"
+ARTIFACTS_ATTR = "hpsearch:artifacts"  # where checkpoints live (storage.artifact_location), for retries
 
 # Trial user attributes written by hpsearch (report.py and tracking.py read these names).
 SEED = "seed"
@@ -41,6 +42,9 @@ RETRY_HISTORY = "retry_history"
 FAIL_REASON = "fail_reason"
 REPEAT_OF = "repeat_of"  # number of the trial whose configuration this one repeats with a new seed
 IS_REPEAT = "is_repeat"
+REPEATS_ENQUEUED = "repeats_enqueued"
+RETRY_EXHAUSTED = "retry_exhausted"  # a failure not retried again: it crashed its worker too often
+CRASHES = "hpsearch:crashes"  # how many times this configuration x seed lost its worker (not hand-backs)
 WORKER = "worker"
 BEAT = "hpsearch:beat"  # last heartbeat (unix time) where the storage has no heartbeat table
 BEAT_INTERVAL = "hpsearch:heartbeat_interval"
@@ -55,8 +59,15 @@ def worker_id() -> str:
 # ---------------------------------------------------------------- create / load
 
 
-def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool = False) -> tuple[optuna.Study, str]:
-    """Create the study and its plan once. Returns (study, message)."""
+def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool = False,
+           artifacts: str | None = None) -> tuple[optuna.Study, str]:
+    """Create the study and its plan once. Returns (study, message).
+
+    The spec, the first chunk of the plan and the ready flag are written under the study lock (on
+    PostgreSQL in one transaction). A creation that was interrupted is finished by the next
+    create-study of the same spec (or by the first worker); a study left empty by a creator that
+    died at once is adopted.
+    """
     spec_hash = spec.hash()
     if replace:
         try:
@@ -65,34 +76,134 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
             pass
     try:
         storage.create_new_study([_direction(spec)], spec.name)
-        creator = True
     except optuna.exceptions.DuplicatedStudyError:
-        creator = False
+        pass
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler())
     _ensure_indexes(storage)
-
-    if not creator:
-        attrs = _wait_ready(study)
-        if attrs.get(HASH_ATTR) == spec_hash:
-            return study, f"study {spec.name!r} already exists with this spec (hash {spec_hash}); nothing to do"
-        if attrs.get(HASH_ATTR) is None or not attrs.get(READY_ATTR):
-            raise HpsearchError(
-                f"study {spec.name!r} exists but was not created by hpsearch (or its creation was interrupted);"
-                " pass --replace to delete and recreate it"
-            )
-        raise HpsearchError(
-            f"study {spec.name!r} already exists with a different spec (stored hash {attrs.get(HASH_ATTR)},"
-            f" this spec {spec_hash}); use another --name, or --replace to delete it and its trials"
-        )
-
-    study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    study.set_user_attr(HASH_ATTR, spec_hash)
-    study.set_user_attr(CREATED_ATTR, time.time())
-    planned = enqueue_plan(study, spec, chunk=issue_chunk(storage))
-    # Written last: other create-study processes and workers wait for it.
-    study.set_user_attr(READY_ATTR, True)
+    attrs = {SPEC_ATTR: spec.to_dict(), HASH_ATTR: spec_hash, CREATED_ATTR: time.time(),
+             PLANNED_ATTR: planned_count(spec)}
+    if artifacts:
+        attrs[ARTIFACTS_ATTR] = artifacts
+    outcome = _plan_once(study, spec, attrs)
+    planned = planned_count(spec)
     what = "grid points x seeds" if spec.is_grid else "trials budget"
-    return study, f"created study {spec.name!r} ({spec.sampler['name']}, {planned} trials planned: {what}; hash {spec_hash})"
+    if outcome == "created":
+        return study, f"created study {spec.name!r} ({spec.sampler['name']}, {planned} trials planned: {what}; hash {spec_hash})"
+    stored = study.user_attrs
+    if stored.get(HASH_ATTR) == spec_hash:
+        if outcome == "finished":
+            return study, (f"study {spec.name!r} already existed with this spec but its creation had been interrupted; "
+                           f"finished it ({planned} trials planned: {what}; hash {spec_hash})")
+        return study, f"study {spec.name!r} already exists with this spec (hash {spec_hash}); nothing to do"
+    if stored.get(HASH_ATTR) is None:
+        raise HpsearchError(
+            f"study {spec.name!r} exists but was not created by hpsearch; pass --replace to delete and recreate it"
+        )
+    raise HpsearchError(
+        f"study {spec.name!r} already exists with a different spec (stored hash {stored.get(HASH_ATTR)},"
+        f" this spec {spec_hash}); use another --name, or --replace to delete it and its trials"
+    )
+
+
+def _plan_once(study: optuna.Study, spec: StudySpec, attrs: dict[str, Any]) -> str:
+    """'created' (this call planned it), 'finished' (it completed an interrupted creation) or 'exists'."""
+    from hpsearch.faults import StudyLock, study_key
+
+    rdb = _rdb(study._storage)
+    chunk = issue_chunk(study._storage)
+    first = attrs[PLANNED_ATTR] if chunk is None else min(attrs[PLANNED_ATTR], chunk)
+    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+        from hpsearch import atomic
+        from hpsearch.storage import with_reconnect
+
+        def make(i: int) -> FrozenTrial:
+            return _plan_template(spec, i)
+
+        def once() -> str:
+            with atomic.locked(rdb, study_key(study.study_name)) as session:
+                stored = atomic.study_attrs(session, study._study_id, [HASH_ATTR, READY_ATTR])
+                n_trials = session.execute(_count_trials(), {"s": study._study_id}).scalar()
+                if stored.get(HASH_ATTR) is not None or n_trials:
+                    return "exists"
+                atomic._lock_study_row(session, study._study_id)
+                atomic.set_study_attrs(session, study._study_id, attrs)
+                for i in range(first):
+                    atomic._create(rdb, session, study._study_id, make(i))
+                atomic.set_study_attrs(session, study._study_id, {ISSUED_ATTR: first, READY_ATTR: True})
+                return "created"
+
+        return with_reconnect(once)()
+    with StudyLock.of(study):
+        stored = study.user_attrs
+        if stored.get(HASH_ATTR) is None and not study._storage.get_n_trials(study._study_id):
+            # Spec first, hash second: a study with a hash always has its spec.
+            study.set_user_attr(SPEC_ATTR, attrs[SPEC_ATTR])
+            for key, value in attrs.items():
+                if key != SPEC_ATTR:
+                    study.set_user_attr(key, value)
+            top_up(study, spec, first)
+            study.set_user_attr(READY_ATTR, True)
+            return "created"
+        if stored.get(HASH_ATTR) == attrs[HASH_ATTR] and not stored.get(READY_ATTR):
+            _finish_plan(study, spec)
+            return "finished"
+    return "exists"
+
+
+def _count_trials() -> Any:
+    import sqlalchemy as sa
+
+    return sa.text("SELECT count(*) FROM trials WHERE study_id = :s")
+
+
+def _finish_plan(study: optuna.Study, spec: StudySpec) -> None:
+    """Under the study lock (journal/SQLite): complete a creation that stopped after the spec."""
+    if PLANNED_ATTR not in study.user_attrs:
+        study.set_user_attr(PLANNED_ATTR, planned_count(spec))
+    study.set_user_attr(READY_ATTR, True)
+
+
+def ensure_ready(study: optuna.Study, spec: StudySpec) -> None:
+    """A worker never treats a half-created study as done: it finishes planning it first."""
+    if study.user_attrs.get(READY_ATTR):
+        return
+    from hpsearch.faults import StudyLock
+
+    rdb = _rdb(study._storage)
+    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+        # Created in one transaction by this version: not ready means an older creator died mid-way.
+        from hpsearch import atomic
+        from hpsearch.faults import study_key
+        from hpsearch.storage import with_reconnect
+
+        def finish() -> None:
+            with atomic.locked(rdb, study_key(study.study_name)) as session:
+                stored = atomic.study_attrs(session, study._study_id, [READY_ATTR, PLANNED_ATTR])
+                if stored.get(READY_ATTR):
+                    return
+                extra: dict[str, Any] = {READY_ATTR: True}
+                if PLANNED_ATTR not in stored:
+                    extra[PLANNED_ATTR] = planned_count(spec)
+                    extra[ISSUED_ATTR] = _max_plan_index_rdb(session, study._study_id) + 1
+                atomic.set_study_attrs(session, study._study_id, extra)
+
+        with_reconnect(finish)()
+        return
+    if isinstance(study._storage, optuna.storages.GrpcStorageProxy):
+        raise HpsearchError(f"study {study.study_name!r} is not ready: its creation was interrupted; "
+                            "run the same hpsearch create-study again to finish it")
+    with StudyLock.of(study):
+        if not study.user_attrs.get(READY_ATTR):
+            _finish_plan(study, spec)
+
+
+def _max_plan_index_rdb(session: Any, study_id: int) -> int:
+    import sqlalchemy as sa
+
+    value = session.execute(sa.text(
+        "SELECT max(CAST(a.value_json AS integer)) FROM trial_user_attributes a JOIN trials t "
+        "ON t.trial_id = a.trial_id WHERE t.study_id = :s AND a.key = :k"), {"s": study_id, "k": PLAN_INDEX}).scalar()
+    return -1 if value is None else int(value)
 
 
 def _ensure_indexes(storage: optuna.storages.BaseStorage) -> None:
@@ -110,27 +221,22 @@ def _ensure_indexes(storage: optuna.storages.BaseStorage) -> None:
         pass
 
 
-def issue_chunk(storage: optuna.storages.BaseStorage) -> int | None:
+def issue_chunk(storage: optuna.storages.BaseStorage | None = None) -> int | None:
     """Trials issued at a time; everything at once where workers cannot take the study lock (gRPC)."""
     if isinstance(storage, optuna.storages.GrpcStorageProxy):
         return None
-    return int(os.environ.get("HPSEARCH_ISSUE_CHUNK", "64"))
+    raw = os.environ.get("HPSEARCH_ISSUE_CHUNK", "64")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise HpsearchError(f"HPSEARCH_ISSUE_CHUNK must be an integer >= 1, but got {raw!r}")
+    return value
 
 
 def _direction(spec: StudySpec) -> optuna.study.StudyDirection:
     return optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
-
-
-def _wait_ready(study: optuna.Study, timeout: float = 300.0) -> dict[str, Any]:
-    """Another process created the study: wait until it has finished planning it."""
-    start = time.monotonic()
-    while True:
-        attrs = study.user_attrs
-        if attrs.get(READY_ATTR) or time.monotonic() - start > timeout:
-            return attrs
-        if attrs.get(HASH_ATTR) is None and time.monotonic() - start > 10:
-            return attrs  # not an hpsearch study, or its creator died before writing the spec
-        time.sleep(0.2)
 
 
 def plan_item(spec: StudySpec, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -155,23 +261,9 @@ def planned_count(spec: StudySpec) -> int:
     return len(_grid_plan(spec)) if spec.is_grid else int(spec.budget_trials or 0)
 
 
-def enqueue_plan(study: optuna.Study, spec: StudySpec, chunk: int | None = None) -> int:
-    """Issue the first `chunk` planned trials (all when None); workers issue the rest as needed.
-
-    Issuing lazily keeps the queue short: Optuna re-reads every unfinished trial on each sync, so
-    50,000 waiting tickets would make every trial pay for all of them.
-    """
-    planned = planned_count(spec)
-    study.set_user_attr(PLANNED_ATTR, planned)
-    _issue(study, spec, 0, planned if chunk is None else min(planned, chunk))
-    return planned
-
-
-def _issue(study: optuna.Study, spec: StudySpec, start: int, stop: int) -> None:
-    for i in range(start, stop):
-        params, attrs = plan_item(spec, i)
-        _enqueue(study, params, {**attrs, PLAN_INDEX: i})
-    study.set_user_attr(ISSUED_ATTR, stop)
+def _plan_template(spec: StudySpec, index: int) -> FrozenTrial:
+    params, attrs = plan_item(spec, index)
+    return _template(params, {**attrs, PLAN_INDEX: index})
 
 
 def unissued(study: optuna.Study) -> int:
@@ -181,25 +273,43 @@ def unissued(study: optuna.Study) -> int:
 
 
 def top_up(study: optuna.Study, spec: StudySpec, chunk: int) -> int:
-    """Issue the next chunk of the plan; call under the StudyLock. Returns how many were issued."""
+    """Issue the next chunk of the plan. Returns how many were issued.
+
+    PostgreSQL: the trials and the new issued count commit together, under the study lock taken
+    inside that transaction. Journal/SQLite (call under the StudyLock): how far the plan is issued
+    is read from the trials themselves (their plan_index), so a process killed half-way through a
+    chunk is resumed where it stopped, never repeated.
+    """
+    if chunk < 1:
+        raise HpsearchError(f"the issue chunk must be >= 1, but got {chunk=}")
+    rdb = _rdb(study._storage)
+    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+        from hpsearch import atomic
+        from hpsearch.faults import study_key
+        from hpsearch.storage import with_reconnect
+
+        return with_reconnect(atomic.issue)(rdb, study_key(study.study_name), study._study_id, PLANNED_ATTR,
+                                            ISSUED_ATTR, lambda i: _plan_template(spec, i), chunk)
     attrs = study.user_attrs
     planned = int(attrs.get(PLANNED_ATTR, 0))
-    issued = int(attrs.get(ISSUED_ATTR, planned))
-    if issued >= planned:
-        return 0
+    recorded = int(attrs.get(ISSUED_ATTR, planned if READY_ATTR in attrs else 0))
+    indexes = [t.user_attrs.get(PLAN_INDEX) for t in study._storage.get_all_trials(study._study_id, deepcopy=False)]
+    issued = max([recorded] + [int(i) + 1 for i in indexes if i is not None])
     stop = min(planned, issued + chunk)
-    _issue(study, spec, issued, stop)
-    return stop - issued
+    for i in range(issued, stop):
+        study.add_trial(_plan_template(spec, i))
+    if stop > recorded or ISSUED_ATTR not in attrs:
+        study.set_user_attr(ISSUED_ATTR, max(stop, issued))
+    return max(0, stop - issued)
+
+
+def _template(params: dict[str, Any], user_attrs: dict[str, Any]) -> FrozenTrial:
+    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
+                                     user_attrs=user_attrs)
 
 
 def _enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            system_attrs={"fixed_params": params},
-            user_attrs=user_attrs,
-        )
-    )
+    study.add_trial(_template(params, user_attrs))
 
 
 def load(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler | None = None,
@@ -228,6 +338,46 @@ def enqueue_repeats(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, p
         if mark_repeat:
             attrs[IS_REPEAT] = True
         _enqueue(study, params, attrs)
+
+
+def enqueue_seeds_of(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, seeds: list[int]) -> bool:
+    """A sampled configuration completed: queue its other seeds, once, and only while `trial` is
+    still this worker's (RUNNING). False when it was taken over meanwhile (its result is dropped).
+
+    Exactly once even when the worker dies half-way or a retry of the same trial completes too:
+    seeds whose (config_id, seed) the study already holds are skipped, and the check, the
+    enqueues and the mark are one transaction on PostgreSQL, one critical section elsewhere.
+    """
+    params = dict(trial.params)
+    cid = space_mod.config_id(params)
+
+    def templates(frozen: FrozenTrial, existing: set[tuple[str, int]]) -> list[FrozenTrial]:
+        return [_template(params, {SEED: s, CONFIG_ID: cid, REPEAT_OF: frozen.number})
+                for s in seeds if (cid, s) not in existing]
+
+    rdb = _rdb(study._storage)
+    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+        from hpsearch import atomic
+        from hpsearch.faults import study_key
+        from hpsearch.storage import with_reconnect
+
+        return with_reconnect(atomic.enqueue_if_running)(rdb, study_key(study.study_name), study._study_id,
+                                                         trial._trial_id, templates, REPEATS_ENQUEUED,
+                                                         CONFIG_ID, SEED)
+    from hpsearch.faults import StudyLock
+
+    with StudyLock.of(study):
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state != TrialState.RUNNING:
+            return False
+        if frozen.user_attrs.get(REPEATS_ENQUEUED):
+            return True
+        existing = {(t.user_attrs.get(CONFIG_ID), int(t.user_attrs.get(SEED, -1)))
+                    for t in study._storage.get_all_trials(study._study_id, deepcopy=False)}
+        for template in templates(frozen, existing):
+            study.add_trial(template)
+        study._storage.set_trial_user_attr(trial._trial_id, REPEATS_ENQUEUED, True)
+    return True
 
 
 # ---------------------------------------------------------------- claiming
@@ -381,22 +531,43 @@ def active_counts(study: optuna.Study) -> tuple[int, int]:
 # ---------------------------------------------------------------- retry
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
-    """Queue the same parameters again, linked to the original trial (checkpoint travels along)."""
+def retryable(reason: str) -> bool:
+    """A failure of the worker, not of the trial: the trial runs again with the same parameters."""
+    return reason.startswith(("stale:", "preempted", "worker interrupted"))
+
+
+def max_retries() -> int:
+    raw = os.environ.get("HPSEARCH_MAX_RETRIES", "3")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HpsearchError(f"HPSEARCH_MAX_RETRIES must be an integer >= 0, but got {raw!r}") from None
+    if value < 0:
+        raise HpsearchError(f"HPSEARCH_MAX_RETRIES must be an integer >= 0, but got {raw!r}")
+    return value
+
+
+def retry_template(trial: FrozenTrial, reason: str) -> FrozenTrial | None:
+    """The same parameters queued again, linked to the original trial (its checkpoint travels along).
+
+    The link is written both ways Optuna's own tooling reads it (system attrs `failed_trial` and
+    `retry_history`, as RetryHeartbeatStaleTrialCallback writes them) and as hpsearch's user attrs.
+    None when the trial has crashed its worker more than HPSEARCH_MAX_RETRIES times: a trial that
+    kills every worker that runs it (out of memory, a segfault) must not cycle forever; hand-backs
+    (preemption, SIGTERM) never count.
+    """
+    crashes = int(trial.user_attrs.get(CRASHES, 0)) + (0 if reason.startswith("preempted") else 1)
+    if crashes > max_retries():
+        return None
     history = list(trial.user_attrs.get(RETRY_HISTORY, [])) + [trial.number]
     user_attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith("hpsearch:beat")}
-    user_attrs.pop(FAIL_REASON, None)
-    user_attrs.pop(WORKER, None)
-    user_attrs[RETRY_OF] = history[0]
-    user_attrs[RETRY_HISTORY] = history
-    user_attrs["retry_reason"] = reason
+    for key in (FAIL_REASON, WORKER, RETRY_EXHAUSTED):
+        user_attrs.pop(key, None)
+    user_attrs.update({RETRY_OF: history[0], RETRY_HISTORY: history, "retry_reason": reason, CRASHES: crashes})
     fixed = dict(trial.system_attrs.get("fixed_params", {}))
     fixed.update(trial.params)
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            system_attrs={"fixed_params": fixed},
-            user_attrs=user_attrs,
-        )
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        system_attrs={"fixed_params": fixed, "failed_trial": history[0], "retry_history": history},
+        user_attrs=user_attrs,
     )
-

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from hpsearch import study as study_mod
 from hpsearch.errors import HpsearchError, Preempted
-from hpsearch.faults import Heartbeat, Reaper, StudyLock, fail_and_requeue
+from hpsearch.faults import Heartbeat, Reaper, StudyLock, fail_and_requeue, sweep_orphans
 from hpsearch.samplers import build_pruner, build_sampler
 from hpsearch.spec import StudySpec
 from hpsearch.storage import mask, open_storage, resolve_url
@@ -94,12 +94,18 @@ def run_worker(opts: Options) -> int:
     sampler = build_sampler(spec.sampler, seed)  # a different seed per worker
     pruner = build_pruner(spec.pruner, int(spec.train.get("epochs", 0) or 0) or None)
     study = study_mod.load(opts.study, storage, sampler=sampler, pruner=pruner)
+    study_mod.ensure_ready(study, spec)  # a half-created study is finished, never taken for done
     created = float(study.user_attrs.get(study_mod.CREATED_ATTR, time.time()))
     deadline = created + spec.wall_clock if spec.wall_clock else None
     my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
     ctx = _context(spec, opts, url, out)
-    if spec.objective is None:
+    if spec.objective is not None:
+        # A plugin that does not import would fail every trial it is given: stop before claiming.
+        from hpsearch.registry import load_plugin
+
+        load_plugin(spec.objective, "objective")
+    else:
         # Load the data before claiming anything: missing files are one clear error, not a
         # queue of failed trials (and the worker reuses it for every trial it runs).
         from hpsearch import data as data_mod
@@ -138,8 +144,14 @@ def run_worker(opts: Options) -> int:
             ctx["claim_s"] = time.perf_counter() - t_claim
             if trial is None:
                 if lock.available:
+                    # On PostgreSQL every write that moves a trial between states is one transaction
+                    # (a failed trial and its retry, an issued chunk and its count), so any reading
+                    # is consistent; on the journal the lock file makes it so, and the sweep restores
+                    # a retry that a process killed mid-hand-back did not write.
                     with lock:
                         if study_mod.top_up(study, spec, chunk) > 0:
+                            continue
+                        if lock.path is not None and sweep_orphans(study) > 0:
                             continue
                         waiting, running = study_mod.active_counts(study)
                     unissued = 0
@@ -166,12 +178,14 @@ def run_worker(opts: Options) -> int:
                     summary.reason = (f"stopping: {failures_in_row} trials failed in a row on this worker "
                                       "(a broken node or a bug?); see fail_reason of the trials")
                     say(summary.line(wid))
+                    _ignore_signals()
                     return 1
             elif state != "preempted":
                 failures_in_row = 0
     finally:
         reaper.stop()
     say(summary.line(wid))
+    _ignore_signals()
     return 0
 
 
@@ -202,8 +216,17 @@ def _install_signals(opts: Options, out: Any) -> None:
         timer.start()
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        # USR1/USR2: what SLURM's --signal (submitit's B:USR2@90) and PBS send before the kill.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, handler)
+
+
+def _ignore_signals() -> None:
+    """The work is handed back or done: a late SIGTERM during interpreter shutdown (which restores
+    the default handlers) must not turn exit 0 into 143."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 _CURRENT: dict[str, Any] = {}
@@ -231,43 +254,58 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
                                      "device": str(ctx["device"])})
     _CURRENT["trial"] = (study, trial)
     t0 = time.monotonic()
-    with Heartbeat(study, trial._trial_id, opts.heartbeat):
-        try:
-            value = _objective(trial, spec, ctx, opts, lambda msg: out(f"[{label}] {msg}"))
-        except optuna.TrialPruned as exc:
-            study_mod.set_user_attrs(trial, {
-                "duration_s": time.monotonic() - t0, "device": str(ctx["device"]),
-                "service_s": storage_seconds() - service0 + ctx.get("claim_s", 0.0)})
-            _tell(study, trial, state=TrialState.PRUNED)
-            out(f"[{label}] {exc or 'pruned'}")
-            return "pruned"
-        except Preempted as exc:
-            _CURRENT.pop("trial", None)
-            fail_and_requeue(study, trial._trial_id, f"preempted: {exc}")
-            out(f"[{label}] handed back to the queue ({exc})")
-            return "preempted"
-        except BaseException as exc:  # a trial's failure must not take the worker down
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                fail_and_requeue(study, trial._trial_id, f"worker interrupted: {type(exc).__name__}")
-                raise
-            reason = _reason(exc)
-            divergent = type(exc).__name__ == "Divergent"
-            _safe(trial.set_user_attr, FAIL_REASON, reason)
-            _safe(trial.set_user_attr, "divergent", divergent)
-            _safe(trial.set_user_attr, "traceback", traceback.format_exc()[-4000:])
-            _tell(study, trial, state=TrialState.FAIL)
-            out(f"[{label}] failed: {reason}")
-            return "divergent" if divergent else "failed"
-        finally:
-            _CURRENT.pop("trial", None)
-    # Database time on this trial's critical path (claim, reports, attrs): the service's overhead.
-    study_mod.set_user_attrs(trial, {
-        "duration_s": time.monotonic() - t0, "device": str(ctx["device"]),
-        "service_s": storage_seconds() - service0 + ctx.get("claim_s", 0.0)})
-    _maybe_enqueue_repeats(study, trial, spec)
-    _tell(study, trial, value=value)
+
+    def timing() -> dict[str, Any]:
+        # Database time on this trial's critical path (claim, reports, attrs): the service's overhead.
+        return {"duration_s": time.monotonic() - t0, "device": str(ctx["device"]),
+                "service_s": storage_seconds() - service0 + ctx.get("claim_s", 0.0)}
+
+    try:
+        with Heartbeat(study, trial._trial_id, opts.heartbeat):
+            try:
+                value = _objective(trial, spec, ctx, opts, lambda msg: out(f"[{label}] {msg}"))
+            except optuna.TrialPruned as exc:
+                study_mod.set_user_attrs(trial, timing())
+                if not _tell(study, trial, state=TrialState.PRUNED):
+                    return _dropped(label, out)
+                out(f"[{label}] {exc or 'pruned'}")
+                return "pruned"
+            except Preempted as exc:
+                _CURRENT.pop("trial", None)
+                if not fail_and_requeue(study, trial._trial_id, f"preempted: {exc}"):
+                    return _dropped(label, out)
+                out(f"[{label}] handed back to the queue ({exc})")
+                return "preempted"
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return _dropped(label, out)
+            except BaseException as exc:  # a trial's failure must not take the worker down
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    fail_and_requeue(study, trial._trial_id, f"worker interrupted: {type(exc).__name__}")
+                    raise
+                reason = _reason(exc)
+                divergent = type(exc).__name__ == "Divergent"
+                _safe(trial.set_user_attr, FAIL_REASON, reason)
+                _safe(trial.set_user_attr, "divergent", divergent)
+                _safe(trial.set_user_attr, "traceback", traceback.format_exc()[-4000:])
+                if not _tell(study, trial, state=TrialState.FAIL):
+                    return _dropped(label, out)
+                out(f"[{label}] failed: {reason}")
+                return "divergent" if divergent else "failed"
+            finally:
+                _CURRENT.pop("trial", None)
+        study_mod.set_user_attrs(trial, timing())
+        if not _maybe_enqueue_repeats(study, trial, spec) or not _tell(study, trial, value=value):
+            return _dropped(label, out)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return _dropped(label, out)
     out(f"[{label}] complete: {spec.metric}={value:.4f} ({time.monotonic() - t0:.1f}s)")
     return "complete"
+
+
+def _dropped(label: str, out: Any) -> str:
+    out(f"[{label}] result dropped: another worker took this trial over while it ran (this worker was "
+        "presumed dead: no heartbeat reached the storage in time); its retry counts instead")
+    return "dropped"
 
 
 def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> float:
@@ -311,30 +349,34 @@ def _record_class_counts(study: optuna.Study, data: Any) -> None:
         _safe(study.set_user_attr, study_mod.CLASS_COUNTS_ATTR, {**data.class_counts(), "classes": data.class_names})
 
 
-def _maybe_enqueue_repeats(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> None:
-    """A sampled configuration that completed gets its other seeds queued (once, even on retry)."""
+def _maybe_enqueue_repeats(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> bool:
+    """A sampled configuration that completed gets its other seeds queued (once, even on retry).
+    False when the trial is no longer this worker's."""
     attrs = trial.user_attrs
     if spec.is_grid or spec.repeats <= 1 or attrs.get(study_mod.REPEAT_OF) is not None:
-        return
-    if attrs.get("repeats_enqueued"):
-        return
+        return True
+    if attrs.get(study_mod.REPEATS_ENQUEUED):
+        return True
     seeds = [int(attrs.get(study_mod.SEED, spec.seed)) + r for r in range(1, spec.repeats)]
-    study_mod.enqueue_repeats(study, trial, spec, dict(trial.params), seeds)
-    trial.set_user_attr("repeats_enqueued", True)
+    return study_mod.enqueue_seeds_of(study, trial, spec, seeds)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> None:
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> bool:
+    """Finish the trial; False when another worker took it over meanwhile (the result is dropped)."""
     try:
         frozen = study._storage.get_trial(trial._trial_id)
         if frozen.state.is_finished():
-            log.warning("trial %d was taken over by another worker (%s); result dropped", trial.number, frozen.state.name)
-            return
+            log.info("trial %d was taken over by another worker (%s); result dropped", trial.number, frozen.state.name)
+            return False
+        # Not skip_if_finished: a reap between the read above and this write must be seen, not skipped.
         if value is not None:
-            study.tell(trial, value, skip_if_finished=True)
+            study.tell(trial, value)
         else:
-            study.tell(trial, state=state, skip_if_finished=True)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        log.warning("trial %d was finished elsewhere; result dropped", trial.number)
+            study.tell(trial, state=state)
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        log.info("trial %d was finished elsewhere; result dropped", trial.number)
+        return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -95,13 +95,18 @@ def test_kill9_mid_trial_is_requeued_and_resumed_from_its_checkpoint(pg_session_
     requeue_after = _wait_state(study, 0, TrialState.FAIL, timeout=60)
     assert other.wait(timeout=300) == 0, (tmp_path / "other.log").read_text()
 
-    # Re-queued within two heartbeat intervals of the kill, by the other worker's reaper.
+    # Re-queued by the other worker's reaper, and not before 1.5 heartbeats of silence (how soon
+    # after the kill depends on how fast the other worker starts on a loaded machine: not asserted).
     assert time.monotonic() - killed_at >= requeue_after
-    assert requeue_after <= 2 * heartbeat + 1.0, requeue_after
     trials = study.get_trials(deepcopy=False)
     original = trials[0]
     assert original.state == TrialState.FAIL and original.user_attrs["fail_reason"].startswith("stale")
+    silent = float(original.user_attrs["fail_reason"].split("no heartbeat for ")[1].split("s")[0])
+    assert silent >= 1.5 * heartbeat - 0.5, original.user_attrs["fail_reason"]
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
+    # The lineage as Optuna's own tooling (and optuna-dashboard users' scripts) read it.
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(retry) == [0]
     assert retry.state == TrialState.COMPLETE and retry.params == original.params
     assert retry.user_attrs["seed"] == original.user_attrs["seed"]
     resumed = retry.user_attrs["resumed_from_epoch"]
