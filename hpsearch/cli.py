@@ -157,13 +157,13 @@ def _setup_logging() -> None:
 def _create_study(args: argparse.Namespace) -> int:
     from hpsearch import study as study_mod
     from hpsearch.spec import load_spec
-    from hpsearch.storage import open_storage, resolve_url
+    from hpsearch.storage import artifact_location, open_storage, resolve_url
 
     overrides = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
     spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
     url = resolve_url(args.storage)
     storage = open_storage(url, create=True)
-    _, message = study_mod.create(spec, storage, replace=args.replace)
+    _, message = study_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
     print(message)
     print(f"run workers with: python worker.py --study {spec.name}" + _storage_hint(args.storage))
     return 0

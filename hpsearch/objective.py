@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import random
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from hpsearch.spec import StudySpec
 from hpsearch.study import set_user_attrs
 
 CHECKPOINT = "checkpoint"  # user attr: artifact id of the trial's last epoch checkpoint
+log = logging.getLogger("hpsearch.objective")
 
 
 class Divergent(Exception):
@@ -49,6 +52,7 @@ class Context:
     tracker: Any = None
     checkpoint_every: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint_warned: bool = False  # a failed checkpoint write is said once per trial
 
 
 def resolve_config(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +121,7 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     best_state: dict[str, Any] | None = None
     ckpt_id = trial.user_attrs.get(CHECKPOINT)
     if ckpt_id and ctx.artifact_store is not None:
-        ck = load_checkpoint(ctx.artifact_store, ckpt_id)
+        ck = load_checkpoint(ctx.artifact_store, ckpt_id, trial.number)
         if ck is not None:
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
@@ -218,12 +222,16 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
 
 
 # ---------------------------------------------------------------- checkpoints
+#
+# A checkpoint is an optimisation: it only saves a retry some epochs. Writing one (disk full,
+# read-only store, S3 down), reading one and removing one may fail without failing the trial.
+# Checkpoints are written straight to the artifact store and found through the trial's
+# `checkpoint` user attr; they are not registered as Optuna artifacts, since they are removed when
+# the trial finishes and the dashboard would list dead links.
 
 
 def save_checkpoint(ctx: Context, trial: optuna.Trial, model: torch.nn.Module, optimizer: Any, schedule: Any,
                     gen: torch.Generator, state: dict[str, Any], best_state: dict[str, Any] | None) -> None:
-    from optuna.artifacts import upload_artifact
-
     blob = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict() if schedule is not None else None,
@@ -231,23 +239,81 @@ def save_checkpoint(ctx: Context, trial: optuna.Trial, model: torch.nn.Module, o
         "state": copy.deepcopy(state), "best_state": best_state,
     }
     previous = trial.user_attrs.get(CHECKPOINT)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial{trial.number}-epoch{state['epoch']}.pt"
-        torch.save(blob, path)
-        artifact_id = upload_artifact(artifact_store=ctx.artifact_store, file_path=str(path), study_or_trial=trial)
+    artifact_id = f"checkpoint-trial{trial.number}-{uuid.uuid4().hex}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "checkpoint.pt"
+            torch.save(blob, path)
+            with open(path, "rb") as f:
+                ctx.artifact_store.write(artifact_id, f)
+    except Exception as exc:  # noqa: BLE001 - see above: never fail a trial for its checkpoint
+        _remove(ctx.artifact_store, artifact_id)  # what a full disk let through is of no use
+        if not ctx.checkpoint_warned:  # once per trial: a full disk stays full for a while
+            ctx.checkpoint_warned = True
+            log.warning("trial %d: checkpoint of epoch %d not saved to %s (%s); training goes on, a retry "
+                        "would resume from %s", trial.number, state["epoch"], describe_store(ctx.artifact_store),
+                        _why(exc), f"epoch {trial.user_attrs.get('checkpoint_epoch')}" if previous else "scratch")
+        return
     set_user_attrs(trial, {CHECKPOINT: artifact_id, "checkpoint_epoch": state["epoch"]})
     # Only the newest checkpoint is needed to resume; older ones would fill the disk.
     if previous and previous != artifact_id:
-        try:
-            ctx.artifact_store.remove(previous)
-        except Exception:  # noqa: BLE001 - removal is housekeeping; never fail a trial for it
-            pass
+        _remove(ctx.artifact_store, previous)
 
 
-def load_checkpoint(store: Any, artifact_id: str) -> dict[str, Any] | None:
+def load_checkpoint(store: Any, artifact_id: str, trial_number: int | None = None) -> dict[str, Any] | None:
+    """The checkpoint's contents, or None (the trial then starts from scratch, saying why)."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    who = f"trial {trial_number}: " if trial_number is not None else ""
     try:
         with store.open_reader(artifact_id) as f:
             buf = io.BytesIO(f.read())
-    except Exception:  # noqa: BLE001 - a missing checkpoint means start from scratch
-        return None
-    return torch.load(buf, weights_only=False)
+        return torch.load(buf, weights_only=False)
+    except ArtifactNotFound:
+        log.warning("%scheckpoint %s is not in %s (another artifacts location? see HPSEARCH_ARTIFACTS); "
+                    "starting from scratch", who, artifact_id, describe_store(store))
+    except Exception as exc:  # noqa: BLE001 - unreadable (truncated, permissions, S3 down): start over
+        log.warning("%scheckpoint %s in %s cannot be read (%s); starting from scratch", who, artifact_id,
+                    describe_store(store), _why(exc))
+    return None
+
+
+def discard_checkpoint(artifact_store: Any, trial_user_attrs: dict[str, Any]) -> None:
+    """Remove a finished trial's last checkpoint. Never raises.
+
+    For trials that ended COMPLETE or PRUNED: nothing will resume from it, and kept, every
+    trial's last checkpoint fills the disk. A trial handed back or reaped keeps it (its retry
+    resumes from it).
+    """
+    artifact_id = trial_user_attrs.get(CHECKPOINT)
+    if artifact_store is None or not isinstance(artifact_id, str) or not artifact_id:
+        return
+    _remove(artifact_store, artifact_id)
+
+
+def describe_store(store: Any) -> str:
+    """The store's place for messages: a directory or s3://bucket."""
+    if getattr(store, "_base_path", None) is not None:
+        return str(store._base_path)
+    if getattr(store, "bucket", None):
+        return f"s3://{store.bucket}"
+    return type(store).__name__
+
+
+def _remove(store: Any, artifact_id: str) -> None:
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    try:
+        store.remove(artifact_id)
+    except ArtifactNotFound:
+        pass
+    except Exception as exc:  # noqa: BLE001 - housekeeping: never fail a trial (or a worker) for it
+        log.warning("checkpoint %s in %s not removed (%s)", artifact_id, describe_store(store), _why(exc))
+
+
+def _why(exc: BaseException) -> str:
+    """One line: the OS's reason when there is one (not a path-laden repr)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}"[:300]
