@@ -49,6 +49,7 @@ def worker_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpsearch", description="Hyperparameter search on Optuna: specs, shared "
                                      "storage, stateless workers, reports.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("create-study", help="validate a spec and create its study (idempotent)")
@@ -69,14 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--watch", action="store_true", help="refresh a live table until the study is done")
     p.add_argument("--interval", type=float, default=2.0, help="refresh interval for --watch")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (keys in the README)")
 
     p = sub.add_parser("best", help="the top configurations with validation and test metrics")
     p.add_argument("study")
     _storage_arg(p)
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print the configurations as JSON (keys in the README)")
 
     p = sub.add_parser("list", help="studies in a storage")
     _storage_arg(p)
+    p.add_argument("--json", action="store_true", help="print the studies as JSON (keys in the README)")
 
     p = sub.add_parser("launch", help="start workers: local processes, or a SLURM/PBS job array")
     p.add_argument("target", choices=["local", "slurm", "pbs"])
@@ -102,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _extension_parsers(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hpsearch import __version__
+
+    try:
+        optuna = version("optuna")
+    except PackageNotFoundError:
+        optuna = "not installed"
+    return f"hpsearch {__version__} (optuna {optuna}, Python {sys.version.split()[0]})"
 
 
 def _extension_parsers(sub: Any) -> None:
@@ -190,17 +206,19 @@ def _worker(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from hpsearch import status
 
+    if args.watch and args.json:
+        raise HpsearchError("--watch and --json do not go together: --json prints one snapshot")
     if args.watch:
         return status.watch(args.study, args.storage, args.interval)
-    status.print_status(args.study, args.storage)
+    status.print_status(args.study, args.storage, as_json=args.json)
     return 0
 
 
 @command("best")
 def _best(args: argparse.Namespace) -> int:
-    from hpsearch import status
+    from hpsearch.report_best import print_best
 
-    status.print_best(args.study, args.storage, args.top)
+    print_best(args.study, args.storage, args.top, as_json=args.json)
     return 0
 
 
@@ -208,7 +226,7 @@ def _best(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from hpsearch import status
 
-    status.print_list(args.storage)
+    status.print_list(args.storage, as_json=args.json)
     return 0
 
 

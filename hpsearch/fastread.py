@@ -38,6 +38,11 @@ class LightTrial:
     def values(self) -> list[float] | None:
         return None if self.value is None else [self.value]
 
+    @property
+    def system_attrs(self) -> dict[str, Any]:
+        # Light records skip system attrs: a waiting trial's configuration is its config_id user attr.
+        return {}
+
 
 def supported(study: optuna.Study) -> bool:
     rdb = _rdb(study._storage)

@@ -193,7 +193,9 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
 
         # --- report, prune, checkpoint, stop early ---------------------------------------
         trial.report(value, epoch)
-        if trial.should_prune():
+        # A repeat (`hpsearch repeat`) re-measures a chosen configuration on a new seed: pruning it
+        # would bias the very comparison it runs for, so it trains to the end (still reporting).
+        if not trial.user_attrs.get("is_repeat") and trial.should_prune():
             trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch} ({metric_key}={value:.4f})")
         # Checkpoint at most every `checkpoint_every` seconds: a resume loses at most that much,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch import fastread
+from hpsearch import fastread, report_best
 from hpsearch import report_sections as sections
 from hpsearch import study as study_mod
 from hpsearch.errors import HpsearchError
@@ -121,7 +121,7 @@ def _check_filters(snap: Snapshot) -> None:
 
 
 def build(snap: Snapshot) -> Document:
-    parts = [sections.dataset, sections.best, sections.parallel, sections.importance, sections.curves,
+    parts = [sections.dataset, report_best.section, sections.parallel, sections.importance, sections.curves,
              sections.confusion, sections.cost]
     return Document(title=f"Search report: {snap.name}", meta=sections.meta(snap), sections=[p(snap) for p in parts])
 

@@ -44,7 +44,8 @@ def add_parsers(sub: Any, command: Callable[[str], Callable[[Command], Command]]
     p.add_argument("study")
     storage_arg(p)
     p.add_argument("--format", required=True, choices=["csv", "parquet", "json"])
-    p.add_argument("--out", metavar="FILE", help="output file (default NAME.FORMAT; '-' for stdout)")
+    p.add_argument("--out", metavar="FILE", help="write this file (default: the data to stdout, messages to stderr; "
+                   "parquet needs --out)")
     command("export")(_export)
 
 
@@ -84,15 +85,15 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import sys
 
-    from hpsearch.export import export
-
-    study = _open(args.study, args.storage)
-    out = args.out or f"{args.study}.{args.format}"
     from hpsearch import fastread
+    from hpsearch.errors import HpsearchError
+    from hpsearch.export import BINARY_TO_STDOUT, export
 
-    n = export(fastread.full_trials(study), args.format, out)
-    if out != "-":
-        print(f"wrote {n} trials to {out}")
-    else:
-        sys.stdout.flush()
+    if args.format == "parquet" and args.out in (None, "-"):
+        raise HpsearchError(BINARY_TO_STDOUT)  # before reading a possibly large study
+    study = _open(args.study, args.storage)
+    n = export(fastread.full_trials(study), args.format, args.out)
+    if args.out not in (None, "-"):
+        # On stderr: stdout carries the data and nothing else, whatever --out says.
+        print(f"wrote {n} trials to {args.out}", file=sys.stderr)
     return 0

@@ -7,6 +7,8 @@
 - epochs saved by pruning: for each pruned trial, its configured epochs minus the epoch it was
   pruned at; the share is relative to what the pruned trials would have trained unpruned.
 - trials per hour: finished (complete, pruned, failed) trials over the wall time.
+- divergent trials: the learning-curve section's definition (report_curves.divergence_reason),
+  so the cost table and the "Divergent (N)" list count the same trials.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import study as study_mod
 from hpsearch.export import state_name
+from hpsearch.report_curves import divergence_reason
 
 ORDER = ("complete", "pruned", "fail", "running", "waiting")
 
@@ -69,7 +72,7 @@ def cost(trials: Sequence[FrozenTrial], default_epochs: int | None = None, now: 
         attrs = t.user_attrs
         c.repeats += bool(attrs.get(study_mod.IS_REPEAT))
         c.retries += study_mod.RETRY_OF in attrs and t.state != TrialState.WAITING
-        c.divergent += bool(attrs.get("divergent"))
+        c.divergent += t.state != TrialState.WAITING and divergence_reason(t) is not None
         c.epochs_trained += int(attrs.get("epochs_trained") or len(attrs.get("curve") or []))
         _add_pruning(c, t, default_epochs)
         if t.state == TrialState.WAITING:

@@ -50,6 +50,27 @@ def metric_series(trial: FrozenTrial, metric: str) -> list[tuple[int, float]]:
     return sorted((int(step), float(v)) for step, v in trial.intermediate_values.items())
 
 
+def panels(trials: Sequence[FrozenTrial], metric: str) -> list[tuple[str, str]]:
+    """(curve key, title) of the learning-curve panels: training loss, the validation metric, and the
+    other validation curve beside it (val_loss next to val_acc, val_acc next to val_loss): accuracy
+    can hold still while the loss climbs (over-confidence), which only the pair shows."""
+    other = "val_acc" if metric == "val_loss" else "val_loss"
+    out = [("train_loss", "training loss"), (metric, f"validation {metric}")]
+    if any(series(t, other, metric) for t in trials):
+        out.append((other, f"validation {other}"))
+    return out
+
+
+def series(trial: FrozenTrial, key: str, metric: str) -> list[tuple[int, float]]:
+    """(epoch, finite value) of one curve of a trial; the metric falls back to the reported values."""
+    if key == metric:
+        points = metric_series(trial, metric)
+    else:
+        points = [(int(r["epoch"]), r[key]) for r in curve(trial)
+                  if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    return [(e, float(v)) for e, v in points if math.isfinite(v)]
+
+
 def _not_finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)
 

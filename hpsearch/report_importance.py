@@ -8,7 +8,9 @@ Importances (each normalized to sum to 1 over the parameters it could judge):
 
 Correlations: Spearman's rank correlation for numeric parameters (rank based, so a log-scaled
 parameter needs no transform); for categorical ones the correlation ratio eta^2 (share of the
-metric's variance explained by the category) with a Kruskal-Wallis p-value.
+metric's variance explained by the category) with a Kruskal-Wallis p-value. A reading ("lower lr
+is better") is stated only where its test is significant at the report's level (p < 1 - level,
+0.1 for the default 90%); otherwise it says "no evidence of an effect (p = ..., n = ...)".
 """
 
 from __future__ import annotations
@@ -111,27 +113,37 @@ class Correlation:
     value: float | None
     p_value: float | None
     n: int
-    best: str  # the direction or level that goes with a better metric
+    best: str  # the direction or level that goes with a better metric, where the test supports one
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def correlations(trials: Sequence[FrozenTrial], maximize: bool) -> list[Correlation]:
+def correlations(trials: Sequence[FrozenTrial], maximize: bool, level: float = 0.9) -> list[Correlation]:
+    """One row per parameter; `level` is the report's confidence level (alpha = 1 - level)."""
     done = complete(trials)
     names = sorted({p for t in done for p in t.params})
     out = []
     for name in names:
         pairs = [(t.params[name], float(t.value)) for t in done if name in t.params]  # type: ignore[arg-type]
         if all(_is_number(x) for x, _ in pairs):
-            out.append(_spearman(name, pairs, maximize))
+            out.append(_spearman(name, pairs, maximize, 1 - level))
         else:
-            out.append(_eta(name, pairs, maximize))
+            out.append(_eta(name, pairs, maximize, 1 - level))
     return out
 
 
-def _spearman(name: str, pairs: list[tuple[Any, float]], maximize: bool) -> Correlation:
+def reading(effect: str, p: float | None, n: int, alpha: float) -> str:
+    """The effect only where the test rejects "no effect" at `alpha`; a large p is no evidence either way."""
+    if p is None:
+        return f"not tested (a level has fewer than 2 trials; n = {n})"
+    if p < alpha:
+        return effect
+    return f"no evidence of an effect (p = {p:.3g}, n = {n})"
+
+
+def _spearman(name: str, pairs: list[tuple[Any, float]], maximize: bool, alpha: float) -> Correlation:
     from scipy import stats
 
     xs, ys = [float(x) for x, _ in pairs], [y for _, y in pairs]
@@ -140,10 +152,11 @@ def _spearman(name: str, pairs: list[tuple[Any, float]], maximize: bool) -> Corr
     res = stats.spearmanr(xs, ys)
     rho, p = float(res.statistic), float(res.pvalue)
     better = "higher" if (rho > 0) == maximize else "lower"
-    return Correlation(name, "numeric", "Spearman rho", rho, p, len(pairs), f"{better} {name} is better")
+    return Correlation(name, "numeric", "Spearman rho", rho, p, len(pairs),
+                       reading(f"{better} {name} is better", p, len(pairs), alpha))
 
 
-def _eta(name: str, pairs: list[tuple[Any, float]], maximize: bool) -> Correlation:
+def _eta(name: str, pairs: list[tuple[Any, float]], maximize: bool, alpha: float) -> Correlation:
     from scipy import stats
 
     levels: dict[str, list[float]] = defaultdict(list)
@@ -162,5 +175,6 @@ def _eta(name: str, pairs: list[tuple[Any, float]], maximize: bool) -> Correlati
             p = float(stats.kruskal(*levels.values()).pvalue)
     pick = max if maximize else min
     best = pick(levels, key=lambda k: sum(levels[k]) / len(levels[k]))
-    return Correlation(name, "categorical", "eta^2", between / total, p if p == p else None, len(pairs),
-                       f"{name}={best} has the best mean")
+    p = p if p == p else None  # kruskal gives nan when every value ties
+    return Correlation(name, "categorical", "eta^2", between / total, p, len(pairs),
+                       reading(f"{name}={best} has the best mean", p, len(pairs), alpha))

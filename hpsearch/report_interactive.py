@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial
 
 from hpsearch.export import trial_name
 from hpsearch.report_axes import Axis
-from hpsearch.report_curves import curve, metric_series
+from hpsearch.report_curves import curve, panels, series
 from hpsearch.report_plots import FLAG_COLORS
 
 PLOTLY_JS = "plotly.min.js"
@@ -75,17 +75,16 @@ def importance_bars(by_method: dict[str, dict[str, float]], params: Sequence[str
 def learning_curves(trials: Sequence[FrozenTrial], flags: dict[int, str], metric: str) -> Any:
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", f"validation {metric}"))
+    shown_panels = panels(trials, metric)
+    fig = make_subplots(rows=1, cols=len(shown_panels), subplot_titles=[title for _, title in shown_panels])
     legend_done: set[str] = set()
     for t in sorted(trials, key=lambda t: t.number in flags):
         kind = flags.get(t.number, "other")
         style = {"color": FLAG_COLORS[kind], "width": 1 if kind == "other" else 2}
         opacity = 0.35 if kind == "other" else 0.95
         label = f"#{t.number} {trial_name(t)}"
-        records = curve(t)
-        loss = [(r["epoch"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-        series = metric_series(t, metric)
-        for col, points in ((1, loss), (2, series)):
+        for col, (key, _) in enumerate(shown_panels, 1):
+            points = series(t, key, metric)
             if not points:
                 continue
             xs, ys = zip(*points, strict=True)

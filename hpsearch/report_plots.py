@@ -10,7 +10,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from hpsearch.report_axes import Axis
-from hpsearch.report_curves import curve, metric_series
+from hpsearch.report_curves import panels, series
 
 DPI = 110
 FLAG_COLORS = {"divergent": "#d62728", "under-trained": "#ff7f0e", "best configuration": "#111111",
@@ -105,38 +105,36 @@ def importance_bars(by_method: dict[str, dict[str, float]], params: Sequence[str
 
 
 def learning_curves(trials: Sequence[FrozenTrial], flags: dict[int, str], metric: str, path: Path) -> Path:
-    """Training loss and the validation metric per epoch; flagged runs coloured, others faint."""
+    """Training loss, the validation metric and the other validation curve per epoch; flagged runs
+    coloured, others faint."""
     plt = _plt()
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    shown_panels = panels(trials, metric)
+    fig, axes = plt.subplots(1, len(shown_panels), figsize=(5.5 * len(shown_panels), 3.8))
     shown: set[str] = set()
     # Faint lines first so flagged runs stay visible on top.
     for t in sorted(trials, key=lambda t: t.number in flags):
         kind = flags.get(t.number, "other")
         style = {"color": FLAG_COLORS[kind], "alpha": 0.25 if kind == "other" else 0.9,
                  "lw": 0.9 if kind == "other" else 1.6}
-        records = curve(t)
-        loss = [(r["epoch"], r["train_loss"]) for r in records if _finite(r.get("train_loss"))]
-        if loss:
-            left.plot(*zip(*loss, strict=True), **style)
-        series = [(e, v) for e, v in metric_series(t, metric) if _finite(v)]
-        if series:
-            right.plot(*zip(*series, strict=True), **style)
+        for ax, (key, _) in zip(axes, shown_panels, strict=True):
+            points = series(t, key, metric)
+            if points:
+                ax.plot(*zip(*points, strict=True), **style)
         shown.add(kind)
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    if all(v > 0 for line in left.get_lines() for v in line.get_ydata()) and left.get_lines():
-        left.set_yscale("log")  # losses span decades; a linear axis hides everything after epoch 1
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        left.yaxis.set_major_formatter(plain)
-        left.yaxis.set_minor_formatter(plain)
-    for ax in (left, right):
+    for ax, (key, title) in zip(axes, shown_panels, strict=True):
+        lines = ax.get_lines()
+        if key.endswith("loss") and lines and all(v > 0 for line in lines for v in line.get_ydata()):
+            ax.set_yscale("log")  # losses span decades; a linear axis hides everything after epoch 1
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    left.set(title="training loss", xlabel="epoch", ylabel="train_loss")
-    right.set(title=f"validation {metric}", xlabel="epoch", ylabel=metric)
+        ax.set(title=title, xlabel="epoch", ylabel=key)
     handles = [Line2D([], [], color=FLAG_COLORS[k], lw=2, label=k) for k in FLAG_COLORS if k in shown]
-    right.legend(handles=handles, frameon=False, fontsize=8)
+    axes[1].legend(handles=handles, frameon=False, fontsize=8)
     return _save(fig, path)
 
 

@@ -1,4 +1,7 @@
-"""The report's sections, each a function Snapshot -> Section (data from report_*, layout here)."""
+"""The report's sections, each a function Snapshot -> Section (data from report_*, layout here).
+
+The best-configurations section lives in report_best, beside `hpsearch best`, which shares its ranking.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from hpsearch import report_interactive as live
 from hpsearch import report_plots as plots
 from hpsearch import study as study_mod
 from hpsearch.report_render import Para, Section, Table
-from hpsearch.report_stats import NO_GROUP, ConfigSummary, Interval, baselines, best_per_group
+from hpsearch.report_stats import baselines
 
 if TYPE_CHECKING:
     from hpsearch.report import Snapshot
@@ -76,114 +79,6 @@ def dataset(snap: Snapshot) -> Section:
         "the training class frequencies is the level a model reaches by learning only the label distribution. "
         "The majority-class model is what a collapsed network outputs. All three are expected accuracies "
         "computed from the class counts, not measured.", "note"))
-
-
-# ---------------------------------------------------------------- 2. best configurations
-
-
-def _metric_columns(snap: Snapshot) -> list[str]:
-    cols = [snap.metric]
-    for m in ("val_acc", "test_acc"):
-        if m not in cols and any(c.metrics.get(m) is not None for c in snap.configs):
-            cols.append(m)
-    return cols
-
-
-def _interval(i: Interval | None) -> list[str]:
-    if i is None:
-        return ["-", "-"]
-    if i.low is None:
-        return [f"{i.mean:.4f}", "n=1: no interval"]
-    return [i.text(), f"[{i.low:.4f}, {i.high:.4f}]"]
-
-
-def best(snap: Snapshot) -> Section:
-    sec = Section("Best configurations", "best")
-    if not snap.configs:
-        return sec.add(Para("No complete trial yet.", "note"))
-    level, by, cols = f"{snap.opts.level:.0%}", snap.opts.group_by, _metric_columns(snap)
-    headers = ["rank", *([by] if by else []), "configuration", "seeds"]
-    for m in cols:
-        headers += [f"{m} mean ± CI", f"{level} CI"]
-    headers.append("trials")
-    rows, marked = _config_rows(snap, cols)
-    bases = _baseline_rows(snap, cols)
-    per = f"Up to {snap.opts.top} configurations per {by}" if by else f"The {len(rows)} best configurations"
-    better = "higher" if snap.maximize else "lower"
-    sec.add(Para(f"{per} of {len(snap.configs)}, ranked by the mean validation {snap.metric} over seeds ({better} is "
-                 f"better); ★ marks the best. ± is the half-width of the {level} Student-t interval of the mean over "
-                 "seeds (scipy.stats.t.interval(level, n-1, loc=mean, scale=sem)); one seed gives no interval, and with "
-                 "few seeds an interval may reach past the metric's range (0-1 for accuracy): it is the t-interval "
-                 "as computed, not clipped. Test accuracy is reported, never used to rank. Baselines are exact "
-                 "expected accuracies."))
-    numeric = {i for i, h in enumerate(headers) if "mean" in h or h == "seeds"}
-    sec.add(Table(headers, rows + bases, best=marked, baseline=set(range(len(rows), len(rows) + len(bases))),
-                  numeric=numeric))
-    leaders = [c for _, cs in best_per_group(snap.configs, by, 1) for c in cs]
-    return sec.add(*_overlap(snap), *_param_table(snap, leaders))
-
-
-def _config_rows(snap: Snapshot, cols: list[str]) -> tuple[list[list[str]], set[int]]:
-    """Rows of the best configurations per group, and the index of the overall best's row."""
-    by = snap.opts.group_by
-    rows, marked = [], set()
-    for group, configs in best_per_group(snap.configs, by, snap.opts.top):
-        for c in configs:
-            row = [f"{c.rank} ★" if c.rank == 1 else str(c.rank), *([_group_text(group)] if by else []), c.name,
-                   str(c.value.n)]
-            for m in cols:
-                row += _interval(c.value if m == snap.metric else c.metrics.get(m))
-            if c.rank == 1:
-                marked.add(len(rows))
-            rows.append([*row, _trial_list(c.trials)])
-    return rows, marked
-
-
-def _baseline_rows(snap: Snapshot, cols: list[str]) -> list[list[str]]:
-    counts = snap.attrs.get(study_mod.CLASS_COUNTS_ATTR)
-    if not counts or not counts.get("train"):
-        return []
-    rows = []
-    for b in baselines(counts):
-        row = ["-", *(["baseline"] if snap.opts.group_by else []), b.name, "-"]
-        for m in cols:
-            acc = {"val_acc": b.val_acc, "test_acc": b.test_acc}
-            row += [_f(acc.get(m)), "exact" if m in acc else "-"]
-        rows.append([*row, "-"])
-    return rows
-
-
-def _group_text(group: Any) -> str:
-    return "-" if group == NO_GROUP else str(group)
-
-
-def _trial_list(numbers: list[int]) -> str:
-    shown = ", ".join(f"#{n}" for n in numbers[:6])
-    return shown + (f" (+{len(numbers) - 6})" if len(numbers) > 6 else "")
-
-
-def _overlap(snap: Snapshot) -> list[Para]:
-    """Is the best really better? Name the configurations its interval cannot tell apart."""
-    top = snap.configs[0]
-    if top.value.low is None:
-        return [Para("The best configuration has a single seed: run `hpsearch repeat` to get an interval.", "note")]
-    close = [c for c in snap.configs[1:] if c.value.low is not None and c.value.low <= top.value.high  # type: ignore[operator]
-             and c.value.high >= top.value.low]  # type: ignore[operator]
-    if not close:
-        return [Para("The best configuration's interval does not overlap any other configuration's.", "note")]
-    names = ", ".join(f"#{c.rank} {c.name}" for c in close[:5]) + (" ..." if len(close) > 5 else "")
-    return [Para(f"Not resolved at this level: the intervals of {len(close)} other configuration(s) overlap the "
-                 f"best's ({names}). More seeds (`hpsearch repeat`) would separate them.", "note")]
-
-
-def _param_table(snap: Snapshot, leaders: list[ConfigSummary]) -> list[Table]:
-    params = [p for p in snap.params if any(p in c.params for c in leaders)]
-    if not params:
-        return []
-    rows = [[str(c.rank), c.name, *(f"{c.params[p]:.6g}" if isinstance(c.params.get(p), float)
-                                    else str(c.params.get(p, "-")) for p in params)] for c in leaders]
-    return [Table(["rank", "configuration", *params], rows, title="Parameters of the best configuration"
-                  + (f" of each {snap.opts.group_by}" if snap.opts.group_by else ""))]
 
 
 # ---------------------------------------------------------------- 3. parallel coordinates
@@ -258,14 +153,17 @@ def importance(snap: Snapshot) -> Section:
                             lambda: live.importance_bars(imp.by_method, params)))
     for note in imp.notes:
         sec.add(Para(note, "note"))
-    corr = correlations(snap.trials, snap.maximize)
+    corr = correlations(snap.trials, snap.maximize, snap.opts.level)
     if corr:
         rows = [[c.param, c.kind, c.statistic, _f(c.value, 3), _p(c.p_value), str(c.n), c.best] for c in corr]
         sec.add(Table(["parameter", "kind", "statistic", "value", "p-value", "n", "reading"], rows, numeric={3, 4, 5},
                       title=f"Correlation of each parameter with {snap.metric}"))
+        alpha = 1 - snap.opts.level
         sec.add(Para("Spearman's rho for numeric parameters (rank based: log scale needs no transform); "
                      "for categorical ones eta² (share of variance explained) with a Kruskal-Wallis p-value. "
-                     "Repeats count as separate points.", "note"))
+                     "Repeats count as separate points. A reading names a direction (or a best level) only "
+                     f"where its test is significant at the report's level ({snap.opts.level:.0%}: p < {alpha:.2g}); "
+                     "otherwise it says there is no evidence of an effect, which is not evidence of none.", "note"))
     return sec
 
 
@@ -292,7 +190,8 @@ def curves(snap: Snapshot) -> Section:
         sec.add(Para(f"{hidden} curves not drawn: at most {snap.opts.max_curves} flagged and "
                      f"{snap.opts.max_curves} other runs (the best-valued ones) keep the figure readable.", "note"))
     if drawn:
-        sec.add(snap.figure("learning_curves", "Training loss and validation metric per epoch",
+        sec.add(snap.figure("learning_curves", "Training loss, validation metric and validation loss (or accuracy) "
+                            "per epoch",
                             lambda p: plots.learning_curves(drawn, flags, snap.metric, p),
                             lambda: live.learning_curves(drawn, flags, snap.metric)))
     else:

@@ -4,6 +4,15 @@ A configuration is a set of parameter values without the seed (the worker's `con
 seeds are independent training runs, so the interval for its mean metric is Student's t:
 scipy.stats.t.interval(level, n - 1, loc=mean, scale=sem). One seed has no interval and the
 report says so instead of inventing one.
+
+Pruned and failed seeds: a configuration is *clean* when none of its seed runs was pruned or
+failed. Clean configurations are ranked first; a configuration with a pruned or failed seed is
+ranked after every clean one, on the mean of its complete seeds, and always shown with what
+happened to the others ("2 seeds, 1 pruned"). A pruned seed adds nothing to the mean: its last
+reported value is a partial-training number, neither a lower nor an upper bound on the finished
+run, and the seed that survived the pruner is, by that very selection, the luckier one, so its
+value alone overstates the configuration. Seeds still waiting or running have no outcome yet:
+they are counted as pending and do not demote (a snapshot of a running study says it is one).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import study as study_mod
 from hpsearch.errors import HpsearchError
-from hpsearch.export import METRICS, config_id, trial_name
+from hpsearch.export import METRICS, SeedRuns, config_id, seed_runs, trial_name
 
 NO_GROUP = "all configurations"
 INACTIVE = "(inactive)"
@@ -82,15 +91,26 @@ class ConfigSummary:
     metrics: dict[str, Interval | None] = field(default_factory=dict)
     representative: int = -1  # the configuration's best trial (what `repeat` links repeats to)
     group: Any = NO_GROUP
-    rank: int = 0  # 1 = best overall by the validation metric
+    rank: int = 0  # 1 = best overall: clean configurations first, then by the validation metric
+    runs: SeedRuns = field(default_factory=SeedRuns)  # its seed runs by outcome, pending ones included
+    survivor_rank: int = 0  # its rank by the mean of its complete seeds alone (pruned seeds ignored)
+
+    @property
+    def clean(self) -> bool:
+        return self.runs.clean
 
 
-def summarize(trials: Sequence[FrozenTrial], maximize: bool, level: float = 0.9) -> list[ConfigSummary]:
-    """Complete trials grouped by configuration, best mean validation metric first."""
-    groups: dict[str, list[FrozenTrial]] = defaultdict(list)
+def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9) -> list[ConfigSummary]:
+    """Configurations with a complete seed, ranked: clean ones first, each part by mean validation metric.
+
+    `trials` should hold every trial of the study (any state): pruned, failed and pending seeds
+    are counted from them (see the module docstring for what they contribute).
+    """
+    groups: dict[str, list[Any]] = defaultdict(list)
     for t in trials:
         if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
             groups[config_id(t)].append(t)
+    runs = seed_runs(trials)
     rows = []
     for cid, ts in groups.items():
         ts = sorted(ts, key=lambda t: t.number)
@@ -101,11 +121,14 @@ def summarize(trials: Sequence[FrozenTrial], maximize: bool, level: float = 0.9)
             config_id=cid, name=trial_name(ts[0]), params=dict(ts[0].params), trials=[t.number for t in ts],
             seeds=[int(t.user_attrs.get(study_mod.SEED, 0)) for t in ts], value=value,
             metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level) for m in METRICS},
-            representative=best.number,
+            representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)),
         ))
     sign = -1.0 if maximize else 1.0
     # More seeds break ties: the better-measured configuration comes first.
     rows.sort(key=lambda r: (sign * r.value.mean, -r.value.n, r.name))
+    for i, r in enumerate(rows, 1):
+        r.survivor_rank = i
+    rows.sort(key=lambda r: not r.clean)  # stable: each part keeps its order by the metric
     for i, r in enumerate(rows, 1):
         r.rank = i
     return rows
@@ -138,6 +161,21 @@ def best_per_group(rows: Sequence[ConfigSummary], group_by: str | None,
         if len(bucket) < top:
             bucket.append(r)
     return [(bucket[0].group, bucket) for bucket in groups.values()]
+
+
+def set_aside(rows: Sequence[ConfigSummary], group_by: str | None,
+              top: int) -> list[tuple[Any, list[ConfigSummary]]]:
+    """Configurations with a pruned or failed seed that their surviving seeds alone would have put
+    in the `top` of their group, but that the clean-first ranking leaves out of it: shown apart."""
+    shown = {r.config_id for _, rs in best_per_group(rows, group_by, top) for r in rs}
+    groups: dict[str, tuple[Any, list[ConfigSummary]]] = {}
+    for r in sorted(rows, key=lambda r: r.survivor_rank):
+        group = NO_GROUP if group_by is None else r.params.get(group_by, INACTIVE)
+        _, bucket = groups.setdefault(_key(group), (group, []))
+        if len(bucket) < top:
+            bucket.append(r)
+    return [(group, hidden) for group, bucket in groups.values()
+            if (hidden := [r for r in bucket if not r.clean and r.config_id not in shown])]
 
 
 def _key(value: Any) -> str:

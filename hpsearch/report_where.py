@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 # Columns a filter may name besides the parameters (a whitelist: nothing else is reachable).
 COLUMNS = ("number", "state", "value", "name", "config_id", "seed", "is_repeat", "repeat_of", "divergent",
            "val_acc", "val_loss", "test_acc", "test_loss", "best_epoch", "epochs_trained", "pruned_at_epoch",
-           "duration_s", "train_time_s", "device", "worker")
+           "duration_s", "train_time_s", "device", "worker", "config_seeds", "config_complete", "config_pruned",
+           "config_failed", "config_pending", "config_clean")
 
 _TOKEN = re.compile(r"""\s*(?:
     (?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_]))

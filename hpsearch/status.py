@@ -1,7 +1,23 @@
-"""`hpsearch status`, `best` and `list`: what a study looks like right now, read from the storage."""
+"""`hpsearch status` and `list`: what a study looks like right now, read from the storage.
+
+One unit everywhere: trials. Every seed of a configuration, every `hpsearch repeat` seed and every
+retry of a trial handed back by a dead or preempted worker is one trial, so "finished of planned"
+and "to go" always add up (planned = finished + to go). A sampled (random/TPE) study's budget
+counts configurations, whose other seeds are queued only when the first completes: its "to go"
+is then an upper bound and says so.
+
+Running trials whose heartbeat is older than the reaper's grace (1.5 intervals, hpsearch.faults)
+are shown as stale: their worker is presumed dead. Trials a worker handed back on preemption
+are counted as "handed back", not failed (their retry is queued). The ETA comes from the recent
+throughput (the last 20 finished trials, or the last 10 minutes when more finished in them), not
+from the study's whole life with its idle spells.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -16,7 +32,10 @@ from hpsearch import study as study_mod
 from hpsearch.errors import HpsearchError
 from hpsearch.storage import mask, open_storage, resolve_url
 
-STATES = ("complete", "pruned", "failed", "running", "waiting")
+STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
+RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
+RECENT_SECONDS = 600.0  # ... or all of the last 10 minutes when more than 20 finished in them
+HANDED_BACK = "preempted"  # how the worker's fail_reason of a hand-back starts
 
 
 def open_study(name: str, storage: str | None) -> tuple[optuna.Study, Any]:
@@ -34,38 +53,105 @@ def snapshot(name: str, storage: str | None) -> dict[str, Any]:
     return snapshot_study(study, spec)
 
 
+def state_of(trial: Any) -> str:
+    """The state as `status` counts it: a failed trial handed back on preemption is not a failure."""
+    if trial.state == TrialState.FAIL:
+        reason = str(trial.user_attrs.get(study_mod.FAIL_REASON) or "")
+        return "handed back" if reason.startswith(HANDED_BACK) else "failed"
+    return trial.state.name.lower()
+
+
 def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = None) -> dict[str, Any]:
     """Everything `status` shows, gathered in one pass over the trials (rendering is separate)."""
     now = time.time() if now is None else now
     # Only the attributes shown (curves and configs of running trials only): fast at 50k trials.
-    trials = fastread.trials(study, keys=[study_mod.WORKER, "device", "duration_s", study_mod.RETRY_OF],
+    trials = fastread.trials(study, keys=[study_mod.WORKER, "device", "duration_s", study_mod.RETRY_OF,
+                                          study_mod.FAIL_REASON, study_mod.REPEAT_OF],
                              running_keys=["curve", "config"])
     attrs = study.user_attrs
-    counts: Counter[str] = Counter()
-    for t in trials:
-        counts["failed" if t.state == TrialState.FAIL else t.state.name.lower()] += 1
+    counts: Counter[str] = Counter(state_of(t) for t in trials)
     created = attrs.get(study_mod.CREATED_ATTR)
-    finished = counts["complete"] + counts["pruned"] + counts["failed"]
-    planned, issued = attrs.get(study_mod.PLANNED_ATTR), attrs.get(study_mod.ISSUED_ATTR)
-    not_issued = max(0, int(planned) - int(issued)) if planned is not None and issued is not None else 0
-    remaining = counts["waiting"] + counts["running"] + not_issued
-    # Throughput over the time trials have actually been running, not since the study was created.
+    finished = sum(counts[s] for s in ("complete", "pruned", "failed", "handed back"))
+    plan, issued = attrs.get(study_mod.PLANNED_ATTR), attrs.get(study_mod.ISSUED_ATTR)
+    not_issued = max(0, int(plan) - int(issued)) if plan is not None and issued is not None else 0
+    more_seeds = _seeds_to_come(trials, spec, not_issued)
+    remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
+    stale = stale_trials(study, trials)
+    per_hour, window_n, window_s = recent_throughput(trials, now, running=counts["running"] > len(stale))
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
     active = (now if counts["running"] else max(ends, default=now)) - min(starts, default=now)
-    per_hour = finished / (active / 3600) if active > 0 and finished else 0.0
-    workers, gpu_s = _workers(trials, spec, now)
+    workers, gpu_s = _workers(trials, spec, now, stale)
     return {
         "study": study, "spec": spec, "counts": counts, "n": len(trials), "finished": finished,
-        "elapsed": now - float(created) if created else active, "active": active, "per_hour": per_hour,
-        "planned": planned, "issued": issued, "remaining": remaining,
+        "elapsed": now - float(created) if created else active, "active": active,
+        "per_hour": per_hour, "window_trials": window_n, "window_s": window_s,
+        "plan": plan, "issued": issued, "planned": finished + remaining, "remaining": remaining,
+        "upper_bound": more_seeds > 0, "stale": stale,
         "eta": remaining / per_hour * 3600 if remaining and per_hour > 0 else None,
         "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers,
         "retried": sum(1 for t in trials if study_mod.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
     }
 
 
-def _workers(trials: list[FrozenTrial], spec: Any, now: float) -> tuple[dict[str, dict[str, Any]], float]:
+def _seeds_to_come(trials: list[Any], spec: Any, not_issued: int) -> int:
+    """At most how many seeds sampled configurations still queue: each first seed that may yet
+    complete brings repeats - 1 more (a grid queues every seed up front)."""
+    if spec is None or spec.is_grid or spec.repeats <= 1:
+        return 0
+    first_seeds = sum(1 for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)
+                      and study_mod.REPEAT_OF not in t.user_attrs)
+    return (first_seeds + not_issued) * (spec.repeats - 1)
+
+
+def stale_trials(study: optuna.Study, trials: list[Any]) -> dict[int, tuple[float, float]]:
+    """Trial number -> (seconds since its heartbeat, the grace it exceeded) of silent running trials.
+
+    The same judgement as the reaper's (hpsearch.faults): a live worker's reaper re-queues them soon;
+    with no worker left, they stay running in the storage until one starts.
+    """
+    from hpsearch.faults import _ages_and_intervals, grace
+
+    running = {t._trial_id: t.number for t in trials if t.state == TrialState.RUNNING}
+    if not running:
+        return {}
+    default = float(os.environ.get("HPSEARCH_HEARTBEAT") or 30)
+    out = {}
+    for trial_id, (age, interval) in _ages_and_intervals(study, default).items():
+        if trial_id in running and age > grace(interval):
+            out[running[trial_id]] = (age, grace(interval))
+    return out
+
+
+def recent_throughput(trials: list[Any], now: float, running: bool) -> tuple[float, int, float]:
+    """(trials/hour, trials counted, seconds) over the last RECENT_TRIALS finished trials, or over the
+    last RECENT_SECONDS when more finished in them.
+
+    The window ends now while a live worker runs a trial, else at the last finish; it starts when
+    the counted trials' work began (the finish before them, or their first start if that is later).
+    Time with no worker at all (an idle study, a dead worker's stale trial) is not the search's pace.
+    """
+    done = sorted((t for t in trials if t.datetime_complete is not None and t.state.is_finished()),
+                  key=lambda t: t.datetime_complete)
+    if not done:
+        return 0.0, 0, 0.0
+    ends = [t.datetime_complete.timestamp() for t in done]
+    end = now if running else ends[-1]
+    first_start = min((t.datetime_start.timestamp() for t in trials if t.datetime_start), default=ends[0])
+    in_window = [e for e in ends if e >= end - RECENT_SECONDS]
+    if len(in_window) > RECENT_TRIALS:
+        n, start = len(in_window), max(end - RECENT_SECONDS, first_start)
+    else:
+        n = min(RECENT_TRIALS, len(ends))
+        counted = done[-n:]
+        began = min((t.datetime_start.timestamp() for t in counted if t.datetime_start), default=ends[-n])
+        start = max(ends[-n - 1], began) if len(ends) > n else began
+    seconds = end - start
+    return (n / seconds * 3600 if seconds > 0 else 0.0), n, seconds
+
+
+def _workers(trials: list[Any], spec: Any, now: float,
+             stale: dict[int, tuple[float, float]]) -> tuple[dict[str, dict[str, Any]], float]:
     """Per worker: its running trial and epoch, trials finished, last finish; and GPU-seconds used."""
     workers: dict[str, dict[str, Any]] = {}
     gpu_s = 0.0
@@ -75,7 +161,7 @@ def _workers(trials: list[FrozenTrial], spec: Any, now: float) -> tuple[dict[str
         if wid is None or t.datetime_start is None:
             continue
         w = workers.setdefault(str(wid), {"running": None, "epoch": None, "epochs": None, "done": 0,
-                                          "last": None, "device": None, "since": None})
+                                          "last": None, "device": None, "since": None, "stale": None})
         device = t.user_attrs.get("device")
         if device:
             w["device"] = str(device)
@@ -83,7 +169,8 @@ def _workers(trials: list[FrozenTrial], spec: Any, now: float) -> tuple[dict[str
         if t.state == TrialState.RUNNING:
             curve = t.user_attrs.get("curve") or []
             w.update(running=t.number, since=start, epoch=len(curve) if curve else None,
-                     epochs=(t.user_attrs.get("config") or {}).get("epochs") or default_epochs)
+                     epochs=(t.user_attrs.get("config") or {}).get("epochs") or default_epochs,
+                     stale=stale.get(t.number))
             continue
         if t.datetime_complete is not None:
             end = t.datetime_complete.timestamp()
@@ -92,7 +179,7 @@ def _workers(trials: list[FrozenTrial], spec: Any, now: float) -> tuple[dict[str
             if str(device or "").startswith("cuda"):
                 gpu_s += float(t.user_attrs.get("duration_s") or end - start)
     for w in workers.values():  # a running trial uses the GPU its worker used for earlier trials
-        if w["running"] is not None and str(w["device"] or "").startswith("cuda"):
+        if w["running"] is not None and w["stale"] is None and str(w["device"] or "").startswith("cuda"):
             gpu_s += now - w["since"]
     return workers, gpu_s
 
@@ -114,6 +201,9 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+# ---------------------------------------------------------------- rendering
+
+
 def render_status(snap: dict[str, Any], max_workers: int = 20) -> Group:
     """The summary table and, when workers are known, a per-worker activity table."""
     parts: list[Any] = [_summary_table(snap)]
@@ -129,15 +219,30 @@ def _summary_table(snap: dict[str, Any]) -> Table:
     table.add_column()
     if spec is not None:
         table.add_row("search", f"{spec.sampler['name']} sampler, {spec.pruner['name']} pruner, "
-                      f"{spec.direction} {spec.metric}, repeats {spec.repeats}")
-    table.add_row("trials", "  ".join(f"{k} {c.get(k, 0)}" for k in STATES) + f"  (total {snap['n']})")
-    planned = f" of {snap['planned']} planned" if snap["planned"] is not None else ""
-    table.add_row("progress", f"{snap['finished']} finished{planned}, {snap['remaining']} to go")
+                      f"{spec.direction} {spec.metric}, {spec.repeats} seed(s) per configuration")
+        table.add_row("plan", _plan_text(snap))
+    stale = f" ({len(snap['stale'])} stale)" if snap["stale"] else ""
+    table.add_row("trials", "  ".join(f"{k} {c.get(k, 0)}" + (stale if k == "running" else "") for k in STATES)
+                  + f"  (total {snap['n']})")
+    bound = "at most " if snap["upper_bound"] else ""
+    table.add_row("progress", f"{snap['finished']} finished of {bound}{snap['planned']} planned, {bound}"
+                  f"{snap['remaining']} to go (trials: each seed, repeat and retry is one)")
     table.add_row("elapsed", _fmt_time(snap["elapsed"]))
-    table.add_row("throughput", f"{snap['per_hour']:.1f} trials/hour")
+    if snap["window_trials"]:
+        table.add_row("throughput", f"{snap['per_hour']:.1f} trials/hour over the last {snap['window_trials']} "
+                      f"finished trials ({_fmt_time(snap['window_s'])})")
+    else:
+        table.add_row("throughput", "no finished trial yet")
     if snap["eta"] is not None:
-        exact = spec is not None and spec.is_grid
-        table.add_row("eta", _fmt_time(snap["eta"]) + ("" if exact else " (budget; pruning shortens it)"))
+        notes = []
+        if snap["upper_bound"]:
+            notes.append("at most: a pruned or failed first seed queues no more seeds")
+        if c.get("running", 0) <= len(snap["stale"]):
+            notes.append("at the recent pace, once a worker runs: none is running now")
+        table.add_row("eta", _fmt_time(snap["eta"]) + (f" ({'; '.join(notes)})" if notes else ""))
+    for number, (age, limit) in sorted(snap["stale"].items()):
+        table.add_row("stale", f"trial {number}: no heartbeat for {_fmt_time(age)} (limit {limit:.0f}s): its worker "
+                      "is presumed dead; a running worker re-queues it")
     if snap["gpu_hours"]:
         table.add_row("gpu-hours", f"{snap['gpu_hours']:.2f}")
     if snap["retried"]:
@@ -147,24 +252,39 @@ def _summary_table(snap: dict[str, Any]) -> Table:
         metric = spec.metric if spec else "value"
         extra = best.user_attrs.get("test_acc")
         test = f", test_acc {extra:.4f}" if isinstance(extra, float) else ""
-        table.add_row("best", f"{metric} {best.value:.4f} (trial {best.number}{test})")
+        table.add_row("best trial", f"{metric} {best.value:.4f} (trial {best.number}{test}; "
+                      "`hpsearch best` ranks configurations over seeds)")
         table.add_row("params", ", ".join(f"{k}={_v(v)}" for k, v in best.params.items()) or "-")
     else:
-        table.add_row("best", "no complete trial yet")
+        table.add_row("best trial", "no complete trial yet")
     return table
+
+
+def _plan_text(snap: dict[str, Any]) -> str:
+    spec, plan = snap["spec"], snap["plan"]
+    if plan is None:
+        return "-"
+    if spec.is_grid:
+        return f"{plan} trials ({int(plan) // spec.repeats} grid points x {spec.repeats} seed(s))"
+    seeds = f"; each one that completes queues {spec.repeats - 1} more seed(s)" if spec.repeats > 1 else ""
+    return f"budget {plan} configurations (one trial each{seeds})"
 
 
 def _workers_table(snap: dict[str, Any], limit: int) -> Table:
     now = time.time()
     rows = sorted(snap["workers"].items(), key=lambda kv: (kv[1]["running"] is None, kv[0]))
-    busy = sum(1 for _, w in rows if w["running"] is not None)
-    table = Table(title=f"workers ({busy} busy, {len(rows)} seen)", box=None)
+    busy = sum(1 for _, w in rows if w["running"] is not None and w["stale"] is None)
+    gone = sum(1 for _, w in rows if w["stale"] is not None)
+    table = Table(title=f"workers ({busy} busy, {len(rows)} seen" + (f", {gone} silent" if gone else "") + ")",
+                  box=None)
     for col in ("worker", "now", "trials done", "last finished", "device"):
         table.add_column(col)
     for wid, w in rows[:limit]:
         if w["running"] is not None:
             epoch = f", epoch {w['epoch']}/{w['epochs'] or '?'}" if w["epoch"] is not None else ""
             doing = f"trial {w['running']}{epoch} ({_fmt_time(now - w['since'])})"
+            if w["stale"] is not None:
+                doing += f" STALE: no heartbeat for {_fmt_time(w['stale'][0])}"
         else:
             doing = "-"
         last = f"{_fmt_time(now - w['last'])} ago" if w["last"] else "-"
@@ -178,8 +298,47 @@ def _v(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def print_status(name: str, storage: str | None) -> None:
-    Console().print(render_status(snapshot(name, storage)))
+# ---------------------------------------------------------------- --json
+
+
+def status_record(snap: dict[str, Any]) -> dict[str, Any]:
+    """`status --json`: plain data with stable keys (documented in the README)."""
+    spec, c, best = snap["spec"], snap["counts"], snap["best"]
+    return {
+        "study": snap["study"].study_name,
+        "metric": spec.metric if spec is not None else "value",
+        "direction": snap["study"].direction.name.lower(),
+        "trials": {**{k.replace(" ", "_"): c.get(k, 0) for k in STATES}, "stale": len(snap["stale"]),
+                   "total": snap["n"]},
+        "progress": {"unit": "trials", "finished": snap["finished"], "planned": snap["planned"],
+                     "to_go": snap["remaining"], "upper_bound": snap["upper_bound"]},
+        "plan": {"unit": "trials" if spec is None or spec.is_grid else "configurations", "size": snap["plan"],
+                 "seeds_per_configuration": spec.repeats if spec is not None else None},
+        "throughput": {"trials_per_hour": snap["per_hour"], "window_trials": snap["window_trials"],
+                       "window_seconds": snap["window_s"]},
+        "eta_seconds": snap["eta"], "elapsed_seconds": snap["elapsed"], "gpu_hours": snap["gpu_hours"],
+        "retried": snap["retried"],
+        "stale": [{"trial": n, "heartbeat_age_seconds": age, "limit_seconds": limit}
+                  for n, (age, limit) in sorted(snap["stale"].items())],
+        "best_trial": None if best is None else {"number": best.number, "value": best.value,
+                                                 "params": best.params, "test_acc": best.user_attrs.get("test_acc")},
+        "workers": [{"worker": wid, "running_trial": w["running"], "epoch": w["epoch"], "epochs": w["epochs"],
+                     "stale": w["stale"] is not None, "trials_done": w["done"], "last_finished": w["last"],
+                     "device": w["device"]} for wid, w in sorted(snap["workers"].items())],
+    }
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+
+
+def print_status(name: str, storage: str | None, as_json: bool = False) -> None:
+    snap = snapshot(name, storage)
+    if as_json:
+        _print_json(status_record(snap))
+        return
+    Console().print(render_status(snap))
 
 
 def watch(name: str, storage: str | None, interval: float) -> int:
@@ -205,45 +364,20 @@ def _done(snap: dict[str, Any]) -> bool:
     return bool(snap["n"]) and snap["remaining"] == 0
 
 
-def _console() -> Console:
-    # Piped output (logs, CI, `make demo | tee`) gets a wide table instead of rich's 80 columns.
-    import sys
-
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def print_best(name: str, storage: str | None, top: int, level: float = 0.9) -> None:
-    from hpsearch.report_stats import summarize
-
-    study, spec = open_study(name, storage)
-    complete = fastread.trials(study, keys=[study_mod.CONFIG_ID, "name", "test_acc", "val_acc", "val_loss",
-                                            study_mod.SEED], states=(TrialState.COMPLETE,), with_params=True)
-    # The same grouping and ranking as the report's table, so `best` and `report` agree.
-    rows = summarize(complete, study.direction == optuna.study.StudyDirection.MAXIMIZE, level)
-    console = _console()
-    if not rows:
-        console.print(f"study {name}: no complete trial yet")
-        return
-    metric = spec.metric if spec else "value"
-    extra = [m for m in ("val_acc", "test_acc") if m != metric]  # the metric column already shows val_acc
-    table = Table(title=f"best configurations of {name} ({'max' if study.direction.name == 'MAXIMIZE' else 'min'}imize "
-                        f"{metric}, mean ± {level:.0%} t-interval over seeds)")
-    for col in ("rank", metric, "seeds", *extra, "trials", "parameters"):
-        table.add_column(col, justify="right" if col not in ("parameters", "trials") else "left")
-    for r in rows[:top]:
-        cells = [r.metrics[m].text() if r.metrics.get(m) is not None else "-" for m in extra]
-        table.add_row(
-            str(r.rank), r.value.text(), str(r.value.n), *cells,
-            ",".join(map(str, r.trials[:6])) + ("…" if len(r.trials) > 6 else ""),
-            ", ".join(f"{k}={_v(v)}" for k, v in r.params.items()) or "-",
-        )
-    console.print(table)
-
-
-def print_list(storage: str | None) -> None:
+def print_list(storage: str | None, as_json: bool = False) -> None:
     url = resolve_url(storage)
     st = open_storage(url)
     studies = optuna.get_all_study_summaries(st, include_best_trial=True)
+    records = [{
+        "study": s.study_name, "trials": s.n_trials,
+        # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
+        "directions": [d.name.lower() for d in s.directions],
+        "best_value": s.best_trial.value if s.best_trial is not None else None,
+        "created": s.datetime_start.isoformat() if s.datetime_start else None,
+    } for s in studies]
+    if as_json:
+        _print_json(records)
+        return
     console = Console()
     if not studies:
         console.print(f"no studies in {mask(url)}")
@@ -251,10 +385,8 @@ def print_list(storage: str | None) -> None:
     table = Table(title=f"studies in {mask(url)}")
     for col in ("study", "trials", "direction", "best", "created"):
         table.add_column(col)
-    for s in studies:
-        best = f"{s.best_trial.value:.4f}" if s.best_trial is not None and s.best_trial.value is not None else "-"
+    for r, s in zip(records, studies, strict=True):
+        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
         created = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
-        direction = ", ".join(d.name.lower() for d in s.directions)
-        table.add_row(s.study_name, str(s.n_trials), direction, best, created)
+        table.add_row(r["study"], str(r["trials"]), ", ".join(r["directions"]), best, created)
     console.print(table)

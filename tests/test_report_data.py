@@ -402,3 +402,9 @@ def test_export_refuses_an_unknown_format_and_binary_to_stdout(built: Built) -> 
         export(trials, "xlsx", "x.xlsx")
     with pytest.raises(HpsearchError, match="binary"):
         export(trials, "parquet", "-")
+
+
+def test_cost_counts_the_divergent_runs_the_curves_section_lists(built: Built) -> None:
+    trials = built.study.get_trials(deepcopy=False)
+    # A count of the worker's flag alone (1) missed the run whose loss never fell and the NaN curve.
+    assert cost(trials).divergent == len(divergent_runs(trials)) == len(built.divergent) == 3
