@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,20 +21,15 @@ from typing import Any, TypeVar
 
 import optuna
 
+from hpsearch import redact
 from hpsearch.errors import HpsearchError, StorageUnavailable
 from hpsearch.pglean import LeanRDBStorage
 
 log = logging.getLogger("hpsearch")
 DEFAULT_DIR = ".hpsearch"
 DEFAULT_JOURNAL = "journal.log"
-_PASSWORD_RE = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
-_QUERY_PW_RE = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
-
-
-def mask(text: str) -> str:
-    """Hide the password of every URL in `text` (messages, logs, reprs)."""
-    text = _PASSWORD_RE.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
-    return _QUERY_PW_RE.sub(lambda m: f"{m['pre']}***", text)
+# mask() lives in a light module so the command line can hide a password before optuna loads.
+mask = redact.mask
 
 
 class MaskingFilter(logging.Filter):
@@ -126,14 +121,14 @@ def open_storage(
         while True:
             attempt += 1
             try:
-                return ResilientRDBStorage(
+                return _bounded_transactions(ResilientRDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     skip_table_creation=not create,
                     heartbeat_interval=heartbeat,
                     grace_period=2 * heartbeat if heartbeat else None,
                     heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
-                )
+                ))
             except Exception as exc:
                 text = _chain_text(exc)
                 # Several create-study processes on a fresh database race to create the tables;
@@ -150,6 +145,30 @@ def open_storage(
         raise
     except Exception as exc:  # sqlalchemy/grpc raise many types; all mean "cannot use this storage"
         raise StorageUnavailable(f"cannot open storage {mask(shown)}: {_reason(exc)}") from None
+
+
+def _bounded_transactions(storage: ResilientRDBStorage) -> ResilientRDBStorage:
+    """On PostgreSQL, the server ends a session that sits idle inside a transaction.
+
+    Every transaction hpsearch (and Optuna under it) opens runs its statements back to back; one
+    that goes quiet is a process that was stopped (SIGSTOP, a frozen VM, a partition) while it
+    held row locks or the study lock, and would block every other worker for as long as it stays
+    stopped. Ending it rolls its half-done work back; the process finds out when it resumes.
+    """
+    if storage.engine.dialect.name != "postgresql":
+        return storage
+    import sqlalchemy as sa
+
+    from hpsearch.atomic import HOLDER_IDLE_LIMIT_S
+
+    def settings(dbapi_conn: Any, record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET idle_in_transaction_session_timeout = {int(HOLDER_IDLE_LIMIT_S * 1000)}")
+        dbapi_conn.commit()
+
+    sa.event.listen(storage.engine, "connect", settings)
+    storage.engine.dispose()  # the connections opened while checking the schema predate the setting
+    return storage
 
 
 _SWAMPED = ("timeout expired", "server closed the connection unexpectedly", "query_wait_timeout")
@@ -171,9 +190,13 @@ def _chain_text(exc: BaseException) -> str:
 def _env_seconds(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else default
+        value = float(raw) if raw else default
     except ValueError:
-        raise HpsearchError(f"{name} must be a number of seconds, but got {raw!r}") from None
+        value = math.nan
+    # nan would wait forever (every comparison with it is False); inf too, by definition.
+    if not math.isfinite(value) or value < 0:
+        raise HpsearchError(f"{name} must be a number of seconds >= 0, but got {raw!r}")
+    return value
 
 
 def _connect_wait() -> float:

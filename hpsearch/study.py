@@ -158,8 +158,12 @@ def _count_trials() -> Any:
 
 def _finish_plan(study: optuna.Study, spec: StudySpec) -> None:
     """Under the study lock (journal/SQLite): complete a creation that stopped after the spec."""
-    if PLANNED_ATTR not in study.user_attrs:
+    attrs = study.user_attrs
+    if PLANNED_ATTR not in attrs:
         study.set_user_attr(PLANNED_ATTR, planned_count(spec))
+    if ISSUED_ATTR not in attrs:  # how far it got: the plan items it enqueued carry their index
+        indexes = [t.user_attrs.get(PLAN_INDEX) for t in study._storage.get_all_trials(study._study_id, deepcopy=False)]
+        study.set_user_attr(ISSUED_ATTR, max([int(i) + 1 for i in indexes if i is not None], default=0))
     study.set_user_attr(READY_ATTR, True)
 
 

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import study as study_mod
-from hpsearch.errors import HpsearchError, Preempted
+from hpsearch.errors import HpsearchError, Preempted, StorageUnavailable
 from hpsearch.faults import Heartbeat, Reaper, StudyLock, fail_and_requeue, sweep_orphans
 from hpsearch.samplers import build_pruner, build_sampler
 from hpsearch.spec import StudySpec
@@ -99,7 +99,7 @@ def run_worker(opts: Options) -> int:
     deadline = created + spec.wall_clock if spec.wall_clock else None
     my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
-    ctx = _context(spec, opts, url, out)
+    ctx = _context(spec, opts, url, out, study.user_attrs.get(study_mod.ARTIFACTS_ATTR))
     if spec.objective is not None:
         # A plugin that does not import would fail every trial it is given: stop before claiming.
         from hpsearch.registry import load_plugin
@@ -189,7 +189,7 @@ def run_worker(opts: Options) -> int:
     return 0
 
 
-def _context(spec: StudySpec, opts: Options, url: str, out: Any) -> dict[str, Any]:
+def _context(spec: StudySpec, opts: Options, url: str, out: Any, recorded: str | None = None) -> dict[str, Any]:
     from hpsearch.storage import artifact_store
 
     device = "cpu"
@@ -200,7 +200,8 @@ def _context(spec: StudySpec, opts: Options, url: str, out: Any) -> dict[str, An
             import torch
 
             torch.set_num_threads(int(threads))
-    return {"device": device, "artifacts": artifact_store(url), "url": url}
+    # The study records where its checkpoints live, so a retry started elsewhere still finds them.
+    return {"device": device, "artifacts": artifact_store(url, recorded), "url": url}
 
 
 def _install_signals(opts: Options, out: Any) -> None:
@@ -268,6 +269,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
                 study_mod.set_user_attrs(trial, timing())
                 if not _tell(study, trial, state=TrialState.PRUNED):
                     return _dropped(label, out)
+                _discard(ctx, trial)
                 out(f"[{label}] {exc or 'pruned'}")
                 return "pruned"
             except Preempted as exc:
@@ -278,6 +280,8 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
                 return "preempted"
             except optuna.exceptions.UpdateFinishedTrialError:
                 return _dropped(label, out)
+            except StorageUnavailable:
+                raise  # the storage itself (a full journal disk): one line; the trial is reaped and retried
             except BaseException as exc:  # a trial's failure must not take the worker down
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     fail_and_requeue(study, trial._trial_id, f"worker interrupted: {type(exc).__name__}")
@@ -296,10 +300,19 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
         study_mod.set_user_attrs(trial, timing())
         if not _maybe_enqueue_repeats(study, trial, spec) or not _tell(study, trial, value=value):
             return _dropped(label, out)
+        _discard(ctx, trial)
     except optuna.exceptions.UpdateFinishedTrialError:
         return _dropped(label, out)
     out(f"[{label}] complete: {spec.metric}={value:.4f} ({time.monotonic() - t0:.1f}s)")
     return "complete"
+
+
+def _discard(ctx: dict[str, Any], trial: optuna.Trial) -> None:
+    """A finished trial's checkpoint: no retry will need it, and kept it would fill the disk."""
+    if trial.user_attrs.get("checkpoint"):  # only the built-in trainer writes them (torch stays unimported)
+        from hpsearch.objective import discard_checkpoint
+
+        discard_checkpoint(ctx["artifacts"], trial.user_attrs)
 
 
 def _dropped(label: str, out: Any) -> str:

@@ -49,3 +49,13 @@ def broken(trial: optuna.Trial, spec: dict[str, Any]) -> float:
 
 def nan_value(trial: optuna.Trial, spec: dict[str, Any]) -> float:
     return math.nan
+
+
+def last_word(trial: optuna.Trial, spec: dict[str, Any]) -> float:
+    """Reports, then says so and lingers before returning: a test stops the worker in that window
+    (after its last report, before it records the result) to play a worker presumed dead."""
+    for step in range(1, 3):
+        trial.report(float(step), step)
+    print(f"last word of trial {trial.number}", flush=True)
+    time.sleep(float(os.environ.get("HPS_LAST_WORD", "0")))
+    return float(trial.params.get("x", 0.0))
