@@ -9,8 +9,8 @@ is then an upper bound and says so.
 Running trials whose heartbeat is older than the reaper's grace (1.5 intervals, hpsearch.faults)
 are shown as stale: their worker is presumed dead. Trials a worker handed back on preemption
 are counted as "handed back", not failed (their retry is queued). The ETA comes from the recent
-throughput (the last 20 finished trials, or the last 10 minutes when more finished in them), not
-from the study's whole life with its idle spells.
+throughput (the last 20 finished trials, or the last 10 minutes when more finished in them, per
+hour of busy time), not from the study's whole life with its idle spells.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -77,7 +78,7 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
     more_seeds = _seeds_to_come(trials, spec, not_issued)
     remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
     stale = stale_trials(study, trials)
-    per_hour, window_n, window_s = recent_throughput(trials, now, running=counts["running"] > len(stale))
+    per_hour, window_n, window_s = recent_throughput(trials, now, stale)
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
     active = (now if counts["running"] else max(ends, default=now)) - min(starts, default=now)
@@ -123,31 +124,35 @@ def stale_trials(study: optuna.Study, trials: list[Any]) -> dict[int, tuple[floa
     return out
 
 
-def recent_throughput(trials: list[Any], now: float, running: bool) -> tuple[float, int, float]:
-    """(trials/hour, trials counted, seconds) over the last RECENT_TRIALS finished trials, or over the
-    last RECENT_SECONDS when more finished in them.
+def recent_throughput(trials: list[Any], now: float, stale: Iterable[int] = ()) -> tuple[float, int, float]:
+    """(trials/hour, trials counted, busy seconds): the pace of the last RECENT_TRIALS finished trials,
+    or of all that finished in the last RECENT_SECONDS when they are more.
 
-    The window ends now while a live worker runs a trial, else at the last finish; it starts when
-    the counted trials' work began (the finish before them, or their first start if that is later).
-    Time with no worker at all (an idle study, a dead worker's stale trial) is not the search's pace.
+    Only busy time counts: the union of the counted trials' start-finish spans (and of live running
+    trials' spans up to now), so idle spells between runs, and a dead worker's stale trial, are
+    not the search's pace. With parallel workers the union is the wall time anyone was busy.
     """
     done = sorted((t for t in trials if t.datetime_complete is not None and t.state.is_finished()),
                   key=lambda t: t.datetime_complete)
     if not done:
         return 0.0, 0, 0.0
-    ends = [t.datetime_complete.timestamp() for t in done]
-    end = now if running else ends[-1]
-    first_start = min((t.datetime_start.timestamp() for t in trials if t.datetime_start), default=ends[0])
-    in_window = [e for e in ends if e >= end - RECENT_SECONDS]
-    if len(in_window) > RECENT_TRIALS:
-        n, start = len(in_window), max(end - RECENT_SECONDS, first_start)
-    else:
-        n = min(RECENT_TRIALS, len(ends))
-        counted = done[-n:]
-        began = min((t.datetime_start.timestamp() for t in counted if t.datetime_start), default=ends[-n])
-        start = max(ends[-n - 1], began) if len(ends) > n else began
-    seconds = end - start
-    return (n / seconds * 3600 if seconds > 0 else 0.0), n, seconds
+    latest = [t for t in done if t.datetime_complete.timestamp() >= now - RECENT_SECONDS]
+    counted = latest if len(latest) > RECENT_TRIALS else done[-RECENT_TRIALS:]
+    spans = [_span(t, t.datetime_complete.timestamp()) for t in counted]
+    floor = now - RECENT_SECONDS if counted is latest else min(start for start, _ in spans)
+    dead = set(stale)
+    spans += [_span(t, now) for t in trials if t.state == TrialState.RUNNING and t.number not in dead
+              and t.datetime_start is not None]
+    busy, reach = 0.0, floor
+    for start, end in sorted((max(a, floor), b) for a, b in spans):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return (len(counted) / busy * 3600 if busy > 0 else 0.0), len(counted), busy
+
+
+def _span(trial: Any, end: float) -> tuple[float, float]:
+    return (trial.datetime_start.timestamp() if trial.datetime_start else end), end
 
 
 def _workers(trials: list[Any], spec: Any, now: float,
@@ -230,7 +235,7 @@ def _summary_table(snap: dict[str, Any]) -> Table:
     table.add_row("elapsed", _fmt_time(snap["elapsed"]))
     if snap["window_trials"]:
         table.add_row("throughput", f"{snap['per_hour']:.1f} trials/hour over the last {snap['window_trials']} "
-                      f"finished trials ({_fmt_time(snap['window_s'])})")
+                      f"finished trials ({_fmt_time(snap['window_s'])} busy)")
     else:
         table.add_row("throughput", "no finished trial yet")
     if snap["eta"] is not None:
@@ -315,7 +320,7 @@ def status_record(snap: dict[str, Any]) -> dict[str, Any]:
         "plan": {"unit": "trials" if spec is None or spec.is_grid else "configurations", "size": snap["plan"],
                  "seeds_per_configuration": spec.repeats if spec is not None else None},
         "throughput": {"trials_per_hour": snap["per_hour"], "window_trials": snap["window_trials"],
-                       "window_seconds": snap["window_s"]},
+                       "busy_seconds": snap["window_s"]},
         "eta_seconds": snap["eta"], "elapsed_seconds": snap["elapsed"], "gpu_hours": snap["gpu_hours"],
         "retried": snap["retried"],
         "stale": [{"trial": n, "heartbeat_age_seconds": age, "limit_seconds": limit}
