@@ -82,7 +82,7 @@ def section(snap: Snapshot) -> Section:
         sec.add(Table(["rank (on surviving seeds)", *headers[1:]], rows, numeric=numeric,
                       title="Set aside: a seed was pruned or failed (mean over the surviving seeds only)"))
         sec.add(Para("These configurations would be in the table above if their pruned or failed seeds were "
-                     "ignored. `hpsearch repeat` runs new seeds unpruned and settles them.", "note"))
+                     "ignored. Their means are over the seeds that survived, so they overstate them.", "note"))
     leaders = [c for _, cs in best_per_group(snap.configs, by, 1) for c in cs]
     return sec.add(*_overlap(snap), *_param_table(snap, leaders))
 
@@ -147,7 +147,7 @@ def _overlap(snap: Snapshot) -> list[Para]:
     top = snap.configs[0]
     if not top.clean:
         return [Para("No configuration ran all its seeds to completion: every one has a pruned or failed seed, "
-                     "so none is a clean winner. `hpsearch repeat` runs new seeds unpruned.", "warn")]
+                     "so none is a clean winner and every mean below is over surviving seeds only.", "warn")]
     if top.value.low is None:
         return [Para("The best configuration has a single seed: run `hpsearch repeat` to get an interval.", "note")]
     close = [c for c in snap.configs[1:] if c.value.low is not None and c.value.low <= top.value.high  # type: ignore[operator]
@@ -246,8 +246,7 @@ def _print_tables(data: dict[str, Any]) -> None:
                                   f"be in the top {data['top']}", data["set_aside"], metric, "surviving-seed rank"))
     if not data["configurations"][0]["clean"]:
         console.print(f"every one of the {data['n_configurations']} configurations has a pruned or failed seed, so "
-                      "there is no clean winner: the values above are over surviving seeds only "
-                      "(hpsearch repeat runs new seeds unpruned)")
+                      "there is no clean winner: the values above are over surviving seeds only")
 
 
 def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col: str) -> Any:
