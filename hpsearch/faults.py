@@ -438,6 +438,8 @@ class Reaper:
             self._observe(period * 2 + 1.0)
             try:
                 self.reap_once()
+            except KeyError:
+                return  # the study was deleted or replaced: the worker's loop says so and stops
             except Exception as exc:  # noqa: BLE001 - the reaper must outlive database hiccups
                 self.since = time.monotonic()
                 log.warning("reaper: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))

@@ -182,11 +182,25 @@ def run_worker(opts: Options) -> int:
                     return 1
             elif state != "preempted":
                 failures_in_row = 0
+    except KeyError:
+        _check_study(study)
+        raise
     finally:
         reaper.stop()
     say(summary.line(wid))
     _ignore_signals()
     return 0
+
+
+def _check_study(study: optuna.Study) -> None:
+    """One clear line, not "KeyError: 'Record does not exist.'", when the study went away."""
+    try:
+        same = study._storage.get_study_id_from_name(study.study_name) == study._study_id
+    except KeyError:
+        same = False
+    if not same:
+        raise HpsearchError(f"study {study.study_name!r} was deleted or replaced (create-study --replace) "
+                            "while this worker ran; stopping")
 
 
 def _context(spec: StudySpec, opts: Options, url: str, out: Any, recorded: str | None = None) -> dict[str, Any]:
@@ -393,6 +407,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, 
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        # Optuna's wrapper guesses "e.g. exceeding max length" for every failed commit, outages
+        # included: the driver's own message says what happened.
+        exc = exc.__cause__
+        exc = getattr(exc, "orig", None) or exc
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     return mask(f"{type(exc).__name__}: {first}"[:500])

@@ -347,3 +347,17 @@ def test_a_second_sigterm_during_shutdown_still_exits_zero(run: int, journal_url
     assert w.wait(timeout=120) == 0, "".join(tail.lines)
     _finish(name, journal_url, tmp_path, "after.log")
     assert_exactly_once(_study(name, journal_url), 2)
+
+
+def test_replacing_the_study_under_a_worker_is_one_clear_line(journal_url: str, tmp_path: Path) -> None:
+    """Item 13: not "KeyError: 'Record does not exist.'" but what happened."""
+    name = unique("replaced")
+    _create(tmp_path, journal_url, name, space={"lr": {"choices": [0.01, 0.02]}}, train=SLOW_TRAIN)
+    w = start_worker(name, journal_url, "--heartbeat", "2", "--device", "cpu")
+    tail = Tail(w)
+    tail.wait_for("[trial 0] epoch 2/8")
+    run_cli("create-study", str(tmp_path / f"{name}.yaml"), "--storage", journal_url, "--replace", check=True)
+    code = w.wait(timeout=120)
+    out = "".join(tail.lines)
+    assert code != 0 and "Traceback" not in out and "Record does not exist" not in out, out
+    assert "was deleted or replaced" in out, out
