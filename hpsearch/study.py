@@ -85,6 +85,9 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     if artifacts:
         attrs[ARTIFACTS_ATTR] = artifacts
     outcome = _plan_once(study, spec, attrs)
+    if outcome != "exists" and study.metric_names is None:
+        # optuna-dashboard and trials_dataframe() name the objective after it ("Objective 0" otherwise).
+        study.set_metric_names([spec.metric])
     planned = planned_count(spec)
     what = "grid points x seeds" if spec.is_grid else "trials budget"
     if outcome == "created":

@@ -80,6 +80,8 @@ def test_create_study_is_idempotent_and_guards_the_spec(pg_session_db: str, tmp_
                        check=True)
     assert "created study" in replaced.stdout
     assert len(_trials(name, pg_session_db)) == 8
+    # optuna-dashboard names the objective after the spec's metric, not "Objective 0".
+    assert optuna.load_study(study_name=name, storage=open_storage(pg_session_db)).metric_names == ["val_acc"]
 
 
 def test_concurrent_create_study_gives_one_study(pg_url: str, tmp_path: Path) -> None:
