@@ -4,15 +4,66 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+# Light imports only up to scrub_argv() in main(): a password given with --storage is visible in
+# `ps` until then. hpsearch.storage (optuna) is imported where it is used.
 from hpsearch.errors import HpsearchError
-from hpsearch.storage import MaskingFilter, mask
+from hpsearch.redact import VISIBLE_WARNING, mask, scrub_argv, userinfo_problem
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+MAX_HEARTBEAT = 86400  # a day; beyond it threads' timers overflow and nobody would wait that long
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding accept
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line per error (house style) instead of the usage block; exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hpsearch: error: {mask(message)} (see: {self.prog} --help)\n")
+
+
+def _number(integer: bool, low: float, high: float | None = None, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite int (or float) >= low (> low when `above`) and <= high."""
+    what = "an integer" if integer else "a number"
+    if high is not None:
+        what += f" in {'(' if above else '['}{_text(low)}, {_text(high)}]"
+    else:
+        what += f" {'>' if above else '>='} {_text(low)}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        if (value is None or not math.isfinite(value) or value < low or (above and value == low)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"must be {what}, but got {text!r}")
+        return value
+
+    parse.describe = what  # type: ignore[attr-defined]
+    return parse
+
+
+def _text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+POSITIVE_INT = _number(True, 1)
+POSITIVE = _number(False, 0, above=True)
+NON_NEGATIVE = _number(False, 0)
+HEARTBEAT = _number(True, 1, MAX_HEARTBEAT)
+SEED = _number(True, 0, MAX_SEED)
+PORT = _number(True, 0, 65535)
+
+# Settings whose defaults come from the environment: read after parsing (a bad value must be one
+# line naming the variable, and only for the commands that use it).
+ENV_DEFAULTS = {"heartbeat": ("HPSEARCH_HEARTBEAT", "30", HEARTBEAT),
+                "checkpoint_every": ("HPSEARCH_CHECKPOINT_EVERY", "30", NON_NEGATIVE)}
 
 
 def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
@@ -31,23 +82,24 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 def worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study name in the storage")
     _storage_arg(p)
-    p.add_argument("--n-trials", type=int, help="stop after this many trials of this worker")
-    p.add_argument("--timeout", type=float, help="stop claiming new trials after this many seconds")
+    p.add_argument("--n-trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
+    p.add_argument("--timeout", type=POSITIVE, help="stop claiming new trials after this many seconds")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda:K")
-    p.add_argument("--heartbeat", type=int, default=int(os.environ.get("HPSEARCH_HEARTBEAT", "30")),
-                   help="heartbeat interval in seconds; a trial silent for 1.5 intervals is re-queued")
-    p.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row")
-    p.add_argument("--seed", type=int, help="sampler seed of this worker (default: random per worker)")
-    p.add_argument("--stop-timeout", type=float, default=60.0, help="seconds to hand a trial back on SIGTERM")
-    p.add_argument("--checkpoint-every", type=float, default=float(os.environ.get("HPSEARCH_CHECKPOINT_EVERY", "30")),
-                   help="seconds between epoch checkpoints (0: every epoch); a resumed trial loses at most this")
+    p.add_argument("--heartbeat", type=HEARTBEAT, help="heartbeat interval in seconds, 1..86400 (default: "
+                   "$HPSEARCH_HEARTBEAT, else 30); a trial silent for 1.5 intervals is re-queued")
+    p.add_argument("--max-failures", type=POSITIVE_INT, default=5, help="stop after this many failed trials in a row")
+    p.add_argument("--seed", type=SEED, help="sampler seed of this worker (default: random per worker)")
+    p.add_argument("--stop-timeout", type=NON_NEGATIVE, default=60.0, help="seconds to hand a trial back on SIGTERM")
+    p.add_argument("--checkpoint-every", type=NON_NEGATIVE,
+                   help="seconds between epoch checkpoints (0: every epoch; default: $HPSEARCH_CHECKPOINT_EVERY, "
+                   "else 30); a resumed trial loses at most this")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     p.add_argument("--wandb-project", help="W&B project (default: the spec's tracking.project)")
     p.add_argument("--wandb-entity", help="W&B entity")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpsearch", description="Hyperparameter search on Optuna: specs, shared "
+    parser = _Parser(prog="hpsearch", description="Hyperparameter search on Optuna: specs, shared "
                                      "storage, stateless workers, reports.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best", help="the top configurations with validation and test metrics")
     p.add_argument("study")
     _storage_arg(p)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=POSITIVE_INT, default=5)
     p.add_argument("--json", action="store_true", help="print the configurations as JSON (keys in the README)")
 
     p = sub.add_parser("list", help="studies in a storage")
@@ -88,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dry-run", action="store_true", help="print the job script instead of submitting it")
-    p.add_argument("--heartbeat", type=int, default=int(os.environ.get("HPSEARCH_HEARTBEAT", "30")))
+    p.add_argument("--heartbeat", type=HEARTBEAT, help="heartbeat interval of the workers in seconds, 1..86400 "
+                   "(default: $HPSEARCH_HEARTBEAT, else 30)")
     p.add_argument("--device", default="auto")
     p.add_argument("--gpus-per-worker", type=int, default=1, help="for slurm/pbs")
     p.add_argument("--time", default="24:00:00", help="wall time per array task (slurm/pbs)")
@@ -100,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="optuna-dashboard on the storage (loopback by default)")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=PORT, default=8080)
     p.add_argument("--read-only", action="store_true", help="refuse every write request (delete, tell, notes)")
     p.add_argument("--auth", help="USER:PASSWORD for basic auth, or a bare token for 'Authorization: Bearer'")
 
@@ -131,10 +184,16 @@ def _extension_parsers(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)  # the real values, before they are masked
+    # First thing: W&B records sys.argv with every run, and `ps` shows it to every local user.
+    hidden = scrub_argv()
     _setup_logging()
+    if hidden is False:
+        logging.getLogger("hpsearch").warning(VISIBLE_WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_settings(args)
         return COMMANDS[args.command](args) or 0
     except HpsearchError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
@@ -151,7 +210,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    """Settings from the environment and the storage URL, checked before the command touches anything."""
+    for dest, (env, default, parse) in ENV_DEFAULTS.items():
+        if getattr(args, dest, False) is None:
+            raw = os.environ.get(env, "") or default
+            try:
+                setattr(args, dest, parse(raw))
+            except argparse.ArgumentTypeError as exc:
+                raise HpsearchError(f"{env} {exc}") from None
+    if hasattr(args, "storage"):
+        from hpsearch.storage import _env_seconds
+
+        for env, default in (("HPSEARCH_DB_WAIT", 600.0), ("HPSEARCH_CONNECT_WAIT", 120.0)):
+            _env_seconds(env, default)
+        problem = userinfo_problem(args.storage or os.environ.get("HPSEARCH_STORAGE") or "")
+        if problem:
+            raise HpsearchError(problem)
+    if args.command in ("create-study", "worker"):
+        from hpsearch.study import issue_chunk
+
+        issue_chunk()
+
+
 def _setup_logging() -> None:
+    from hpsearch.storage import MaskingFilter
+
     level = logging.DEBUG if os.environ.get("HPSEARCH_DEBUG") else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(MaskingFilter())
@@ -177,6 +261,11 @@ def _create_study(args: argparse.Namespace) -> int:
 
     overrides = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
     spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
+    if spec.objective:
+        from hpsearch.registry import load_plugin
+
+        # Where create-study runs: a plugin that does not import here would fail every trial.
+        load_plugin(spec.objective, "objective")
     url = resolve_url(args.storage)
     storage = open_storage(url, create=True)
     _, message = study_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
@@ -186,7 +275,10 @@ def _create_study(args: argparse.Namespace) -> int:
 
 
 def _storage_hint(storage: str | None) -> str:
-    return f" --storage {mask(storage)}" if storage else ""
+    if storage and mask(storage) != storage:
+        # A masked URL would not work, and the real one belongs in no command line.
+        return " (with the storage URL in HPSEARCH_STORAGE)"
+    return f" --storage {storage}" if storage else ""
 
 
 @command("worker")

@@ -56,9 +56,9 @@ def defaults() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- accepted values
 #
-# The one place that says which values a training setting can take. Spec validation checks both
-# `train:` values and `space:` ranges/choices against it, so a value the trainer (or torch) would
-# refuse on every trial fails at create-study instead of burning the whole queue.
+# The one place that says which numbers a training setting can take. Spec validation checks
+# `train:` values, `space:` choices and both ends of `space:` ranges against it, so a value the
+# trainer (or torch) would refuse on every trial fails at create-study, not on a GPU node.
 
 
 @dataclass(frozen=True)
@@ -66,35 +66,37 @@ class Accepts:
     """A numeric setting's accepted values: an interval of ints or numbers, or a list of them."""
 
     integer: bool
-    low: float | None = None
-    high: float | None = None
+    low: float
+    high: float = math.inf
     low_open: bool = False  # low itself excluded (lr > 0)
-    high_open: bool = False  # high itself excluded (dropout < 1)
+    high_open: bool = True  # high itself excluded (dropout < 1)
     many: bool = False  # a list of such values (widths, filters, betas)
     length: int | None = None  # exact list length (betas)
+    min_length: int = 0  # (filters: at least one conv block)
     nullable: bool = False  # None means "not set" (widths, filters1..3)
 
     def describe(self) -> str:
-        what = "an integer" if self.integer else "a number"
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            what += f" in {left}{_num_text(self.low)}, {_num_text(self.high)}{right}"
-        elif self.low is not None:
-            what += f" {'>' if self.low_open else '>='} {_num_text(self.low)}"
         if self.many:
-            n = f"{self.length} " if self.length else ""
-            what = f"a list of {n}" + what.replace("an integer", "integers").replace("a number", "numbers")
-        return what
+            if self.length == 2:
+                return f"two numbers{self._bounds()}"
+            return "a list of positive integers" if self.integer and self.low == 1 else f"a list of numbers{self._bounds()}"
+        return ("an integer" if self.integer else "a number") + self._bounds()
+
+    def _bounds(self) -> str:
+        if self.high == math.inf:
+            return f" {'>' if self.low_open else '>='} {_num_text(self.low)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f" in {left}{_num_text(self.low)}, {_num_text(self.high)}{right}"
 
     def accepts_one(self, value: Any) -> bool:
-        """One scalar value (a list's item, a range's end, a choice)."""
+        """One number: a scalar setting, a list's item, a range's end or a choice."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
-        if self.integer and not float(value).is_integer():
+        if self.integer and not (float(value).is_integer() and (not self.many or isinstance(value, int))):
             return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
 
     def accepts(self, value: Any) -> bool:
         """A whole value as it appears under train: or as one choice under space:."""
@@ -102,9 +104,19 @@ class Accepts:
             return self.nullable
         if not self.many:
             return self.accepts_one(value)
-        if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length):
+        if not isinstance(value, list) or len(value) < self.min_length:
             return False
-        return all(self.accepts_one(v) for v in value)
+        return (self.length is None or len(value) == self.length) and all(self.accepts_one(v) for v in value)
+
+    def problem(self, key: str, value: Any) -> str | None:
+        """None, or the message for a value the trainer cannot take."""
+        if self.accepts(value):
+            return None
+        hint = ""
+        if isinstance(value, str) and "e" in value.lower() and "." not in value:
+            # PyYAML follows YAML 1.1: 1e-3 is a string, 1.0e-3 a float.
+            hint = f" (YAML reads {value} as text; write it with a dot, e.g. 1.0e-3)"
+        return f"must be {self.describe()}, but got {key}={value!r}"[:300] + hint
 
 
 def _num_text(x: float) -> str:
@@ -115,18 +127,20 @@ _POSITIVE_INT = Accepts(integer=True, low=1)
 _NON_NEGATIVE_INT = Accepts(integer=True, low=0)
 _POSITIVE = Accepts(integer=False, low=0, low_open=True)
 _NON_NEGATIVE = Accepts(integer=False, low=0)
-_FRACTION = Accepts(integer=False, low=0, high=1, high_open=True)  # [0, 1)
+_FRACTION = Accepts(integer=False, low=0, high=1)  # [0, 1)
+_WIDTH = Accepts(integer=True, low=1, nullable=True)
 
-# key -> accepted values; keys not listed (names, flags, paths) are checked by their registries.
+# key -> accepted values. Keys not listed (names, flags, paths) are checked by their registries
+# (hpsearch.catalog).
 ACCEPTS: dict[str, Accepts] = {
     "epochs": _POSITIVE_INT,
     "batch_size": _POSITIVE_INT,
     "lr": _POSITIVE,
     "momentum": _FRACTION,  # >= 1 diverges
     "weight_decay": _NON_NEGATIVE,
-    "betas": Accepts(integer=False, low=0, high=1, high_open=True, many=True, length=2),
+    "betas": Accepts(integer=False, low=0, high=1, many=True, length=2),
     "eps": _POSITIVE,
-    "alpha": Accepts(integer=False, low=0, high=1),  # RMSprop's smoothing; > 1 takes a negative root
+    "alpha": Accepts(integer=False, low=0, high=1, high_open=False),  # RMSprop: > 1 takes a negative root
     "step_size": _POSITIVE_INT,
     "gamma": _POSITIVE,
     "grad_clip": _NON_NEGATIVE,
@@ -135,11 +149,11 @@ ACCEPTS: dict[str, Accepts] = {
     "hidden_layers": _NON_NEGATIVE_INT,  # 0: a linear model, a fair baseline
     "hidden_size": _POSITIVE_INT,
     "widths": Accepts(integer=True, low=1, many=True, nullable=True),
-    "filters": Accepts(integer=True, low=1, many=True),
-    "filters1": Accepts(integer=True, low=1, nullable=True),
-    "filters2": Accepts(integer=True, low=1, nullable=True),
-    "filters3": Accepts(integer=True, low=1, nullable=True),
-    "fc_sizes": Accepts(integer=True, low=1, many=True),
+    "filters": Accepts(integer=True, low=1, many=True, min_length=1),
+    "filters1": _WIDTH,
+    "filters2": _WIDTH,
+    "filters3": _WIDTH,
+    "fc_sizes": Accepts(integer=True, low=1, many=True, nullable=True),
     "kernel_size": _POSITIVE_INT,
     "input_size": _NON_NEGATIVE_INT,
 }

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 from collections.abc import Callable, Iterable
@@ -175,8 +176,52 @@ def build_app(url: str, read_only: bool = False, credential: Credential | None =
     from hpsearch.storage import artifact_store, open_storage
 
     storage = open_storage(url)
-    app = wsgi(storage, artifact_store=artifact_store(url))
+    store = artifact_store(url)
+    app = ArtifactGuard(wsgi(storage, artifact_store=store), storage, store)
     return Guard(app, read_only=read_only, credential=credential, allowed_hosts=allowed_hosts_for(host))
+
+
+_ARTIFACT_PATH = re.compile(r"/artifacts/(?P<study>\d+)/(?:(?P<trial>\d+)/)?(?P<artifact>[0-9a-fA-F-]+)")
+
+
+class ArtifactGuard:
+    """Artifact URLs of a study, trial or file that does not exist: 404 and one line.
+
+    optuna-dashboard answers them with a 500 page and prints a traceback on the server's terminal
+    (a KeyError from the storage, or ArtifactNotFound from the store).
+    """
+
+    def __init__(self, app: WSGIApp, storage: Any, store: Any) -> None:
+        self.app = app
+        self.storage = storage
+        self.store = store
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        m = _ARTIFACT_PATH.fullmatch(path)
+        if m and environ.get("REQUEST_METHOD", "GET").upper() in ("GET", "HEAD") and not self._exists(m):
+            return _refuse(start_response, "404 Not Found", f"no artifact at {path}")
+        return self.app(environ, start_response)
+
+    def _exists(self, m: re.Match[str]) -> bool:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+        from optuna_dashboard.artifact._backend import (
+            get_study_artifact_meta,
+            get_trial_artifact_meta,
+        )
+
+        study_id, artifact_id = int(m["study"]), m["artifact"]
+        try:
+            if m["trial"] is None:
+                meta = get_study_artifact_meta(self.storage, study_id, artifact_id)
+            else:
+                meta = get_trial_artifact_meta(self.storage, study_id, int(m["trial"]), artifact_id)
+            if meta is None:
+                return False
+            self.store.open_reader(artifact_id).close()
+        except (KeyError, ArtifactNotFound, FileNotFoundError):  # unknown study/trial id; file gone
+            return False
+        return True
 
 
 # ---------------------------------------------------------------- serving

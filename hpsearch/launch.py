@@ -38,8 +38,13 @@ def visible_gpus() -> list[str]:
     return []
 
 
-def worker_env(index: int, n_workers: int, gpus: list[str], base: dict[str, str] | None = None) -> dict[str, str]:
+def worker_env(index: int, n_workers: int, gpus: list[str], base: dict[str, str] | None = None,
+               storage: str | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
+    if storage is not None:
+        # The environment, never argv: /proc/PID/cmdline is world-readable and W&B records argv;
+        # /proc/PID/environ is readable by the user only.
+        env["HPSEARCH_STORAGE"] = storage
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]  # round robin: several workers per GPU allowed
     # Share the cores instead of every worker starting a thread per core.
@@ -86,12 +91,12 @@ def start_workers(study: str, url: str, workers: int, log_dir: Path, heartbeat: 
     started = []
     for i in range(workers):
         log_path = log_dir / f"worker-{i}.log"
-        cmd = [sys.executable, "-m", "hpsearch", "worker", "--study", study, "--storage", url,
+        cmd = [sys.executable, "-m", "hpsearch", "worker", "--study", study,
                "--heartbeat", str(heartbeat), "--device", device, *(extra_args or [])]
         fh = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
         # Own session: a terminal's Ctrl-C reaches the launcher only, which stops workers once, in order.
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=worker_env(i, workers, gpus),
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                env=worker_env(i, workers, gpus, storage=url), start_new_session=True)
         started.append(LocalWorker(i, gpus[i % len(gpus)] if gpus else None, log_path, proc, fh))
     return started
 
@@ -131,7 +136,10 @@ def local(study: str, storage: str | None, workers: int, heartbeat: int = 30, de
                         if ln.startswith("worker ")), w.last_line)
         print(f"  {w.log_path.name}: exit {code}: {mask(summary)}")
     status_mod.print_status(study, url)
-    print(f"open the dashboard with: hpsearch dashboard --storage {mask(dashboard_target(url))}")
+    target = dashboard_target(url)
+    # A masked URL would not work, and the real one belongs in no command line.
+    where = "(with the storage URL in HPSEARCH_STORAGE)" if mask(target) != target else f"--storage {target}"
+    print(f"open the dashboard with: hpsearch dashboard {where}")
     return 0 if all(c == 0 for c in codes) else 1
 
 

@@ -36,16 +36,23 @@ def load_plugin(ref: str, kind: str = "plugin") -> Callable[..., Any]:
         raise HpsearchError(f"{kind} {ref!r} must be 'package.module:function', but got {ref=}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HpsearchError(f"{kind} {ref!r}: cannot import module {module_name!r} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - user code: a SyntaxError or a failing import line too
+        raise HpsearchError(f"{kind} {ref!r}: cannot import module {module_name!r} here (sys.path: the current "
+                            f"directory, PYTHONPATH, installed packages): {_one_line(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise HpsearchError(f"{kind} {ref!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except Exception:  # noqa: BLE001 - a module __getattr__ may raise anything
+            raise HpsearchError(f"{kind} {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise HpsearchError(f"{kind} {ref!r} must be callable, but got {type(obj).__name__}")
     return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 class Registry(Generic[T]):

@@ -531,30 +531,29 @@ def _first_repeat(choices: list[Any]) -> tuple[Any, Any] | None:
 
 
 def _check_accepted_values(train: dict[str, Any], space: dict[str, Param], err: Any) -> None:
-    """Fixed values, range ends and choices of the trainer's numeric settings against config.ACCEPTS."""
+    """Fixed values, choices and both ends of ranges of the trainer's numeric settings (config.ACCEPTS)."""
     for key, value in train.items():
         accepts = ACCEPTS.get(key)
-        if accepts is not None and not accepts.accepts(value):
-            err(f"train.{key}", f"must be {accepts.describe()} ({TRAIN_KEYS[key][1]}), but got {key}={_short(value)}")
+        msg = accepts.problem(key, value) if accepts else None
+        if msg:
+            err(f"train.{key}", msg)
     for key, p in space.items():
         accepts = ACCEPTS.get(key)
         if accepts is None:
             continue
-        meaning = TRAIN_KEYS[key][1]
         if p.is_categorical:
-            bad = [c for c in p.choices or [] if not accepts.accepts(c)]
-            if bad:
-                err(f"space.{key}.choices", f"must each be {accepts.describe()} ({meaning}), but got "
-                    f"{_short(bad[0])}")
+            msg = next(filter(None, (accepts.problem(key, c) for c in p.choices or [])), None)
+            if msg:
+                err(f"space.{key}.choices", msg)
         elif accepts.many:
-            err(f"space.{key}", f"must be searched with choices ({accepts.describe()}), but got a range")
+            err(f"space.{key}", f"must be searched with choices (each {accepts.describe()}), but got a range")
         elif accepts.integer and not p.is_int:
-            err(f"space.{key}", f"must be an integer range (type: int, {accepts.describe()}), but got a float "
-                f"range low={p.low}, high={p.high}")
+            err(f"space.{key}", f"must be an integer range (type: int), but got a float range low={p.low}, high={p.high}")
         else:
             for end, value in (("low", p.low), ("high", p.high)):
-                if not accepts.accepts_one(value):
-                    err(f"space.{key}.{end}", f"must be {accepts.describe()} ({meaning}), but got {end}={value}")
+                msg = accepts.problem(end, value)
+                if msg:
+                    err(f"space.{key}.{end}", msg)
 
 
 def _check_plan_size(space: dict[str, Param], repeats: int, err: Any) -> None:

@@ -12,13 +12,14 @@ cannot start at all, for the worker) with one warning, and the trial carries on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import netrc
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,14 +199,16 @@ class WandbTracker:
             Path(s.dir).mkdir(parents=True, exist_ok=True)
         name, config = self._identity(attrs)
         self._named = "config" in attrs
-        run = wandb.init(
-            project=s.project, entity=s.entity, group=self.trial.study.study_name, job_type="trial",
-            name=name, id=run_id, resume="allow", config=config, tags=["hpsearch", *s.tags], dir=s.dir,
-            mode=mode, reinit="finish_previous",
-            # console off: the worker's output interleaves trials; silent: one line per worker, not per trial
-            settings=wandb.Settings(init_timeout=s.init_timeout, finish_timeout=s.finish_timeout,
-                                    console="off", silent=True),
-        )
+        with _argv_masked():
+            run = wandb.init(
+                project=s.project, entity=s.entity, group=self.trial.study.study_name, job_type="trial",
+                name=name, id=run_id, resume="allow", config=config, tags=["hpsearch", *s.tags], dir=s.dir,
+                mode=mode, reinit="finish_previous",
+                # console off: the worker's output interleaves trials; silent: one line per worker, not per trial.
+                # No job artifact: it would record the command line again, at finish time.
+                settings=wandb.Settings(init_timeout=s.init_timeout, finish_timeout=s.finish_timeout,
+                                        console="off", silent=True, disable_job_creation=True),
+            )
         self.mode = mode
         return run
 
@@ -348,6 +351,21 @@ class WandbTracker:
             if run is not None and what != "finish the run":
                 _call_quietly(run.finish, exit_code=1)
             return None
+
+
+@contextlib.contextmanager
+def _argv_masked() -> Iterator[None]:
+    """W&B copies sys.argv into the run's metadata (wandb-metadata.json, synced with the run).
+
+    `hpsearch worker` has already masked it (cli.main); this covers workers embedded in a script
+    whose own command line holds a storage URL.
+    """
+    saved = sys.argv[:]
+    sys.argv[:] = [mask(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 def _call_quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
