@@ -123,8 +123,10 @@ _STALE = (" AND LEAST(EXTRACT(EPOCH FROM (clock_timestamp() - pg_postmaster_star
 
 def fail_and_requeue(rdb: optuna.storages.RDBStorage, key: int, study_id: int, trial_id: int,
                      attrs: dict[str, Any], successor: Callable[[FrozenTrial], FrozenTrial | None],
-                     stale_limit: float | None, beat_key: str) -> tuple[FrozenTrial, int | None] | None:
-    """FAIL a running trial (with `attrs`) and enqueue `successor(it)`, in one transaction.
+                     stale_limit: float | None, beat_key: str,
+                     attrs_if_none: dict[str, Any]) -> tuple[FrozenTrial, int | None] | None:
+    """FAIL a running trial (with `attrs`) and enqueue `successor(it)`, in one transaction
+    (or, when successor() declines, add `attrs_if_none` to the failed trial instead).
 
     Returns (the failed trial, the successor's number or None when successor() declined), or None
     when the trial was not RUNNING (or, with stale_limit, not stale) at the moment of the write.
@@ -143,7 +145,11 @@ def fail_and_requeue(rdb: optuna.storages.RDBStorage, key: int, study_id: int, t
         failed = get_trial(session, trial_id)
         assert failed is not None
         template = successor(failed)
-        number = _create(rdb, session, study_id, template) if template is not None else None
+        number = None
+        if template is not None:
+            number = _create(rdb, session, study_id, template)
+        for k, v in attrs_if_none.items() if template is None else ():
+            set_trial_attr(session, trial_id, k, v)
     return failed, number
 
 

@@ -179,7 +179,8 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
 
         done = with_reconnect(atomic.fail_and_requeue)(
             rdb, study_key(study.study_name), study._study_id, trial_id, attrs,
-            lambda frozen: study_mod.retry_template(frozen, reason), only_if_stale, study_mod.BEAT)
+            lambda frozen: study_mod.retry_template(frozen, reason), only_if_stale, study_mod.BEAT,
+            {study_mod.RETRY_EXHAUSTED: True})
         if done is None:
             return False
         failed, number = done
@@ -194,22 +195,22 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
             return False
         if only_if_stale is not None and not _still_stale(study, frozen, only_if_stale):
             return False
+        template = study_mod.retry_template(frozen, reason)
         try:
             storage.set_trial_user_attr(trial_id, study_mod.FAIL_REASON, reason)
+            if template is None:  # said before the FAIL: a finished trial's attributes are frozen
+                storage.set_trial_user_attr(trial_id, study_mod.RETRY_EXHAUSTED, True)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
-        frozen = storage.get_trial(trial_id)
-        number = _requeue(study, frozen, reason)
+        number = _requeue(study, template)
     _said(frozen, reason, number)
     return True
 
 
-def _requeue(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) -> int | None:
-    template = study_mod.retry_template(frozen, reason)
+def _requeue(study: optuna.Study, template: optuna.trial.FrozenTrial | None) -> int | None:
     if template is None:
-        study._storage.set_trial_user_attr(frozen._trial_id, study_mod.RETRY_EXHAUSTED, True)
         return None
     study.add_trial(template)
     return -1
@@ -237,8 +238,10 @@ def sweep_orphans(study: optuna.Study) -> int:
         if (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get(study_mod.RETRY_EXHAUSTED)
                 and study_mod.retryable(str(t.user_attrs.get(study_mod.FAIL_REASON, "")))):
             reason = str(t.user_attrs[study_mod.FAIL_REASON])
-            number = _requeue(study, t, reason)
-            _said(t, reason, number)
+            template = study_mod.retry_template(t, reason)
+            if template is None:  # over its retry limit: stays failed (its reason says why)
+                continue
+            _said(t, reason, _requeue(study, template))
             n += 1
     return n
 

@@ -88,9 +88,11 @@ def assert_exactly_once(study: optuna.Study, planned: int) -> None:
     assert set(done.values()) == {1}, f"run twice: {[k for k, v in done.items() if v > 1]}"
     assert not [t.number for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
     retried = {n for t in trials for n in t.user_attrs.get("retry_history", [])}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            assert t.number in retried or t.user_attrs.get("retry_exhausted"), (t.number, t.user_attrs)
+    for t in trials:  # a failure of the worker is retried; a failure of the trial says why
+        if t.state == TrialState.FAIL and t.number not in retried:
+            reason = str(t.user_attrs.get("fail_reason", ""))
+            assert reason and (t.user_attrs.get("retry_exhausted") or not reason.startswith(
+                ("stale", "preempted", "worker interrupted"))), (t.number, t.user_attrs)
 
 
 def _finish(name: str, url: str, tmp_path: Path, log: str, *extra: str, env: dict[str, str] | None = None) -> str:
@@ -361,3 +363,29 @@ def test_replacing_the_study_under_a_worker_is_one_clear_line(journal_url: str, 
     out = "".join(tail.lines)
     assert code != 0 and "Traceback" not in out and "Record does not exist" not in out, out
     assert "was deleted or replaced" in out, out
+
+
+@pytest.mark.parametrize("backend", ["journal_url", "pg_session_db"])
+def test_a_trial_that_kills_every_worker_stops_at_its_retry_limit(backend: str, request: pytest.FixtureRequest,
+                                                                    tmp_path: Path) -> None:
+    """A trial that crashes its worker each time is retried HPSEARCH_MAX_RETRIES times, then left
+    failed with the reason; the other points run once and the study ends."""
+    journal_url = request.getfixturevalue(backend)
+    name = unique("crash")
+    spec = {"name": name, "objective": "hps_objectives:suicidal", "metric": "x", "direction": "minimize",
+            "sampler": "grid", "space": {"x": {"choices": [0.1, 0.9]}}}
+    run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, check=True)
+    env = cli_env(HPSEARCH_MAX_RETRIES="1")
+    codes = []
+    for i in range(6):  # each run dies on the bad point or, once it is given up, finishes the study
+        w = start_worker(name, journal_url, "--heartbeat", "1", env=env, log=tmp_path / f"w{i}.log")
+        codes.append(w.wait(timeout=120))
+        if codes[-1] == 0:
+            break
+    assert codes[-1] == 0 and codes.count(-signal.SIGKILL) == 2, codes  # the first run and one retry
+    trials = _study(name, journal_url).get_trials(deepcopy=False)
+    bad = [t for t in trials if t.params.get("x") == 0.1]
+    assert [t.state for t in bad] == [TrialState.FAIL, TrialState.FAIL], [(t.number, t.user_attrs) for t in bad]
+    assert bad[-1].user_attrs["retry_exhausted"] and bad[-1].user_attrs["fail_reason"].startswith("stale")
+    good = [t for t in trials if t.params.get("x") == 0.9]
+    assert [t.state for t in good] == [TrialState.COMPLETE]

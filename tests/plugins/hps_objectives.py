@@ -59,3 +59,13 @@ def last_word(trial: optuna.Trial, spec: dict[str, Any]) -> float:
     print(f"last word of trial {trial.number}", flush=True)
     time.sleep(float(os.environ.get("HPS_LAST_WORD", "0")))
     return float(trial.params.get("x", 0.0))
+
+
+def suicidal(trial: optuna.Trial, spec: dict[str, Any]) -> float:
+    """Kills the worker that runs it (an out-of-memory kill, a segfault) when x < 0.5."""
+    import signal
+
+    x = float(trial.params.get("x", 0.0))
+    if x < 0.5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
