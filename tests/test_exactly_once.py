@@ -236,9 +236,14 @@ def test_a_database_restart_longer_than_the_grace_reaps_nobody(throwaway_pg: Clu
     throwaway_pg.stop("fast")
     time.sleep(8)  # well past 1.5 heartbeats (3 s)
     throwaway_pg.start()
+    _assert_nobody_reaped(workers, name, url, tmp_path)
+
+
+def _assert_nobody_reaped(workers: list[subprocess.Popen[str]], name: str, url: str, tmp_path: Path) -> None:
+    """Both workers finish cleanly and each of the two trials ran once, never reaped and re-run."""
     codes = [w.wait(timeout=300) for w in workers]
-    logs = "\n".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
-    assert codes == [0, 0], logs
+    logs = "\n".join((tmp_path / f"w{i}.log").read_text() for i in range(len(workers)))
+    assert codes == [0] * len(workers), logs
     trials = _study(name, url).get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [(t.number, t.state, t.user_attrs) for t in trials]
 
@@ -328,11 +333,7 @@ def test_journal_lock_stall_is_not_death(tmp_path: Path) -> None:
             time.sleep(0.001)
     time.sleep(8)
     lock.unlink()
-    codes = [w.wait(timeout=300) for w in workers]
-    logs = "\n".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
-    assert codes == [0, 0], logs
-    trials = _study(name, url).get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [(t.number, t.state, t.user_attrs) for t in trials]
+    _assert_nobody_reaped(workers, name, url, tmp_path)
 
 
 @pytest.mark.parametrize("run", range(2))
