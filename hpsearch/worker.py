@@ -71,7 +71,11 @@ def pick_device(name: str) -> Any:
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        from hpsearch.gpus import claim_free_gpu
+
+        return torch.device(f"cuda:{claim_free_gpu(torch.cuda.device_count())}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HpsearchError(f"--device {name}: CUDA is not available on this machine")
     try:

@@ -289,11 +289,36 @@ def test_compose_postgres_is_healthchecked_persistent_and_private() -> None:
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
 
 
+def _rendered_compose() -> dict[str, Any]:
+    """`docker compose config` where the compose plugin exists (anchors, merges and ${...} resolved
+    by Docker itself); elsewhere the YAML with its merge keys resolved the same way."""
+    import shutil
+
+    if shutil.which("docker"):
+        env = {**os.environ, "POSTGRES_PASSWORD": "x"}
+        proc = subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+                              capture_output=True, text=True, env=env, cwd=ROOT)
+        if proc.returncode == 0:
+            return yaml.safe_load(proc.stdout)
+    return _compose()
+
+
+def test_compose_workers_each_take_their_own_gpu() -> None:
+    """`--scale worker=N` with a `count: 1` reservation puts every replica on GPU 0: each replica
+    sees all GPUs instead and takes a free one through a lock file in the shared volume."""
+    compose = _rendered_compose()
+    worker = compose["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["count"] == "all", device
+    locks = worker["environment"]["HPSEARCH_GPU_LOCKS"]
+    mounts = [str(v).split(":")[1] if isinstance(v, str) else v["target"] for v in worker["volumes"]]
+    assert any(locks.startswith(m.rstrip("/") + "/") for m in mounts), (locks, mounts)  # shared by replicas
+    assert "--device" not in worker["command"]  # auto: the worker picks the free GPU
+
+
 def test_compose_worker_reserves_a_gpu_and_scales() -> None:
     compose = _compose()
     worker = compose["services"]["worker"]
-    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device["capabilities"] == ["gpu"] and device["count"] == 1
     assert "container_name" not in worker and "ports" not in worker  # both would break --scale worker=N
     assert worker["build"]["dockerfile"] == "Dockerfile" and (ROOT / "Dockerfile").is_file()
     assert "${POSTGRES_PASSWORD" in worker["environment"]["HPSEARCH_STORAGE"]
