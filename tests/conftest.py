@@ -162,3 +162,14 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def throwaway_pg() -> Iterator[Any]:
+    """A PostgreSQL cluster of the test module's own, to stop and restart (never the shared one)."""
+    from pgcluster import Cluster
+
+    cluster = Cluster().init()
+    cluster.start()
+    yield cluster
+    cluster.destroy()

@@ -8,11 +8,9 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
@@ -169,14 +167,6 @@ def test_a_broken_plugin_fails_its_trials_and_a_broken_node_stops(journal_url: s
     assert len(failed) == 3
     assert all(t.user_attrs["fail_reason"] == "ZeroDivisionError: user plugin bug: division by zero" for t in failed)
     assert sum(t.state == TrialState.WAITING for t in trials) >= 7 - 3  # the rest of the queue is untouched
-
-
-@pytest.fixture(scope="module")
-def throwaway_pg() -> Iterator[Cluster]:
-    cluster = Cluster().init()
-    cluster.start()
-    yield cluster
-    cluster.destroy()
 
 
 def test_database_restart_mid_study_loses_nothing(throwaway_pg: Cluster, tmp_path: Path) -> None:
