@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from datetime import datetime
 from typing import Any
 
@@ -87,7 +88,9 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     outcome = _plan_once(study, spec, attrs)
     if outcome != "exists" and study.metric_names is None:
         # optuna-dashboard and trials_dataframe() name the objective after it ("Objective 0" otherwise).
-        study.set_metric_names([spec.metric])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])
     planned = planned_count(spec)
     what = "grid points x seeds" if spec.is_grid else "trials budget"
     if outcome == "created":

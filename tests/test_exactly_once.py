@@ -391,3 +391,20 @@ def test_a_trial_that_kills_every_worker_stops_at_its_retry_limit(backend: str, 
     assert bad[-1].user_attrs["retry_exhausted"] and bad[-1].user_attrs["fail_reason"].startswith("stale")
     good = [t for t in trials if t.params.get("x") == 0.9]
     assert [t.state for t in good] == [TrialState.COMPLETE]
+
+
+def test_a_plugin_missing_on_the_worker_stops_it_before_it_claims_anything(journal_url: str,
+                                                                         tmp_path: Path) -> None:
+    """Item 12: the objective imported where create-study ran but not where the worker runs: one
+    line and a non-zero exit, and every planned trial still waits (none burnt as failed)."""
+    from conftest import ROOT
+
+    name = unique("noplugin")
+    spec = {"name": name, "objective": "hps_objectives:quadratic", "metric": "loss", "direction": "minimize",
+            "sampler": "grid", "space": {"x": {"choices": [0.1, 0.2, 0.3]}}}
+    run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, check=True)
+    w = start_worker(name, journal_url, env=cli_env(PYTHONPATH=str(ROOT)), log=tmp_path / "w.log")
+    code = w.wait(timeout=120)
+    out = (tmp_path / "w.log").read_text()
+    assert code != 0 and "Traceback" not in out and "hps_objectives" in out, out
+    assert [t.state for t in _study(name, journal_url).get_trials(deepcopy=False)] == [TrialState.WAITING] * 3
