@@ -239,6 +239,33 @@ def test_a_database_restart_longer_than_the_grace_reaps_nobody(throwaway_pg: Clu
     _assert_nobody_reaped(workers, name, url, tmp_path)
 
 
+def test_silence_while_the_server_was_down_is_not_counted(throwaway_pg: Cluster, tmp_path: Path) -> None:
+    """Item 7, deterministic: a trial whose last heartbeat is old only because the server was down
+    is not stale right after the restart (nobody could beat), and is once the server has been up
+    for the grace (a dead worker is still found)."""
+    from hpsearch import study as study_mod
+    from hpsearch.faults import fail_and_requeue, stale_trials
+
+    url = throwaway_pg.create_db("uptime")
+    name = unique("uptime")
+    _create(tmp_path, url, name, space={"lr": {"choices": [0.01, 0.02]}})
+    study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=2))
+    trial = study_mod.claim(study)
+    assert trial is not None
+    study_mod.set_user_attrs(trial, {"hpsearch:heartbeat_interval": 2})
+    with _engine(url).begin() as conn:  # its worker last beat 30 s ago...
+        conn.execute(sa.text("UPDATE trial_heartbeats SET heartbeat = now() - interval '30 seconds'"))
+    throwaway_pg.stop("fast")  # ...and the server went down, then came back
+    throwaway_pg.start()
+    started = time.monotonic()
+    assert stale_trials(study, 2) == []
+    assert not fail_and_requeue(study, trial._trial_id, "stale: test", only_if_stale=3.0)
+    assert study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    time.sleep(max(0.0, 3.5 - (time.monotonic() - started)))  # the server has been up for the grace
+    assert [t for t, _, _ in stale_trials(study, 2)] == [trial._trial_id]
+    assert fail_and_requeue(study, trial._trial_id, "stale: test", only_if_stale=3.0)
+
+
 def _assert_nobody_reaped(workers: list[subprocess.Popen[str]], name: str, url: str, tmp_path: Path) -> None:
     """Both workers finish cleanly and each of the two trials ran once, never reaped and re-run."""
     codes = [w.wait(timeout=300) for w in workers]
@@ -346,8 +373,10 @@ def test_a_second_sigterm_during_shutdown_still_exits_zero(run: int, journal_url
     tail = Tail(w)
     tail.wait_for("[trial 0] epoch 2/8")
     w.send_signal(signal.SIGTERM)
-    tail.wait_for("stopped by signal")  # the worker's last line: it is shutting down now
-    w.send_signal(signal.SIGTERM)
+    tail.wait_for("handed back")
+    while w.poll() is None:  # SIGTERM again and again through the whole shutdown
+        w.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
     assert w.wait(timeout=120) == 0, "".join(tail.lines)
     _finish(name, journal_url, tmp_path, "after.log")
     assert_exactly_once(_study(name, journal_url), 2)
