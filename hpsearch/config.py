@@ -7,8 +7,9 @@ Any of these keys may be fixed under `train:` or searched under `space:` in a sp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 # key -> (default, one-line meaning). A spec naming any other key fails validation.
 TRAIN_KEYS: dict[str, tuple[Any, str]] = {
@@ -52,6 +53,78 @@ TRAIN_KEYS: dict[str, tuple[Any, str]] = {
 
 def defaults() -> dict[str, Any]:
     return {k: v[0] for k, v in TRAIN_KEYS.items()}
+
+
+# ---------------------------------------------------------------- which settings a trial uses
+#
+# Every trial's resolved configuration holds all of TRAIN_KEYS (defaults filled in), but an Adam
+# run never reads `momentum` and a dense model never reads `filters`. W&B gets only the settings
+# the trial used, or its parallel-coordinates and importance panels show constant or meaningless
+# axes. What is used is declared in one place: the training loop's own keys here, and each
+# registered model, optimizer and schedule with `@reads(...)` beside its builder
+# (tests/test_models.py and tests/test_optim.py check that a builder reads exactly what it declares).
+
+# Read by the training loop (hpsearch.objective) whatever the model and optimizer; `sweep` is a
+# label the reports (and W&B's grouping) use.
+TRAINER_READS = frozenset({"model", "optimizer", "loss", "schedule", "epochs", "batch_size", "augment",
+                           "grad_clip", "patience", "sweep"})
+READS_ATTR = "hpsearch_reads"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reads(*keys: str) -> Callable[[F], F]:
+    """Declare the training settings a model/optimizer/schedule builder reads.
+
+    A user builder (`package.module:function`) may use it too; one that declares nothing keeps
+    every setting in its trial's W&B config.
+    """
+    unknown = sorted(set(keys) - set(TRAIN_KEYS))
+    if unknown:
+        raise ValueError(f"reads() must name training settings (config.TRAIN_KEYS), but got {unknown}")
+
+    def deco(fn: F) -> F:
+        setattr(fn, READS_ATTR, frozenset(keys))
+        return fn
+
+    return deco
+
+
+def declared_reads(builder: Callable[..., Any]) -> frozenset[str] | None:
+    """What a builder declared with @reads, or None when it did not say."""
+    value = getattr(builder, READS_ATTR, None)
+    return frozenset(value) if value is not None else None
+
+
+def used_keys(cfg: dict[str, Any]) -> frozenset[str]:
+    """The training settings a built-in-trainer trial with this configuration reads.
+
+    Every setting when a builder cannot be found or did not declare what it reads: dropping a
+    setting that was used would hide it, keeping an unused one only adds an axis.
+    """
+    from hpsearch.models import MODELS  # torch: only workers that train import this
+    from hpsearch.optim import OPTIMIZERS, SCHEDULES
+
+    used = set(TRAINER_READS)
+    for registry, key, default in ((MODELS, "model", "dense"), (OPTIMIZERS, "optimizer", "adam"),
+                                   (SCHEDULES, "schedule", "none")):
+        try:
+            declared = declared_reads(registry.get(cfg.get(key, default)))
+        except Exception:  # noqa: BLE001 - an unknown or unimportable name fails the trial, not this
+            declared = None
+        if declared is None:
+            return frozenset(TRAIN_KEYS)
+        used |= declared
+    return frozenset(used)
+
+
+def used_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The configuration without the training settings this trial does not read (and unset ones).
+
+    Keys that are not training settings (seed, dataset, ...) are kept.
+    """
+    used = used_keys(cfg)
+    return {k: v for k, v in cfg.items() if k not in TRAIN_KEYS or (k in used and v is not None)}
 
 
 # ---------------------------------------------------------------- accepted values

@@ -4,7 +4,8 @@ A builder gets (cfg, input_shape, n_classes) and returns an nn.Module; `input_sh
 tabular data and (C, H, W) for images, so one model family serves every compatible dataset.
 Built in: dense (MLP), cnn (conv blocks + FC head), tabular (MLP for feature vectors) and
 resnet18 (torchvision's, from scratch / linear probe / fine-tune from a local weights file).
-A user model is reachable as `package.module:function` with the same signature.
+A user model is reachable as `package.module:function` with the same signature. `@reads(...)`
+names the training settings a builder reads (only those reach the trial's W&B config).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpsearch.config import reads
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import Registry
 
@@ -82,6 +84,7 @@ def mlp_layers(n_in: int, widths: list[int], n_out: int, cfg: dict[str, Any]) ->
 
 
 @MODELS.register("dense")
+@reads("hidden_layers", "hidden_size", "widths", "activation", "init", "batch_norm", "dropout")
 def dense(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """MLP over flattened input: depth/width or per-layer widths, activation, init, BN, dropout."""
     n_in = math.prod(input_shape)
@@ -91,6 +94,8 @@ def dense(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> 
 
 
 @MODELS.register("cnn")
+@reads("filters", "filters1", "filters2", "filters3", "kernel_size", "fc_sizes", "activation", "init",
+       "batch_norm", "dropout")
 def cnn(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Conv blocks (conv, BN?, act, 2x2 max pool, dropout) then a fully connected head."""
     if len(input_shape) != 3:
@@ -126,6 +131,7 @@ def cnn(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn
 
 
 @MODELS.register("tabular")
+@reads("hidden_layers", "hidden_size", "widths", "activation", "init", "batch_norm", "dropout")
 def tabular(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The MLP for feature vectors (CSV/NPZ tables): the dense model, refusing image input."""
     if len(input_shape) != 1:
@@ -223,6 +229,7 @@ def _adapt_conv1(weight: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 @MODELS.register("resnet18")
+@reads("mode", "weights", "stem", "input_size")
 def resnet18(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     from torchvision.models import resnet18 as tv_resnet18
 

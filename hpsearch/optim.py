@@ -2,8 +2,9 @@
 
 An optimizer builder gets (params, cfg) with cfg the trial's resolved configuration and returns a
 torch.optim.Optimizer; a user optimizer is reachable as `package.module:function` with the same
-signature. Values are read through float()/int(), so a number that YAML left as text fails here
-with the key's name rather than deep inside torch.
+signature. `@reads(...)` names the settings a builder reads (only those reach W&B). Values are
+read through float()/int(), so a number that YAML left as text fails here with the key's name
+rather than deep inside torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpsearch.config import reads
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import Registry
 
@@ -61,24 +63,28 @@ def _adam_family(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @OPTIMIZERS.register("sgd")
+@reads("lr", "weight_decay")
 def sgd(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """Plain SGD: `momentum` is ignored here (the `momentum` and `nag` optimizers use it)."""
     return torch.optim.SGD(params, **_common(cfg))
 
 
 @OPTIMIZERS.register("momentum")
+@reads("lr", "weight_decay", "momentum")
 def momentum(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum (`momentum`, 0.9 by default)."""
     return torch.optim.SGD(params, momentum=_num(cfg, "momentum"), **_common(cfg))
 
 
 @OPTIMIZERS.register("nag")
+@reads("lr", "weight_decay", "momentum")
 def nag(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """Nesterov accelerated gradient; torch refuses nesterov without momentum, so 0 means 0.9."""
     return torch.optim.SGD(params, momentum=_num(cfg, "momentum") or 0.9, nesterov=True, **_common(cfg))
 
 
 @OPTIMIZERS.register("rmsprop")
+@reads("lr", "weight_decay", "alpha", "eps")
 def rmsprop(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """RMSprop with smoothing `alpha` and no momentum (Keras' and torch's default)."""
     alpha = _num({"alpha": 0.99, **cfg}, "alpha")
@@ -86,16 +92,19 @@ def rmsprop(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
 
 
 @OPTIMIZERS.register("adam")
+@reads("lr", "weight_decay", "betas", "eps")
 def adam(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, **_adam_family(cfg))
 
 
 @OPTIMIZERS.register("nadam")
+@reads("lr", "weight_decay", "betas", "eps")
 def nadam(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.NAdam(params, **_adam_family(cfg))
 
 
 @OPTIMIZERS.register("adamw")
+@reads("lr", "weight_decay", "betas", "eps")
 def adamw(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, **_adam_family(cfg))
 
@@ -132,16 +141,19 @@ def build_loss(name: str) -> nn.Module:
 
 
 @SCHEDULES.register("none")
+@reads()
 def no_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
     return None
 
 
 @SCHEDULES.register("step")
+@reads("step_size", "gamma")
 def step_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
     return torch.optim.lr_scheduler.StepLR(opt, step_size=int(cfg["step_size"]), gamma=_num(cfg, "gamma"))
 
 
 @SCHEDULES.register("cosine")
+@reads("epochs")
 def cosine_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(cfg["epochs"])))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import netrc
 import os
 import sys
@@ -29,6 +28,7 @@ import optuna
 
 from hpsearch.spec import StudySpec
 from hpsearch.storage import mask
+from hpsearch.tracking_metrics import confusion_chart, gradient_norms
 
 log = logging.getLogger("hpsearch.tracking")
 
@@ -324,6 +324,13 @@ class WandbTracker:
     def _identity(self, attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """(run name, run config) from the trial: the resolved configuration once objective set it."""
         config = dict(attrs.get("config") or {})
+        if self.spec.objective is None and config:
+            # Only the settings this trial's model, optimizer and schedule read: an Adam run's
+            # `momentum` or a dense model's `filters` would be constant, meaningless axes in W&B's
+            # parallel coordinates and importance panels. The trial's user attrs keep them all.
+            from hpsearch.config import used_config
+
+            config = used_config(config)
         name = str(attrs.get("name") or f"trial-{self.trial.number}")
         if self.spec.repeats > 1 and "seed" in config:
             name = f"{name}_seed_{config['seed']}"  # repeats share a configuration; keep runs apart
@@ -380,43 +387,3 @@ def _is_preempted(exc: BaseException) -> bool:
         return True  # the worker hands such a trial back too
     objective = sys.modules.get("hpsearch.objective")
     return objective is not None and isinstance(exc, objective.Preempted)
-
-
-# ---------------------------------------------------------------- what is logged
-
-
-def gradient_norms(model: Any) -> dict[str, float]:
-    """L2 norm of each layer's gradient (weights and bias together) and of all of them.
-
-    Read right after the last batch's backward pass, so vanishing (-> 0) or exploding layers show
-    per layer in W&B. One device sync for the whole model.
-    """
-    import torch
-
-    squares: dict[str, Any] = {}
-    for name, p in model.named_parameters():
-        if p.grad is None:
-            continue
-        layer = name.rsplit(".", 1)[0] if "." in name else name
-        sq = p.grad.detach().float().pow(2).sum()
-        squares[layer] = squares[layer] + sq if layer in squares else sq
-    if not squares:
-        return {}
-    values = torch.stack(list(squares.values())).cpu().tolist()
-    norms = {f"grad_norm/{layer}": math.sqrt(v) for layer, v in zip(squares, values, strict=True)}
-    norms["grad_norm/total"] = math.sqrt(sum(values))
-    return norms
-
-
-def confusion_chart(matrix: list[list[int]], class_names: list[str]) -> Any:
-    """W&B's confusion-matrix chart from a matrix (wandb.plot.confusion_matrix wants every prediction)."""
-    import wandb
-
-    data = [[class_names[i], class_names[j], int(matrix[i][j])]
-            for i in range(len(matrix)) for j in range(len(matrix[i]))]
-    table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
-    return wandb.plot.plot_table(
-        "wandb/confusion_matrix/v1", table,
-        {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-        {"title": "Test confusion matrix"},
-    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from settings_alternates import ALTERNATES, read_settings
 from torch import nn
 
 from conftest import ROOT
@@ -153,3 +155,75 @@ def test_unknown_model_lists_known_names() -> None:
     with pytest.raises(HpsearchError, match=r"model 'resnt18' is not registered; known: cnn, dense, resnet18, "
                                             r"tabular \(did you mean 'resnet18'\?\)"):
         build_model(cfg(model="resnt18"), (3, 32, 32), 10)
+
+
+# ---------------------------------------------------------------- what each model reads
+#
+# The W&B config of a trial keeps only the settings its model, optimizer and schedule declare
+# (hpsearch.config.used_keys); a declaration that missed a setting would hide it there, one that
+# named an unread setting would add a meaningless axis.
+
+# A setting read only in some mode is probed in that mode too: (base, settings to change there).
+EXTRA_BASES: dict[str, list[tuple[dict[str, Any], list[str]]]] = {
+    "resnet18": [({"mode": "finetune", "weights": "/nonexistent/other.pth"}, ["weights"])],
+}
+
+
+def _model_outcome(name: str, shape: tuple[int, ...]) -> Any:
+    def outcome(c: dict[str, Any]) -> Any:
+        torch.manual_seed(0)
+        try:
+            model = build_model({**c, "model": name}, shape, 3)
+        except HpsearchError as exc:
+            return f"error: {exc}"
+        model.eval()
+        x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            out = model(x)
+        return [repr(model), *model.state_dict().values(), out]
+
+    return outcome
+
+
+def test_every_setting_has_an_alternate() -> None:
+    assert set(ALTERNATES) == set(config.TRAIN_KEYS)
+    assert all(ALTERNATES[k] != default for k, (default, _) in config.TRAIN_KEYS.items())
+
+
+@pytest.mark.parametrize("model_name", MODELS.names())
+def test_a_model_reads_exactly_the_settings_it_declares(model_name: str, one_thread: None) -> None:
+    declared = config.declared_reads(MODELS.get(model_name))
+    assert declared is not None, f"model {model_name!r} must declare what it reads with @reads(...)"
+    shape = next(s for s, _ in SHAPES.values() if compatible(model_name, s))
+    found = read_settings(_model_outcome(model_name, shape), "model", EXTRA_BASES.get(model_name, []))
+    assert found == declared, f"reads but does not declare: {sorted(found - declared)}; " \
+                              f"declares but does not read: {sorted(declared - found)}"
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Dozens of tiny builds: one thread each is faster than two that contend on a busy machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_used_config_keeps_what_the_model_and_optimizer_read() -> None:
+    cfg = {**config.defaults(), "model": "dense", "optimizer": "adam", "seed": 3, "dataset": {"name": "digits"}}
+    used = config.used_config(cfg)
+    assert {"hidden_size", "dropout", "lr", "betas", "eps", "epochs", "seed", "dataset"} <= set(used)
+    assert not {"momentum", "alpha", "filters", "kernel_size", "fc_sizes", "step_size", "gamma", "stem"} & set(used)
+    assert "widths" not in used  # None: not set
+    cnn_sgd = config.used_config({**cfg, "model": "cnn", "optimizer": "momentum", "schedule": "step"})
+    assert {"filters", "kernel_size", "momentum", "step_size", "gamma"} <= set(cnn_sgd)
+    assert not {"hidden_size", "betas", "eps", "alpha"} & set(cnn_sgd)
+    # A plugin that does not declare what it reads keeps every setting (nothing used is hidden).
+    plugin = config.used_config({**cfg, "model": "hps_catalogue_plugins:tiny_model"})
+    assert {k for k, v in plugin.items() if v is not None} >= {k for k, v in cfg.items() if v is not None}
+
+
+def test_reads_refuses_an_unknown_setting() -> None:
+    assert config.declared_reads(config.reads("lr", "dropout")(lambda: None)) == {"lr", "dropout"}
+    with pytest.raises(ValueError, match=r"must name training settings.*\['hidden_sise'\]"):
+        config.reads("hidden_sise")

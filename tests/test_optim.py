@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from settings_alternates import read_settings
 from torch import nn
 
 from conftest import ROOT
@@ -121,3 +123,64 @@ def test_schedules_shape() -> None:
     assert cosine[2] == pytest.approx(0.5) and cosine[3] < 0.2
     with pytest.raises(HpsearchError, match="schedule 'cosin' is not registered; known: cosine, none, step"):
         _lrs({"schedule": "cosin"}, 1)
+
+
+# ---------------------------------------------------------------- what each builder reads
+#
+# Only the settings an optimizer or schedule declares reach the trial's W&B config
+# (hpsearch.config.used_keys): each must read exactly what it declares.
+
+
+def _optimizer_outcome(name: str) -> Any:
+    def outcome(c: dict[str, Any]) -> Any:
+        model, x, y = _problem()
+        try:
+            opt = build_optimizer(model.parameters(), {**c, "optimizer": name})
+        except HpsearchError as exc:
+            return f"error: {exc}"
+        groups = [repr(sorted((k, v) for k, v in g.items() if k != "params")) for g in opt.param_groups]
+        for _ in range(2):  # what the step does with them
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [*groups, *model.parameters()]
+
+    return outcome
+
+
+def _schedule_outcome(name: str) -> Any:
+    def outcome(c: dict[str, Any]) -> Any:
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        sched = build_schedule(opt, {**c, "schedule": name})
+        lrs = []
+        for _ in range(12):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None:
+                sched.step()
+        return lrs
+
+    return outcome
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Dozens of tiny steps: one thread each is faster than two that contend on a busy machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_an_optimizer_reads_exactly_the_settings_it_declares(name: str, one_thread: None) -> None:
+    declared = config.declared_reads(OPTIMIZERS.get(name))
+    assert declared is not None, f"optimizer {name!r} must declare what it reads with @reads(...)"
+    assert read_settings(_optimizer_outcome(name), "optimizer") == declared
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_a_schedule_reads_exactly_the_settings_it_declares(name: str) -> None:
+    declared = config.declared_reads(SCHEDULES.get(name))
+    assert declared is not None, f"schedule {name!r} must declare what it reads with @reads(...)"
+    assert read_settings(_schedule_outcome(name), "schedule") == declared

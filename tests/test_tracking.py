@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
-from hpsearch import tracking
+from hpsearch import config, tracking, tracking_metrics
 from hpsearch.spec import spec_from_dict
 
 # ---------------------------------------------------------------- reading W&B run files
@@ -123,6 +123,9 @@ def test_offline_runs_of_a_study_hold_epochs_config_and_final_state(tmp_path: Pa
         assert run["config"]["study"] == name
         assert run["config"]["lr"] == trials[number].params["lr"]  # the resolved configuration
         assert run["config"]["hidden_size"] == 16 and run["config"]["dataset"]["name"] == "digits"
+        # Only what a dense model, Adam and no schedule read (no momentum, alpha, filters, step_size ...).
+        settings = {k for k in run["config"] if k in config.TRAIN_KEYS}
+        assert settings == DENSE_ADAM, (sorted(settings - DENSE_ADAM), sorted(DENSE_ADAM - settings))
         assert {"hpsearch", "ci"} <= set(run["tags"])
 
     done = runs[0]
@@ -131,7 +134,8 @@ def test_offline_runs_of_a_study_hold_epochs_config_and_final_state(tmp_path: Pa
     for h in epochs:
         assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time", "grad_norm/total"} <= set(h)
         layers = [k for k in h if k.startswith("grad_norm/") and k != "grad_norm/total"]
-        assert len(layers) >= 2 and all(h[k] >= 0 for k in layers)  # one per layer
+        assert sorted(layers) == ["grad_norm/linear1", "grad_norm/linear2"]  # named, one per layer
+        assert all(h[k] >= 0 for k in layers)
     assert done["summary"]["state"] == "complete" and done["exit_code"] == 0
     assert done["summary"]["test/acc"] == pytest.approx(trials[0].user_attrs["test_acc"])
     assert done["summary"]["test/confusion"] == trials[0].user_attrs["confusion_matrix"]
@@ -149,6 +153,48 @@ def test_offline_runs_of_a_study_hold_epochs_config_and_final_state(tmp_path: Pa
     failed = runs[2]
     assert failed["summary"]["state"].startswith("failed: Divergent"), failed["summary"]
     assert failed["exit_code"] == 1 and "failed" in failed["tags"]
+
+
+# The training loop's settings plus what the dense model and Adam declare; `widths` is unset (None).
+DENSE_ADAM = {"model", "optimizer", "loss", "schedule", "epochs", "batch_size", "augment", "grad_clip", "patience",
+              "hidden_layers", "hidden_size", "activation", "init", "batch_norm", "dropout",
+              "lr", "weight_decay", "betas", "eps"}
+
+
+def test_a_cnn_momentum_run_gets_its_own_settings_and_named_layer_norms(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # One real offline run written in this process, for the model/optimizer pair the worker test lacks.
+    from hpsearch.models import build_model
+    from hpsearch.objective import resolve_config
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    # wandb.init exports its in-process service's address; the worker processes later tests start
+    # must not inherit it (monkeypatch removes what it set at teardown).
+    for var in ("WANDB_SERVICE", "WANDB_SILENT"):
+        monkeypatch.delenv(var, raising=False)
+    spec = spec_from_dict(tracked_spec("wb-cnn", train={"model": "cnn", "optimizer": "momentum", "schedule": "step",
+                                                        "filters": [4, 8], "fc_sizes": [8]}, space={}))
+    trial = optuna.create_study(study_name="wb-cnn").ask()
+    cfg = resolve_config(spec, {})
+    trial.set_user_attr("config", {**cfg, "seed": 0, "dataset": spec.dataset})
+    tracker = tracking.start_run(trial, spec, {})
+    assert tracker is not None
+    model = build_model(cfg, (1, 8, 8), 10)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.arange(4)).backward()
+    tracker.log_epoch({"epoch": 1, "train_loss": 1.0, "val_acc": 0.5}, model)
+    tracker.finish()
+    import wandb
+
+    wandb.teardown()  # the service this process started
+
+    (run,) = offline_runs(tmp_path)
+    settings = {k for k in run["config"] if k in config.TRAIN_KEYS}
+    assert {"filters", "kernel_size", "fc_sizes", "momentum", "step_size", "gamma", "lr"} <= settings
+    assert not {"betas", "eps", "alpha", "hidden_size", "hidden_layers", "stem", "mode"} & settings
+    assert run["config"]["seed"] == 0 and run["config"]["dataset"]["name"] == "digits"
+    (h,) = [h for h in run["history"] if "epoch" in h]
+    assert {k for k in h if k.startswith("grad_norm/")} == {
+        "grad_norm/conv1", "grad_norm/conv2", "grad_norm/linear1", "grad_norm/linear2", "grad_norm/total"}
 
 
 def _storage(url: str) -> Any:
@@ -268,13 +314,30 @@ def test_gradient_norms_are_per_layer() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
     for p in model.parameters():
         p.grad = torch.full_like(p, 2.0)
-    norms = tracking.gradient_norms(model)
-    # layer 0: 6 weights + 2 biases of value 2 -> sqrt(8 * 4); layer 2: 2 + 1 -> sqrt(3 * 4)
-    assert norms["grad_norm/0"] == pytest.approx((8 * 4) ** 0.5)
-    assert norms["grad_norm/2"] == pytest.approx((3 * 4) ** 0.5)
+    norms = tracking_metrics.gradient_norms(model)
+    # linear1: 6 weights + 2 biases of value 2 -> sqrt(8 * 4); linear2: 2 + 1 -> sqrt(3 * 4)
+    assert set(norms) == {"grad_norm/linear1", "grad_norm/linear2", "grad_norm/total"}  # not grad_norm/0
+    assert norms["grad_norm/linear1"] == pytest.approx((8 * 4) ** 0.5)
+    assert norms["grad_norm/linear2"] == pytest.approx((3 * 4) ** 0.5)
     assert norms["grad_norm/total"] == pytest.approx((11 * 4) ** 0.5)
 
 
+def test_layer_names_count_kinds_in_order_and_keep_named_paths() -> None:
+    seq = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(),
+                              torch.nn.Conv2d(2, 2, 3), torch.nn.Flatten(),
+                              torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2)))
+    assert tracking_metrics.layer_names(seq) == {"0": "conv1", "1": "batchnorm1", "3": "conv2", "5.0": "linear1",
+                                         "5.1": "linear2"}
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Linear(2, 2))
+            self.head = torch.nn.Linear(2, 2)
+
+    assert tracking_metrics.layer_names(Named()) == {"features.0": "features.0", "head": "head"}
+
+
 def test_gradient_norms_of_a_model_without_gradients_are_empty() -> None:
-    assert tracking.gradient_norms(torch.nn.Linear(2, 2)) == {}
+    assert tracking_metrics.gradient_norms(torch.nn.Linear(2, 2)) == {}
 
