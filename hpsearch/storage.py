@@ -89,6 +89,8 @@ def open_storage(
     """Open the storage; `create` allows creating a journal file or database tables."""
     url = shown = resolve_url(url)
     k = kind(url)
+    if k == "sqlite":
+        _warn_sqlite(url)
     try:
         if k == "journal":
             from hpsearch.journal import SafeJournalFileBackend
@@ -145,6 +147,18 @@ def open_storage(
         raise
     except Exception as exc:  # sqlalchemy/grpc raise many types; all mean "cannot use this storage"
         raise StorageUnavailable(f"cannot open storage {mask(shown)}: {_reason(exc)}") from None
+
+
+_SQLITE_WARNED: list[bool] = []  # once per process: status --watch or a worker opens it again and again
+
+
+def _warn_sqlite(url: str) -> None:
+    if _SQLITE_WARNED:
+        return
+    _SQLITE_WARNED.append(True)
+    log.warning("storage %s is SQLite, which has no row locks: two workers can take the same waiting "
+                "trial, and it locks up under concurrent writes; use the journal file (the default) on one "
+                "machine or PostgreSQL (README: Storage)", mask(url))
 
 
 def _bounded_transactions(storage: ResilientRDBStorage) -> ResilientRDBStorage:

@@ -143,3 +143,21 @@ def test_status_watch_rejects_a_bad_interval(journal_url: str) -> None:
     study, _ = _grid_study(journal_url, n=1)
     proc = run_cli("status", study.study_name, "--storage", journal_url, "--watch", "--interval", "0")
     assert proc.returncode == 2 and "--interval must be > 0" in proc.stderr
+
+
+# ---------------------------------------------------------------- storage warnings
+
+
+def test_a_sqlite_storage_is_warned_about_once_per_command(tmp_path: Path, journal_url: str) -> None:
+    """README (Storage): SQLite has no row locks, so two workers can take the same trial."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    name = unique("sq")
+    runs = [run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name))), "--storage", url),
+            run_cli("status", name, "--storage", url), run_cli("list", "--storage", url)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if "SQLite" in ln]
+        assert len(lines) == 1, proc.stderr  # one line, however often the command opens the storage
+        assert "no row locks" in lines[0] and "same waiting trial" in lines[0] and "PostgreSQL" in lines[0]
+    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(unique("j")))), "--storage", journal_url, check=True)
+    assert "SQLite" not in run_cli("list", "--storage", journal_url).stderr
