@@ -92,6 +92,56 @@ def evaluate(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, 
 
 
 def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
+    r = start(trial, spec, ctx)
+    for epoch in range(r.start_epoch + 1, r.epochs + 1):
+        t0 = time.monotonic()
+        sums = train_epoch(r, epoch)
+        if end_epoch(r, epoch, *sums, t0):
+            break
+    return finish(r)
+
+
+@dataclass
+class TrialRun:
+    """One trial's training in progress: what start() built and what each epoch updates.
+
+    The fused path (hpsearch.fused) holds one per member and calls the same start/end_epoch/finish,
+    so a fused member reports, prunes, checkpoints and tests exactly as a trial trained alone.
+    """
+
+    trial: optuna.Trial
+    spec: StudySpec
+    ctx: Context
+    cfg: dict[str, Any]
+    seed: int
+    gen: torch.Generator  # batch order and augmentation; the global RNG drives dropout
+    data: data_mod.Data
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    loss_fn: torch.nn.Module
+    state: dict[str, Any]
+    best_state: dict[str, Any] | None
+    start_epoch: int
+    dropout_rng: torch.Generator | None = None  # a fused member's own; None: torch's global generator
+    t_start: float = field(default_factory=time.monotonic)
+    last_ckpt: float = field(default_factory=time.monotonic)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.cfg["epochs"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cfg["batch_size"])
+
+    @property
+    def metric_key(self) -> str:
+        return self.spec.metric  # val_acc | val_loss
+
+
+def start(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> TrialRun:
+    """Configuration, build and (for a retry) resume: everything before the first epoch."""
     # --- configuration ------------------------------------------------------------------
     params = space_mod.suggest(trial, spec.space)
     seed = int(trial.user_attrs.get("seed", spec.seed))
@@ -112,9 +162,6 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     loss_fn = build_loss(cfg["loss"])
     attrs["n_parameters"] = count_parameters(model)
     set_user_attrs(trial, attrs)
-    epochs, batch_size = int(cfg["epochs"]), int(cfg["batch_size"])
-    maximize = spec.direction == "maximize"
-    metric_key = spec.metric  # val_acc | val_loss
 
     # --- resume ------------------------------------------------------------------------
     state = {"epoch": 0, "curve": [], "best": None, "best_epoch": None, "stale": 0}
@@ -133,94 +180,124 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
             state = ck["state"]
             trial.set_user_attr("resumed_from_epoch", state["epoch"])
             for rec in state["curve"]:  # the retry carries the whole learning curve
-                trial.report(rec[metric_key], rec["epoch"])
+                trial.report(rec[spec.metric], rec["epoch"])
             ctx.progress(f"resumed from epoch {state['epoch']} checkpoint")
-    start_epoch = state["epoch"]
+    return TrialRun(trial=trial, spec=spec, ctx=ctx, cfg=cfg, seed=seed, gen=gen, data=data, model=model,
+                    optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, state=state, best_state=best_state,
+                    start_epoch=int(state["epoch"]))
 
-    # --- train ---------------------------------------------------------------------------
-    t_start = last_ckpt = time.monotonic()
-    for epoch in range(start_epoch + 1, epochs + 1):
-        t0 = time.monotonic()
-        model.train()
-        # Sums stay on the device: a float()/int() per step would sync the GPU every batch.
-        tr_loss = torch.zeros((), device=ctx.device)
-        tr_correct = torch.zeros((), dtype=torch.long, device=ctx.device)
-        seen = 0
-        for xb, yb in data_mod.batches(data.x_train, data.y_train, batch_size, gen):
-            if ctx.should_stop():
-                raise Preempted(f"stopped during epoch {epoch}; resumes from epoch {state['epoch']}")
-            if cfg.get("augment"):
-                xb = data_mod.augment(xb, gen, cfg["augment"])
-            optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            if cfg.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
-            optimizer.step()
-            tr_loss += loss.detach() * len(yb)
-            tr_correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-        if not torch.isfinite(tr_loss):
-            raise Divergent(f"loss became {float(tr_loss / max(1, seen))} at epoch {epoch}")
-        tr_loss, tr_correct = float(tr_loss), int(tr_correct)
-        lr = optimizer.param_groups[0]["lr"]
-        if schedule is not None:
-            schedule.step()
-        val = evaluate(model, loss_fn, data.x_val, data.y_val, batch_size, data.n_classes)
-        if not math.isfinite(val["loss"]):
-            raise Divergent(f"validation loss became {val['loss']} at epoch {epoch}")
-        rec = {
-            "epoch": epoch, "train_loss": tr_loss / max(1, seen), "train_acc": tr_correct / max(1, seen),
-            "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "epoch_time": time.monotonic() - t0,
-        }
-        state["curve"].append(rec)
-        state["epoch"] = epoch
-        value = rec[metric_key]
-        improved = state["best"] is None or (value > state["best"] if maximize else value < state["best"])
-        if improved:
-            state["best"], state["best_epoch"], state["stale"] = value, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            state["stale"] += 1
-        set_user_attrs(trial, {"curve": state["curve"], "epochs_trained": epoch - start_epoch})
-        if ctx.tracker is not None:
-            ctx.tracker.log_epoch(rec, model)
-        ctx.progress(
-            f"epoch {epoch}/{epochs} train_loss {rec['train_loss']:.4f} val_loss {rec['val_loss']:.4f} "
-            f"val_acc {rec['val_acc']:.4f} ({rec['epoch_time']:.1f}s)"
-        )
 
-        # --- report, prune, checkpoint, stop early ---------------------------------------
-        trial.report(value, epoch)
-        # A repeat (`hpsearch repeat`) re-measures a chosen configuration on a new seed: pruning it
-        # would bias the very comparison it runs for, so it trains to the end (still reporting).
-        if not trial.user_attrs.get("is_repeat") and trial.should_prune():
-            trial.set_user_attr("pruned_at_epoch", epoch)
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({metric_key}={value:.4f})")
-        # Checkpoint at most every `checkpoint_every` seconds: a resume loses at most that much,
-        # and short epochs do not pay a disk write and a database row each.
-        if ctx.artifact_store is not None and epoch < epochs and time.monotonic() - last_ckpt >= ctx.checkpoint_every:
-            save_checkpoint(ctx, trial, model, optimizer, schedule, gen, state, best_state)
-            last_ckpt = time.monotonic()
-        patience = int(cfg.get("patience") or 0)
-        if patience and state["stale"] >= patience:
-            trial.set_user_attr("early_stopped_at_epoch", epoch)
-            break
+def train_epoch(r: TrialRun, epoch: int) -> tuple[float, int, int]:
+    """One epoch of training alone: (summed loss, correct predictions, examples seen)."""
+    model, optimizer, cfg = r.model, r.optimizer, r.cfg
+    model.train()
+    # Sums stay on the device: a float()/int() per step would sync the GPU every batch.
+    tr_loss = torch.zeros((), device=r.ctx.device)
+    tr_correct = torch.zeros((), dtype=torch.long, device=r.ctx.device)
+    seen = 0
+    for xb, yb in data_mod.batches(r.data.x_train, r.data.y_train, r.batch_size, r.gen):
+        if r.ctx.should_stop():
+            raise Preempted(f"stopped during epoch {epoch}; resumes from epoch {r.state['epoch']}")
+        if cfg.get("augment"):
+            xb = data_mod.augment(xb, r.gen, cfg["augment"])
+        optimizer.zero_grad(set_to_none=True)
+        out = model(xb)
+        loss = r.loss_fn(out, yb)
+        loss.backward()
+        if cfg.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+        optimizer.step()
+        tr_loss += loss.detach() * len(yb)
+        tr_correct += (out.detach().argmax(1) == yb).sum()
+        seen += len(yb)
+    return float(tr_loss), int(tr_correct), seen
 
-    # --- test (only now, with the weights of the best validation epoch) -------------------
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    test = evaluate(model, loss_fn, data.x_test, data.y_test, batch_size, data.n_classes, confusion=True)
-    best_rec = next((r for r in state["curve"] if r["epoch"] == state["best_epoch"]), state["curve"][-1])
-    set_user_attrs(trial, {
+
+def end_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen: int, t0: float,
+              val: dict[str, Any] | None = None) -> bool:
+    """Validate, record, report, prune, checkpoint: after the epoch's last step. True: stop early.
+
+    Raises Divergent or optuna.TrialPruned. `val` is the validation result when the caller already
+    has it (the fused path evaluates every member in one pass).
+    """
+    trial, spec, ctx, model, state = r.trial, r.spec, r.ctx, r.model, r.state
+    if not math.isfinite(tr_loss):
+        raise Divergent(f"loss became {tr_loss / max(1, seen)} at epoch {epoch}")
+    lr = r.optimizer.param_groups[0]["lr"]
+    if r.schedule is not None:
+        r.schedule.step()
+    if val is None:
+        val = evaluate(model, r.loss_fn, r.data.x_val, r.data.y_val, r.batch_size, r.data.n_classes)
+    if not math.isfinite(val["loss"]):
+        raise Divergent(f"validation loss became {val['loss']} at epoch {epoch}")
+    rec = {
+        "epoch": epoch, "train_loss": tr_loss / max(1, seen), "train_acc": tr_correct / max(1, seen),
+        "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "epoch_time": time.monotonic() - t0,
+    }
+    state["curve"].append(rec)
+    state["epoch"] = epoch
+    value = rec[r.metric_key]
+    maximize = spec.direction == "maximize"
+    improved = state["best"] is None or (value > state["best"] if maximize else value < state["best"])
+    if improved:
+        state["best"], state["best_epoch"], state["stale"] = value, epoch, 0
+        r.best_state = snapshot(model)
+    else:
+        state["stale"] += 1
+    set_user_attrs(trial, {"curve": state["curve"], "epochs_trained": epoch - r.start_epoch})
+    if ctx.tracker is not None:
+        ctx.tracker.log_epoch(rec, model)
+    ctx.progress(
+        f"epoch {epoch}/{r.epochs} train_loss {rec['train_loss']:.4f} val_loss {rec['val_loss']:.4f} "
+        f"val_acc {rec['val_acc']:.4f} ({rec['epoch_time']:.1f}s)"
+    )
+
+    # --- report, prune, checkpoint, stop early ---------------------------------------
+    trial.report(value, epoch)
+    # A repeat (`hpsearch repeat`) re-measures a chosen configuration on a new seed: pruning it
+    # would bias the very comparison it runs for, so it trains to the end (still reporting).
+    if not trial.user_attrs.get("is_repeat") and trial.should_prune():
+        trial.set_user_attr("pruned_at_epoch", epoch)
+        raise optuna.TrialPruned(f"pruned at epoch {epoch} ({r.metric_key}={value:.4f})")
+    # Checkpoint at most every `checkpoint_every` seconds: a resume loses at most that much,
+    # and short epochs do not pay a disk write and a database row each.
+    if ctx.artifact_store is not None and epoch < r.epochs and time.monotonic() - r.last_ckpt >= ctx.checkpoint_every:
+        save_checkpoint(ctx, trial, model, r.optimizer, r.schedule, r.gen, state, r.best_state,
+                        r.dropout_rng.get_state if r.dropout_rng is not None else None)
+        r.last_ckpt = time.monotonic()
+    patience = int(r.cfg.get("patience") or 0)
+    if patience and state["stale"] >= patience:
+        trial.set_user_attr("early_stopped_at_epoch", epoch)
+        return True
+    return False
+
+
+def finish(r: TrialRun) -> float:
+    """The test evaluation, only now and with the weights of the best validation epoch."""
+    model, data, state = r.model, r.data, r.state
+    if r.best_state is not None:
+        model.load_state_dict(r.best_state)
+    test = evaluate(model, r.loss_fn, data.x_test, data.y_test, r.batch_size, data.n_classes, confusion=True)
+    best_rec = next((x for x in state["curve"] if x["epoch"] == state["best_epoch"]), state["curve"][-1])
+    set_user_attrs(r.trial, {
         "val_acc": best_rec["val_acc"], "val_loss": best_rec["val_loss"], "best_epoch": state["best_epoch"],
         "test_acc": test["acc"], "test_loss": test["loss"], "confusion_matrix": test["confusion"],
-        "train_time_s": time.monotonic() - t_start,
+        "train_time_s": time.monotonic() - r.t_start,
     })
-    if ctx.tracker is not None:
-        ctx.tracker.log_test(test, data.class_names)
-    return float(best_rec[metric_key])
+    if r.ctx.tracker is not None:
+        r.ctx.tracker.log_test(test, data.class_names)
+    return float(best_rec[r.metric_key])
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, Any]:
+    """A compact copy of the model's state. Cloned, not deep-copied: a fused member's tensors are
+    views into its group's stacked storage, and deepcopy (and torch.save) would copy all of it."""
+    state = model.state_dict()
+    copy_ = type(state)((k, v.detach().clone()) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)  # load_state_dict reads the modules' versions from it
+    if metadata is not None:
+        copy_._metadata = metadata  # type: ignore[attr-defined]
+    return copy_
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -233,11 +310,14 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
 
 
 def save_checkpoint(ctx: Context, trial: optuna.Trial, model: torch.nn.Module, optimizer: Any, schedule: Any,
-                    gen: torch.Generator, state: dict[str, Any], best_state: dict[str, Any] | None) -> None:
+                    gen: torch.Generator, state: dict[str, Any], best_state: dict[str, Any] | None,
+                    torch_rng: Callable[[], torch.Tensor] | None = None) -> None:
+    """`torch_rng` reads the state of the generator that draws dropout (default: torch's global one,
+    which a trial trained alone uses; a fused member has its own)."""
     blob = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": snapshot(model), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict() if schedule is not None else None,
-        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "generator": gen.get_state(), "torch_rng": (torch_rng or torch.get_rng_state)(),
         "state": copy.deepcopy(state), "best_state": best_state,
     }
     previous = trial.user_attrs.get(CHECKPOINT)
