@@ -14,6 +14,7 @@ import random
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -497,6 +498,85 @@ def _claim_rdb(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
         return None
 
     return with_reconnect(attempt_postgres if postgres else attempt)()
+
+
+GROUP_WINDOW = 512  # waiting trials (oldest first) searched for a claimed trial's fusion partners
+
+
+def claim_group(study: optuna.Study, first: optuna.Trial, k: int,
+                key: Callable[[FrozenTrial], str | None]) -> list[optuna.Trial]:
+    """After claim(): `first` and up to k-1 more waiting trials with the same fusion key.
+
+    `key` sees a waiting trial's fixed parameters (system attr fixed_params) and says what shapes
+    its computation; None means "never fused" (a sampled ticket, whose parameters the sampler has
+    not chosen yet, or a model the fused trainer does not run). Each partner is taken with the
+    same compare-and-set as claim(), so a trial is never claimed twice; fewer partners (or none)
+    when other workers got there first.
+    """
+    want = key(study._storage.get_trial(first._trial_id)) if k > 1 else None
+    if want is None:
+        return [first]
+    storage = study._storage
+    rdb = _rdb(storage)
+    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+        ids = _claim_partners_postgres(rdb, study._study_id, want, key, k - 1)
+        if rdb is not storage:
+            for trial_id in ids:
+                _cache_claimed(storage, study._study_id, rdb.get_trial(trial_id))
+    else:  # journal, SQLite, gRPC proxy: the storage's own compare-and-set, one trial at a time
+        ids = []
+        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for frozen in waiting[:GROUP_WINDOW]:
+            if len(ids) == k - 1:
+                break
+            if frozen._trial_id == first._trial_id or key(frozen) != want:
+                continue
+            try:
+                if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    ids.append(frozen._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # finished by someone else since the list was read
+    return [first] + [optuna.Trial(study, trial_id) for trial_id in ids]
+
+
+def _claim_partners_postgres(rdb: optuna.storages.RDBStorage, study_id: int, want: str,
+                             key: Callable[[FrozenTrial], str | None], n: int) -> list[int]:
+    import json
+
+    import sqlalchemy as sa
+
+    from hpsearch.storage import with_reconnect
+
+    def attempt() -> list[int]:
+        # Candidates: the oldest waiting trials' fixed parameters, filtered by key here.
+        with rdb.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT t.trial_id, a.value_json FROM trials t JOIN trial_system_attributes a "
+                "ON a.trial_id = t.trial_id AND a.key = 'fixed_params' "
+                "WHERE t.study_id = :s AND t.state = 'WAITING' ORDER BY t.number LIMIT :w"),
+                {"s": study_id, "w": GROUP_WINDOW}).all()
+        matching = [int(r[0]) for r in rows if key(_waiting_template(json.loads(r[1]))) == want]
+        if not matching:
+            return []
+        # One statement, as claim(): the row locks skip partners another worker is claiming right
+        # now and the state test makes each a compare-and-set. Heartbeats start in the same transaction.
+        with rdb.engine.begin() as conn:
+            got = [int(r[0]) for r in conn.execute(sa.text(
+                "UPDATE trials SET state = 'RUNNING', datetime_start = :now WHERE trial_id = ANY("
+                "SELECT trial_id FROM trials WHERE trial_id = ANY(:ids) AND state = 'WAITING' ORDER BY number "
+                "LIMIT :n FOR UPDATE SKIP LOCKED) AND state = 'WAITING' RETURNING trial_id"),
+                {"ids": matching, "n": n, "now": datetime.now()}).all()]
+            if rdb.heartbeat_interval:
+                for trial_id in got:
+                    conn.execute(HEARTBEAT, {"t": trial_id})
+        return got
+
+    return with_reconnect(attempt)()
+
+
+def _waiting_template(fixed_params: dict[str, Any]) -> FrozenTrial:
+    """What a fusion key reads of a waiting trial, without loading the whole trial."""
+    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": fixed_params})
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
