@@ -23,7 +23,7 @@ from hpsearch.registry import is_plugin_ref
 
 TOP_KEYS = {
     "name", "description", "metric", "direction", "sampler", "pruner", "repeats", "seed",
-    "budget", "dataset", "train", "space", "objective", "tracking",
+    "budget", "dataset", "train", "space", "objective", "tracking", "fuse",
 }
 PARAM_KEYS = {"choices", "low", "high", "log", "step", "type", "when"}
 BUILTIN_METRICS = {"val_acc", "val_loss"}
@@ -92,6 +92,7 @@ class StudySpec:
     objective: str | None
     tracking: dict[str, Any] | None
     description: str = ""
+    fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.fused); None: its default
 
     @property
     def is_grid(self) -> bool:
@@ -114,6 +115,8 @@ class StudySpec:
             "space": {n: p.to_dict() for n, p in self.space.items()},
             "objective": self.objective,
             "tracking": self.tracking,
+            # Only when set: a spec without it keeps the hash it had before the field existed.
+            **({"fuse": self.fuse} if self.fuse is not None else {}),
         }
 
     def hash(self) -> str:
@@ -352,6 +355,12 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
         err("tracking", f"must be none, wandb or a mapping, but got {tracking=}")
         tracking = None
 
+    fuse = raw.get("fuse")
+    if fuse is not None and (not _is_int(fuse) or not 1 <= fuse <= 64):
+        err("fuse", f"must be an integer in [1, 64] (trials trained as one fused model), but got fuse={_short(fuse)}")
+    elif fuse is not None and fuse > 1 and not builtin:
+        err("fuse", f"must be 1 or absent with a user objective (only the built-in trainer fuses trials), but got {fuse=}")
+
     if builtin and not problems:
         _check_registry_names(dataset, train, space, err)
 
@@ -361,7 +370,7 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
         name=name, metric=metric, direction=direction, sampler=sampler, pruner=pruner,
         repeats=int(repeats), seed=int(seed), budget_trials=budget_trials, wall_clock=wall_clock,
         dataset=dataset, train=dict(train), space=space, objective=objective, tracking=tracking,
-        description=str(raw.get("description", "") or ""),
+        description=str(raw.get("description", "") or ""), fuse=fuse,
     )
 
 

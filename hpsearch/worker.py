@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class Options:
     checkpoint_every: float = 30.0
     quiet: bool = False
     tracking: dict[str, Any] = field(default_factory=dict)
+    fuse: int | None = None  # trials trained as one fused model (None: $HPSEARCH_FUSE, the spec, the default)
 
 
 @dataclass
@@ -104,6 +106,7 @@ def run_worker(opts: Options) -> int:
     my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
     ctx = _context(spec, opts, url, out, study.user_attrs.get(study_mod.ARTIFACTS_ATTR))
+    fuse = None  # user objectives run one trial at a time
     if spec.objective is not None:
         # A plugin that does not import would fail every trial it is given: stop before claiming.
         from hpsearch.registry import load_plugin
@@ -115,6 +118,7 @@ def run_worker(opts: Options) -> int:
         from hpsearch import data as data_mod
 
         data_mod.load(spec.dataset, ctx["device"])
+        fuse = _fusion(spec, opts, ctx["device"], out)
     chunk = study_mod.issue_chunk(storage) or 1
     lock = StudyLock(study, url)
     reaper = Reaper(study, lock, default_interval=opts.heartbeat, log=out)
@@ -173,19 +177,27 @@ def run_worker(opts: Options) -> int:
                 continue
             idle_rounds = 0
 
-            # --- run ------------------------------------------------------------------------
-            state = _run_one(study, trial, spec, ctx, opts, out)
-            summary.states[state] += 1
-            if state == "failed":
-                failures_in_row += 1
-                if failures_in_row >= opts.max_failures:
-                    summary.reason = (f"stopping: {failures_in_row} trials failed in a row on this worker "
-                                      "(a broken node or a bug?); see fail_reason of the trials")
-                    say(summary.line(wid))
-                    _ignore_signals()
-                    return 1
-            elif state != "preempted":
-                failures_in_row = 0
+            # --- run (alone, or fused with compatible waiting trials) -------------------------
+            group = [trial]
+            if fuse is not None:
+                left = opts.n_trials - sum(summary.states.values()) if opts.n_trials is not None else fuse.k
+                group = study_mod.claim_group(study, trial, min(fuse.k, left), fuse.key)
+            if len(group) > 1:
+                states = fuse.run_group(study, group, spec, ctx, opts, out)
+            else:
+                states = [_run_one(study, trial, spec, ctx, opts, out)]
+            for state in states:
+                summary.states[state] += 1
+                if state == "failed":
+                    failures_in_row += 1
+                elif state != "preempted":
+                    failures_in_row = 0
+            if failures_in_row >= opts.max_failures:
+                summary.reason = (f"stopping: {failures_in_row} trials failed in a row on this worker "
+                                  "(a broken node or a bug?); see fail_reason of the trials")
+                say(summary.line(wid))
+                _ignore_signals()
+                return 1
     except KeyError:
         _check_study(study)
         raise
@@ -194,6 +206,17 @@ def run_worker(opts: Options) -> int:
     say(summary.line(wid))
     _ignore_signals()
     return 0
+
+
+def _fusion(spec: StudySpec, opts: Options, device: Any, out: Any) -> Any:
+    """The built-in trainer's fusion (hpsearch.fused.Fusion), or None when it trains one trial at a time."""
+    from hpsearch import fused
+
+    k = fused.group_size(spec, opts.fuse, device)
+    if k <= 1:
+        return None
+    out(f"fusing up to {k} compatible trials per model (fixed-parameter trials: grid points, seeds, retries)")
+    return fused.Fusion(spec, device, k)
 
 
 def _check_study(study: optuna.Study) -> None:
@@ -252,10 +275,8 @@ _CURRENT: dict[str, Any] = {}
 
 
 def _hard_exit() -> None:
-    cur = _CURRENT.get("trial")
-    if cur is not None:
+    for study, trial in list(_CURRENT.values()):  # every member of a fused group
         try:
-            study, trial = cur
             fail_and_requeue(study, trial._trial_id, "preempted (stop timeout)")
         except Exception:  # noqa: BLE001 - exiting anyway; heartbeat recovery still applies
             pass
@@ -264,14 +285,30 @@ def _hard_exit() -> None:
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options,
              out: Any) -> str:
-    from hpsearch.storage import storage_seconds
-    from hpsearch.study import BEAT_INTERVAL, FAIL_REASON, WORKER
-
     label = f"trial {trial.number}"
+    timing = _begin(study, trial, ctx, opts)
+    try:
+        with Heartbeat(study, trial._trial_id, opts.heartbeat):
+            try:
+                value = _objective(trial, spec, ctx, opts, lambda msg: out(f"[{label}] {msg}"))
+            except BaseException as exc:
+                return _ended(study, trial, exc, timing, ctx, out)
+            finally:
+                _CURRENT.pop(trial._trial_id, None)
+        return _completed(study, trial, spec, value, timing, ctx, out)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return _dropped(label, out)
+
+
+def _begin(study: optuna.Study, trial: optuna.Trial, ctx: dict[str, Any], opts: Options) -> Callable[[], dict[str, Any]]:
+    """Mark the trial as this worker's; returns its timing attributes, read when it ends."""
+    from hpsearch.storage import storage_seconds
+    from hpsearch.study import BEAT_INTERVAL, WORKER
+
     service0 = storage_seconds()
     study_mod.set_user_attrs(trial, {WORKER: study_mod.worker_id(), BEAT_INTERVAL: opts.heartbeat,
                                      "device": str(ctx["device"])})
-    _CURRENT["trial"] = (study, trial)
+    _CURRENT[trial._trial_id] = (study, trial)
     t0 = time.monotonic()
 
     def timing() -> dict[str, Any]:
@@ -279,49 +316,60 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dic
         return {"duration_s": time.monotonic() - t0, "device": str(ctx["device"]),
                 "service_s": storage_seconds() - service0 + ctx.get("claim_s", 0.0)}
 
+    return timing
+
+
+def _ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: Callable[[], dict[str, Any]],
+           ctx: dict[str, Any], out: Any) -> str:
+    """A trial whose training raised `exc`: pruned, handed back, dropped or failed (the state's name).
+    Re-raises what must stop the worker (the storage gone, an interrupt)."""
+    from hpsearch.study import FAIL_REASON
+
+    label = f"trial {trial.number}"
+    if isinstance(exc, optuna.TrialPruned):
+        study_mod.set_user_attrs(trial, timing())
+        if not _tell(study, trial, state=TrialState.PRUNED):
+            return _dropped(label, out)
+        _discard(ctx, trial)
+        out(f"[{label}] {exc or 'pruned'}")
+        return "pruned"
+    if isinstance(exc, Preempted):
+        _CURRENT.pop(trial._trial_id, None)
+        if not fail_and_requeue(study, trial._trial_id, f"preempted: {exc}"):
+            return _dropped(label, out)
+        out(f"[{label}] handed back to the queue ({exc})")
+        return "preempted"
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return _dropped(label, out)
+    if isinstance(exc, StorageUnavailable):
+        raise exc  # the storage itself (a full journal disk): one line; the trial is reaped and retried
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        fail_and_requeue(study, trial._trial_id, f"worker interrupted: {type(exc).__name__}")
+        raise exc
+    # A trial's failure must not take the worker down.
+    reason = _reason(exc)
+    divergent = type(exc).__name__ == "Divergent"
+    _safe(trial.set_user_attr, FAIL_REASON, reason)
+    _safe(trial.set_user_attr, "divergent", divergent)
+    _safe(trial.set_user_attr, "traceback", "".join(traceback.format_exception(exc))[-4000:])
+    if not _tell(study, trial, state=TrialState.FAIL):
+        return _dropped(label, out)
+    out(f"[{label}] failed: {reason}")
+    return "divergent" if divergent else "failed"
+
+
+def _completed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, value: float,
+               timing: Callable[[], dict[str, Any]], ctx: dict[str, Any], out: Any) -> str:
+    """A trial that trained to the end: its timing, its repeats (once), its value; then its checkpoint goes."""
+    label = f"trial {trial.number}"
     try:
-        with Heartbeat(study, trial._trial_id, opts.heartbeat):
-            try:
-                value = _objective(trial, spec, ctx, opts, lambda msg: out(f"[{label}] {msg}"))
-            except optuna.TrialPruned as exc:
-                study_mod.set_user_attrs(trial, timing())
-                if not _tell(study, trial, state=TrialState.PRUNED):
-                    return _dropped(label, out)
-                _discard(ctx, trial)
-                out(f"[{label}] {exc or 'pruned'}")
-                return "pruned"
-            except Preempted as exc:
-                _CURRENT.pop("trial", None)
-                if not fail_and_requeue(study, trial._trial_id, f"preempted: {exc}"):
-                    return _dropped(label, out)
-                out(f"[{label}] handed back to the queue ({exc})")
-                return "preempted"
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return _dropped(label, out)
-            except StorageUnavailable:
-                raise  # the storage itself (a full journal disk): one line; the trial is reaped and retried
-            except BaseException as exc:  # a trial's failure must not take the worker down
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    fail_and_requeue(study, trial._trial_id, f"worker interrupted: {type(exc).__name__}")
-                    raise
-                reason = _reason(exc)
-                divergent = type(exc).__name__ == "Divergent"
-                _safe(trial.set_user_attr, FAIL_REASON, reason)
-                _safe(trial.set_user_attr, "divergent", divergent)
-                _safe(trial.set_user_attr, "traceback", traceback.format_exc()[-4000:])
-                if not _tell(study, trial, state=TrialState.FAIL):
-                    return _dropped(label, out)
-                out(f"[{label}] failed: {reason}")
-                return "divergent" if divergent else "failed"
-            finally:
-                _CURRENT.pop("trial", None)
         study_mod.set_user_attrs(trial, timing())
         if not _maybe_enqueue_repeats(study, trial, spec) or not _tell(study, trial, value=value):
             return _dropped(label, out)
         _discard(ctx, trial)
     except optuna.exceptions.UpdateFinishedTrialError:
         return _dropped(label, out)
-    out(f"[{label}] complete: {spec.metric}={value:.4f} ({time.monotonic() - t0:.1f}s)")
+    out(f"[{label}] complete: {spec.metric}={value:.4f} ({timing()['duration_s']:.1f}s)")
     return "complete"
 
 
@@ -356,14 +404,8 @@ def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: 
         return float(value)
     from hpsearch import objective
 
-    tracker = None
-    if spec.tracking and os.environ.get("HPSEARCH_TRACKING", "on") != "off":
-        from hpsearch.tracking import start_run
-
-        tracker = start_run(trial, spec, opts.tracking)
-    c = objective.Context(device=ctx["device"], artifact_store=ctx["artifacts"], should_stop=should_stop,
-                          progress=progress, tracker=tracker, checkpoint_every=opts.checkpoint_every,
-                          extra={"on_data": lambda d: _record_class_counts(trial.study, d)})
+    c = _trainer_context(trial, spec, ctx, opts, progress)
+    tracker = c.tracker
     try:
         value = objective.run(trial, spec, c)
     except BaseException as exc:
@@ -373,6 +415,20 @@ def _objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: 
     if tracker is not None:
         tracker.finish("complete")
     return value
+
+
+def _trainer_context(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> Any:
+    """What the built-in trainer gets for one trial (its own W&B run, when tracking is on)."""
+    from hpsearch import objective
+
+    tracker = None
+    if spec.tracking and os.environ.get("HPSEARCH_TRACKING", "on") != "off":
+        from hpsearch.tracking import start_run
+
+        tracker = start_run(trial, spec, opts.tracking)
+    return objective.Context(device=ctx["device"], artifact_store=ctx["artifacts"], should_stop=should_stop,
+                             progress=progress, tracker=tracker, checkpoint_every=opts.checkpoint_every,
+                             extra={"on_data": lambda d: _record_class_counts(trial.study, d)})
 
 
 def _record_class_counts(study: optuna.Study, data: Any) -> None:

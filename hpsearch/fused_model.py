@@ -1,0 +1,181 @@
+"""K models of one architecture as one wider model: stacked parameters, batched operators.
+
+Each member is first built alone (build_model right after seeding with its own seed), so its
+initial weights are those of the trial trained alone. Then every parameter position is stacked
+into one leaf tensor of shape (K, *shape), and each member's nn.Parameter is re-pointed at its
+slice (`p.data = stacked[k]`). That one move gives the rest for free:
+
+- the member's nn.Module always holds the current fused weights, with no copy: evaluate(),
+  state_dict(), checkpoints and the W&B tracker read it as they read a trial trained alone;
+- the member's own torch optimizer (any registry optimizer, with its own lr, momentum, betas,
+  weight decay, schedule) steps its slice in place with exactly the single-trial arithmetic, and
+  its state_dict is the single-trial format, so a retry resumes fused or alone.
+
+Linear layers run as one baddbmm over the stack (on CPU bitwise equal, slice by slice, to
+F.linear); convolutions as one grouped convolution (equal within float rounding). Dropout draws
+each member's mask with the member's own generator in the shape the member alone would draw it,
+so masks are the ones the trial alone would use (on CPU). Members may differ in dropout rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Leaf modules a fused model runs. Anything else (batch norm, a plugin's layer) is not fused:
+# hpsearch.fused's key says so before anything is claimed.
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
+FUSABLE = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Dropout, *ELEMENTWISE)
+
+
+def leaves(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if not list(m.children())]
+
+
+def fusable(model: nn.Module) -> bool:
+    return all(isinstance(m, FUSABLE) for m in leaves(model))
+
+
+@dataclass
+class _Op:
+    module: nn.Module  # the first member's module: the op's settings (stride, padding, activation)
+    params: list[int]  # indices into FusedModel.stacked, in module.parameters() order
+    drop: list[float]  # per member: the dropout rate applied right after this op (0: none)
+
+
+class FusedModel:
+    """The members' models stacked. Inputs are (K, B, ...): member k's batch in row k."""
+
+    def __init__(self, models: list[nn.Module], generators: list[torch.Generator]) -> None:
+        # --- the shared skeleton: every member's layers but dropout, which may differ ----------
+        per_member = [leaves(m) for m in models]
+        skeletons = [[m for m in ls if not isinstance(m, nn.Dropout)] for ls in per_member]
+        first = skeletons[0]
+        for sk in skeletons[1:]:
+            if [_signature(m) for m in sk] != [_signature(m) for m in first]:
+                raise ValueError("fused members must share one architecture")
+        self.ops: list[_Op] = []
+        n_params = 0
+        for module in first:
+            count = len(list(module.parameters(recurse=False)))
+            self.ops.append(_Op(module, list(range(n_params, n_params + count)), [0.0] * len(models)))
+            n_params += count
+        for k, ls in enumerate(per_member):
+            i = -1
+            for m in ls:
+                if isinstance(m, nn.Dropout):
+                    self.ops[i].drop[k] = float(m.p)
+                else:
+                    i += 1
+        # --- stack the parameters; each member's parameters become views of its slice --------
+        self.member_params = [[p for m in sk for p in m.parameters(recurse=False)] for sk in skeletons]
+        self.stacked = [torch.stack([ps[j].detach() for ps in self.member_params]).requires_grad_()
+                        for j in range(n_params)]
+        self.generators = list(generators)
+        self._point_members()
+
+    @property
+    def k(self) -> int:
+        return len(self.member_params)
+
+    def _point_members(self) -> None:
+        for k, ps in enumerate(self.member_params):
+            for j, p in enumerate(ps):
+                p.data = self.stacked[j].data[k]
+                p.grad = None
+
+    # --- forward -------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
+        """(K, B, *input) -> (K, B, classes). `train`: apply dropout."""
+        grouped = False  # layout: (K, B, ...) or, around convolutions, (B, K*C, H, W)
+        k = self.k
+        for op in self.ops:
+            m, w = op.module, [self.stacked[j] for j in op.params]
+            if isinstance(m, nn.Linear):
+                if grouped:
+                    x, grouped = _ungroup(x, k), False
+                x = torch.baddbmm(w[1].unsqueeze(1), x, w[0].transpose(1, 2)) if len(w) > 1 else \
+                    torch.bmm(x, w[0].transpose(1, 2))
+            elif isinstance(m, nn.Conv2d):
+                if not grouped:
+                    x, grouped = _group(x), True
+                weight = w[0].reshape(-1, *w[0].shape[2:])
+                bias = w[1].reshape(-1) if len(w) > 1 else None
+                x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * k)
+            elif isinstance(m, nn.MaxPool2d):
+                if not grouped:
+                    x, grouped = _group(x), True
+                x = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+            elif isinstance(m, nn.Flatten):
+                x = _ungroup(x, k).flatten(2) if grouped else x.flatten(2)
+                grouped = False
+            else:  # elementwise activation: any layout
+                x = m(x)
+            if train and any(op.drop):
+                x = self._dropout(x, op.drop, grouped)
+        return _ungroup(x, k) if grouped else x
+
+    def _dropout(self, x: torch.Tensor, rates: list[float], grouped: bool) -> torch.Tensor:
+        """Each member's mask as F.dropout draws it alone on CPU: bernoulli_(1 - p) over the
+        member's own activation shape, from the member's generator, divided by 1 - p."""
+        k = self.k
+        shape = (x.shape[0], x.shape[1] // k, *x.shape[2:]) if grouped else x.shape[1:]
+        masks = []
+        for p, gen in zip(rates, self.generators, strict=True):
+            if p > 0:
+                masks.append(torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p, generator=gen)
+                             .div_(1 - p))
+            else:  # no dropout layer alone: no draw, and x * 1 is x exactly
+                masks.append(torch.ones(shape, dtype=x.dtype, device=x.device))
+        mask = torch.stack(masks, 1).flatten(1, 2) if grouped else torch.stack(masks)
+        return x * mask
+
+    # --- after backward ------------------------------------------------------------------
+
+    def zero_grad(self) -> None:
+        for s in self.stacked:
+            s.grad = None
+
+    def share_grads(self) -> None:
+        """Hand each member its slice of the gradients, for its own optimizer (and clipping)."""
+        for j, s in enumerate(self.stacked):
+            grad = s.grad
+            for k, ps in enumerate(self.member_params):
+                ps[j].grad = None if grad is None else grad[k]
+
+    # --- members leave -------------------------------------------------------------------
+
+    def keep(self, indices: list[int]) -> None:
+        """Only these members go on; the others' parameters get their own storage back."""
+        kept = set(indices)
+        for k, ps in enumerate(self.member_params):
+            if k not in kept:
+                for p in ps:
+                    p.data = p.data.clone()
+        idx = torch.tensor(indices, dtype=torch.long, device=self.stacked[0].device)
+        self.stacked = [s.detach().index_select(0, idx).requires_grad_() for s in self.stacked]
+        self.member_params = [self.member_params[k] for k in indices]
+        self.generators = [self.generators[k] for k in indices]
+        for op in self.ops:
+            op.drop = [op.drop[k] for k in indices]
+        self._point_members()
+
+
+def _signature(m: nn.Module) -> tuple[object, ...]:
+    return (type(m).__name__, *[tuple(p.shape) for p in m.parameters(recurse=False)], repr(m))
+
+
+def _group(x: torch.Tensor) -> torch.Tensor:
+    """(K, B, C, H, W) -> (B, K*C, H, W): member k's channels are the k-th group."""
+    k, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+
+
+def _ungroup(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, K*C, H, W) -> (K, B, C, H, W)."""
+    b = x.shape[0]
+    return x.reshape(b, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
