@@ -203,7 +203,9 @@ class WandbTracker:
             run = wandb.init(
                 project=s.project, entity=s.entity, group=self.trial.study.study_name, job_type="trial",
                 name=name, id=run_id, resume="allow", config=config, tags=["hpsearch", *s.tags], dir=s.dir,
-                mode=mode, reinit="finish_previous",
+                # create_new: a worker training fused trials (hpsearch.fused) has one run open per
+                # member at once; finish_previous would end the other members' runs.
+                mode=mode, reinit="create_new",
                 # console off: the worker's output interleaves trials; silent: one line per worker, not per trial.
                 # No job artifact: it would record the command line again, at finish time.
                 settings=wandb.Settings(init_timeout=s.init_timeout, finish_timeout=s.finish_timeout,

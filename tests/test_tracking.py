@@ -105,6 +105,7 @@ def test_offline_runs_of_a_study_hold_epochs_config_and_final_state(tmp_path: Pa
         train={"epochs": 3, "batch_size": 128, "model": "dense", "hidden_size": 16, "hidden_layers": 1,
                "optimizer": "adam"},
         space={"lr": {"choices": [0.01, 1.0e-7, 1.0e30]}},
+        fuse=1,  # one trial at a time, so the median pruner has a finished trial to compare with
     )
     run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, check=True)
     env = cli_env(WANDB_DIR=str(tmp_path))
@@ -251,7 +252,8 @@ def _closed_port() -> int:
 
 def test_unreachable_wandb_writes_offline_and_never_fails_a_trial(tmp_path: Path, journal_url: str) -> None:
     name = unique("wb-down")
-    spec = tracked_spec(name, space={"lr": {"choices": [0.01, 0.1]}})
+    # Both trials trained fused (one model, two members): each keeps its own run, open at once.
+    spec = tracked_spec(name, space={"lr": {"choices": [0.01, 0.1]}}, fuse=2)
     spec["tracking"].update(mode="online", init_timeout=3)
     run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, check=True)
     key = "k" * 40
@@ -268,6 +270,8 @@ def test_unreachable_wandb_writes_offline_and_never_fails_a_trial(tmp_path: Path
     assert time.monotonic() - t0 < 60  # one bounded init timeout, not one per trial
     runs = offline_runs(tmp_path)
     assert len(runs) == 2 and all(r["summary"]["state"] == "complete" for r in runs)
+    assert sorted(r["name"] for r in runs) == ["lr_0.01", "lr_0.1"]
+    assert all([h["epoch"] for h in r["history"] if "epoch" in h] == [1, 2] for r in runs)
 
 
 # ---------------------------------------------------------------- settings and helpers
