@@ -131,9 +131,10 @@ def test_status_after_sigkill_of_the_only_worker_shows_its_trial_stale(tmp_path:
         proc.wait(timeout=30)
     time.sleep(2.0)  # past 1.5 heartbeat intervals
     record = json.loads(run_cli("status", name, "--storage", url, "--json", check=True).stdout)
-    assert record["trials"]["running"] == 1 and record["trials"]["stale"] == 1
+    # Every trial the killed worker ran (one, or a fused group) is stale.
+    assert record["trials"]["running"] >= 1 and record["trials"]["stale"] == record["trials"]["running"]
     (worker,) = record["workers"]
-    assert worker["stale"] and worker["running_trial"] == record["stale"][0]["trial"]
+    assert worker["stale"] and worker["running_trial"] in {s["trial"] for s in record["stale"]}
     assert record["stale"][0]["heartbeat_age_seconds"] > record["stale"][0]["limit_seconds"] == 1.5
 
 

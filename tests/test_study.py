@@ -57,7 +57,7 @@ def test_grid_runs_every_point_exactly_once(backend: str, request: pytest.Fixtur
 
     if backend == "postgres":
         status = run_cli("status", name, "--storage", url, check=True).stdout
-        assert "complete 24" in status and "waiting 0" in status and "trials/hour" in status
+        assert "24 finished of 24 planned, 0 to go" in status and "trials/hour" in status
         best = run_cli("best", name, "--storage", url, "--top", "3", check=True).stdout
         assert "test_acc" in best and best.count("\n") > 5
         listing = run_cli("list", "--storage", url, check=True).stdout
