@@ -363,8 +363,7 @@ def test_journal_lock_stall_is_not_death(tmp_path: Path) -> None:
     _assert_nobody_reaped(workers, name, url, tmp_path)
 
 
-@pytest.mark.parametrize("run", range(2))
-def test_a_second_sigterm_during_shutdown_still_exits_zero(run: int, journal_url: str, tmp_path: Path) -> None:
+def test_a_second_sigterm_during_shutdown_still_exits_zero(journal_url: str, tmp_path: Path) -> None:
     """Item 13: SIGTERM again while the worker shuts down (a scheduler and a shell both forwarding
     it; the interpreter's shutdown restores the default handlers) is still a clean hand-back."""
     name = unique("twice")
