@@ -138,14 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", choices=["local", "slurm", "pbs"])
     p.add_argument("--study", required=True)
     _storage_arg(p)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="worker processes in all (slurm/pbs: each array task "
+                   "runs one per GPU, so --workers 8 --gpus-per-task 4 is 2 tasks)")
     p.add_argument("--dry-run", action="store_true", help="print the job script instead of submitting it")
     p.add_argument("--heartbeat", type=HEARTBEAT, help="heartbeat interval of the workers in seconds, 1..86400 "
                    "(default: $HPSEARCH_HEARTBEAT, else 30)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--gpus-per-worker", type=int, default=1, help="for slurm/pbs")
+    p.add_argument("--gpus-per-task", "--gpus-per-worker", dest="gpus_per_task", type=_number(True, 0), default=1, metavar="N",
+                   help="slurm/pbs: GPUs per array task, which runs one worker per GPU (0: CPU tasks); "
+                   "--gpus-per-worker is the old name")
+    p.add_argument("--max-running", type=POSITIVE_INT, metavar="K", help="slurm/pbs: at most this many array tasks at once "
+                   "(SLURM --array=0-N%%K, PBS -W max_run_subjobs=K)")
+    p.add_argument("--setup", action="append", default=[], metavar="CMD",
+                   help="slurm/pbs: a shell command the job runs before its workers, e.g. 'module load cuda; "
+                   "source venv/bin/activate' (repeatable, in order; a failing one stops the task)")
     p.add_argument("--time", default="24:00:00", help="wall time per array task (slurm/pbs)")
-    p.add_argument("--cpus-per-worker", type=int, help="CPUs per array task (default: the template's)")
+    p.add_argument("--cpus-per-worker", type=POSITIVE_INT, help="CPUs per worker; an array task gets this times its "
+                   "workers (default: the template's CPUs per task)")
     p.add_argument("--mem", help="memory per array task, e.g. 32G (default: the template's)")
     p.add_argument("--partition", "--queue", dest="partition", help="SLURM partition or PBS queue")
     p.add_argument("--account", help="SLURM account or PBS project (-A)")
@@ -154,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=PORT, default=8080)
-    p.add_argument("--read-only", action="store_true", help="refuse every write request (delete, tell, notes)")
-    p.add_argument("--auth", help="USER:PASSWORD for basic auth, or a bare token for 'Authorization: Bearer'")
+    p.add_argument("--read-only", action="store_true", help="refuse every write request (delete, tell, notes) and say so in "
+                   "the page (a banner; no delete or edit controls)")
+    p.add_argument("--auth", help="USER:PASSWORD for basic auth, a bare token (8+ characters) for 'Authorization: "
+                   "Bearer', or @FILE holding either (keeps the secret out of ps and shell history); default: "
+                   "$HPSEARCH_DASHBOARD_AUTH. Over plain HTTP the password travels in clear: put TLS (a reverse "
+                   "proxy) or an SSH tunnel in front")
 
     _extension_parsers(sub)
     return parser
@@ -327,6 +340,10 @@ def _launch(args: argparse.Namespace) -> int:
     from hpsearch import launch
 
     if args.target == "local":
+        given = [o for o, v in (("--setup", args.setup), ("--max-running", args.max_running)) if v]
+        if given:
+            raise HpsearchError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for slurm/pbs jobs, but "
+                                "got launch local (run a setup in this shell first)")
         return launch.local(args.study, args.storage, args.workers, heartbeat=args.heartbeat, device=args.device)
     return launch.cluster(args.target, args)
 

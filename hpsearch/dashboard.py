@@ -3,7 +3,9 @@
 optuna-dashboard has no authentication, and its API deletes studies, tells trials and edits
 notes. So its WSGI app is served behind a small guard:
 
-- read-only mode refuses every write request (anything but GET/HEAD/OPTIONS) with 403;
+- read-only mode refuses every write request (anything but GET/HEAD/OPTIONS) with 403, and says
+  so in the page: a banner, and the delete/rename/create/edit/upload controls hidden (the page
+  would otherwise offer them, and a click would end in "Failed to delete study");
 - a credential (`USER:PASSWORD` for basic auth, or a bare token for `Authorization: Bearer`, which
   browsers may also send as the basic-auth password) is checked in constant time;
 - on loopback, requests must name a loopback host (a DNS-rebinding page cannot reach the API);
@@ -109,6 +111,14 @@ def parse_credential(value: str | None) -> Credential | None:
     return Credential(secret=value)
 
 
+def clear_text_warning(host: str, credential: Credential | None) -> str | None:
+    """Basic auth (and a bearer token) travel with every request, in clear over plain HTTP."""
+    if credential is None or is_loopback(host):
+        return None  # on loopback the request never leaves the machine (an SSH tunnel's end is here too)
+    return (f"--auth on {host} over plain HTTP sends the credential in clear with every request: put TLS "
+            "(a reverse proxy) or an SSH tunnel in front")
+
+
 def check_exposure(host: str, read_only: bool, credential: Credential | None) -> None:
     if not is_loopback(host) and not (read_only or credential):
         raise HpsearchError(
@@ -177,8 +187,89 @@ def build_app(url: str, read_only: bool = False, credential: Credential | None =
 
     storage = open_storage(url)
     store = artifact_store(url)
-    app = ArtifactGuard(wsgi(storage, artifact_store=store), storage, store)
+    app: WSGIApp = ArtifactGuard(wsgi(storage, artifact_store=store), storage, store)
+    if read_only:
+        app = ReadOnlyPage(app)
     return Guard(app, read_only=read_only, credential=credential, allowed_hosts=allowed_hosts_for(host))
+
+
+# ---------------------------------------------------------------- read-only, in the page
+
+BANNER_ID = "hpsearch-read-only"
+BANNER_TEXT = ("Read-only dashboard: studies and trials can be viewed here, not changed "
+               "(delete, rename, create, notes, tell and uploads are refused)")
+_BANNER_PX = 28
+# Controls whose request the guard refuses in read-only mode, by what optuna-dashboard 0.21 renders
+# (aria labels and MUI icon test ids). One it adds later still shows, and its click is refused.
+_WRITE_CONTROLS = ", ".join([
+    'button[aria-label="delete study"]', 'button[aria-label="rename study"]', '[aria-label="delete artifact"]',
+    '[aria-label="skip trial"]', 'input[type="file"]', 'form button[type="submit"]',
+    *(f'{tag}:has(svg[data-testid="{icon}Icon"])' for tag in ("button", "li")
+      for icon in ("AddBox", "Delete", "Edit", "ModeEdit", "StopCircle", "UploadFile")),
+])
+_READ_ONLY_STYLE = f"""<style id="{BANNER_ID}-style">
+#{BANNER_ID} {{ position: fixed; top: 0; left: 0; right: 0; height: {_BANNER_PX}px; z-index: 2000;
+  background: #8a4b00; color: #fff; font: 600 14px/{_BANNER_PX}px Roboto, Helvetica, Arial, sans-serif;
+  text-align: center; overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }}
+body {{ padding-top: {_BANNER_PX}px; }}
+/* optuna-dashboard's app bar and side drawer are fixed at the top: move them below the banner. */
+.MuiAppBar-positionFixed, .MuiDrawer-paperAnchorDockedLeft, .MuiDrawer-paperAnchorLeft {{
+  top: {_BANNER_PX}px !important; }}
+.MuiDrawer-paperAnchorDockedLeft, .MuiDrawer-paperAnchorLeft {{ height: calc(100% - {_BANNER_PX}px) !important; }}
+{_WRITE_CONTROLS} {{ display: none !important; }}
+</style>"""
+_BANNER = f'<div id="{BANNER_ID}" role="status">{BANNER_TEXT}</div>'
+
+
+class ReadOnlyPage:
+    """optuna-dashboard's page (GET /dashboard...) with the read-only banner and style injected.
+
+    Its Content-Security-Policy allows inline styles, not inline scripts, so this is HTML and CSS
+    only. Conditional requests are answered in full and the page is not cached: a browser that
+    kept the page of an earlier, writable dashboard would otherwise get "304 Not Modified" for it.
+    """
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD", "GET").upper() != "GET" or not (
+                path == "/dashboard" or path.startswith("/dashboard/")):
+            return self.app(environ, start_response)
+        environ = {k: v for k, v in environ.items() if k not in ("HTTP_IF_MODIFIED_SINCE", "HTTP_IF_NONE_MATCH")}
+        got: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            got.update(status=status, headers=headers)
+            return chunks.append
+
+        body_iter = self.app(environ, capture)
+        try:
+            chunks.extend(body_iter)
+        finally:
+            close = getattr(body_iter, "close", None)
+            if close is not None:
+                close()
+        status, headers, body = got["status"], list(got["headers"]), b"".join(chunks)
+        named = {k.lower(): v for k, v in headers}
+        if status.startswith("200") and "text/html" in named.get("content-type", "") \
+                and not named.get("content-encoding"):
+            body = inject_read_only(body)
+            headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag", "last-modified")]
+            headers += [("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+        start_response(status, headers)
+        return [body]
+
+
+def inject_read_only(html: bytes) -> bytes:
+    text = html.decode("utf-8")
+    head = text.lower().find("</head>")
+    text = text[:head] + _READ_ONLY_STYLE + text[head:] if head >= 0 else _READ_ONLY_STYLE + text
+    body = re.search(r"<body[^>]*>", text, re.IGNORECASE)
+    text = text[:body.end()] + _BANNER + text[body.end():] if body else _BANNER + text
+    return text.encode("utf-8")
 
 
 _ARTIFACT_PATH = re.compile(r"/artifacts/(?P<study>\d+)/(?:(?P<trial>\d+)/)?(?P<artifact>[0-9a-fA-F-]+)")
@@ -261,6 +352,9 @@ def serve(storage: str | None, host: str, port: int, read_only: bool = False, au
     guards = ", ".join(g for g, on in (("read-only", read_only), ("authentication", credential)) if on) or "loopback only"
     print(f"optuna-dashboard for {mask(dashboard_target(url))} on http://{shown}:{server.server_port}/ ({guards}); "
           "Ctrl-C stops it", flush=True)
+    warning = clear_text_warning(host, credential)
+    if warning:
+        log.warning("%s", warning)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -135,6 +135,72 @@ def test_browser_watches_a_running_study_and_read_only_refuses_delete(
         stop(server)
 
 
+EDIT_NOTE = 'button:has(svg[data-testid="EditIcon"])'
+
+
+def _shown(driver: Any, css: str) -> list[bool]:
+    """Whether each element the selector finds is displayed (present in the page, but maybe hidden)."""
+    from selenium.webdriver.common.by import By
+
+    return [e.is_displayed() for e in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def test_read_only_page_says_so_and_offers_no_delete_or_edit(tmp_path: Path, journal_url: str, browser: Any) -> None:
+    name = unique("ro-page")
+    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name))), "--storage", journal_url, check=True)
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1400, 900)
+    for read_only in (True, False):  # the pair: the same page, with and without --read-only
+        server, base = start_dashboard(journal_url, *(["--read-only"] if read_only else []))
+        try:
+            browser.get(f"{base}/dashboard")
+            wait_for(lambda: name in _page_text(browser), 60, f"study {name} on the study list")
+            wait_for(lambda: _shown(browser, 'button[aria-label="delete study"]'), 30, "the study card's buttons")
+            banners = browser.find_elements(By.ID, dashboard.BANNER_ID)
+            controls = ('button[aria-label="delete study"]', 'button[aria-label="rename study"]',
+                        'button:has(svg[data-testid="AddBoxIcon"])')
+            if read_only:
+                (banner,) = banners
+                assert banner.is_displayed() and "Read-only dashboard" in banner.text
+                header = browser.find_element(By.TAG_NAME, "header").rect
+                assert banner.rect["y"] + banner.rect["height"] <= header["y"]  # above the app bar, not over it
+                assert all(_shown(browser, css) == [False] for css in controls)  # in the page, not offered
+                assert "RELOAD" in _page_text(browser)  # reading controls stay
+            else:
+                assert banners == [] and all(_shown(browser, css) == [True] for css in controls)
+            if read_only:  # a trial's note editor, on the study's trial list
+                study_id = browser.execute_script(
+                    "return fetch('/api/studies').then(r => r.json()).then(j => "
+                    f"j.study_summaries.find(s => s.study_name === {json.dumps(name)}).study_id);")
+                browser.get(f"{base}/dashboard/studies/{study_id}/trials")
+                wait_for(lambda: "Trial 0" in _page_text(browser), 60, "the trial list")
+                wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, EDIT_NOTE), 30, "the note's edit button")
+                assert _shown(browser, EDIT_NOTE) == [False]
+            # A browser holding the writable page must not get "304 Not Modified" for it.
+            code, html = request(f"{base}/dashboard", headers={"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"})
+            assert (code, dashboard.BANNER_ID.encode() in html) == ((200, True) if read_only else (304, False))
+        finally:
+            stop(server)
+
+
+def test_dashboard_help_names_the_auth_file_and_variable() -> None:
+    proc = run_cli("dashboard", "--help")
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "@FILE" in text and "$HPSEARCH_DASHBOARD_AUTH" in text
+    assert "TLS" in text and "SSH tunnel" in text
+
+
+@pytest.mark.parametrize(("host", "auth", "warned"), [
+    ("0.0.0.0", "user:password", True), ("10.1.2.3", "a-long-token", True),
+    ("127.0.0.1", "user:password", False), ("0.0.0.0", None, False),
+])
+def test_a_credential_over_plain_http_off_loopback_is_warned_about(host: str, auth: str | None, warned: bool) -> None:
+    message = dashboard.clear_text_warning(host, dashboard.parse_credential(auth) if auth else None)
+    assert (message is not None) == warned
+    assert message is None or ("in clear" in message and "TLS" in message and "SSH tunnel" in message)
+
+
 # ---------------------------------------------------------------- authentication and exposure
 
 

@@ -1,8 +1,7 @@
-"""SLURM/PBS job scripts and docker-compose: rendered, checked, and run where this machine allows.
+"""SLURM/PBS job scripts and docker-compose: rendered, checked and submitted to stand-ins.
 
 There is no scheduler and no Docker engine here: rendered scripts are checked with `bash -n` and
-by their directives, then run with plain bash as one array task would be (with the scheduler's
-environment variables set), including the SIGTERM a preemption sends.
+by their directives (tests/test_deploy_run.py runs them with plain bash).
 """
 
 from __future__ import annotations
@@ -10,14 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 import yaml
 
@@ -63,11 +60,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 def test_slurm_script_has_array_gpus_time_signal_and_the_worker(study: tuple[str, str], tmp_path: Path) -> None:
     name, journal_url = study
+    # 6 workers, 2 GPUs per task (the old option name still works): 3 tasks of 2 workers each.
     script = _dry_run("slurm", name, journal_url, "--workers", "6", "--gpus-per-worker", "2", "--time", "2:30:00",
                       "--heartbeat", "20")
     _bash_n(script, tmp_path)
     directives = [ln for ln in script.splitlines() if ln.startswith("#SBATCH ")]
-    for expected in ("--array=0-5", "--gres=gpu:2", "--time=2:30:00", f"--job-name=hps-{name}",
+    for expected in ("--array=0-2", "--gres=gpu:2", "--time=2:30:00", f"--job-name=hps-{name}",
                      "--signal=B:TERM@120"):
         assert f"#SBATCH {expected}" in directives, directives
     assert any(d.startswith("#SBATCH --output=") and "%A_%a" in d for d in directives)  # a log per task
@@ -76,8 +74,10 @@ def test_slurm_script_has_array_gpus_time_signal_and_the_worker(study: tuple[str
     assert s["HPSEARCH_STORAGE_DEFAULT"] == journal_url  # no password: the URL may be rendered
     assert "--heartbeat 20" in s["HPSEARCH_WORKER_ARGS"] and "--stop-timeout 90" in s["HPSEARCH_WORKER_ARGS"]
     assert sys.executable in s["HPSEARCH_PYTHON"]
-    assert '-m hpsearch worker --study "$HPSEARCH_STUDY" $HPSEARCH_WORKER_ARGS &' in script
-    assert "trap 'forward SIGTERM' TERM" in script
+    assert s["HPSEARCH_GPUS_PER_TASK"] == "2"
+    assert '-m hpsearch worker --study "$HPSEARCH_STUDY"' in script
+    for sig in ("TERM", "INT", "USR1", "USR2"):  # submitit's --signal=B:USR2@90 too
+        assert f"trap 'forward SIG{sig}' {sig}" in script
     assert f"study {name}: grid sampler, 4 trials planned" in script  # read from the study
 
 
@@ -95,12 +95,12 @@ def test_pbs_script_has_array_select_walltime_and_the_worker(study: tuple[str, s
 
 
 def test_cpu_only_and_single_worker_jobs_drop_gpu_and_array_directives() -> None:
-    job = deploy.Job(study="cpu-study", workers=1, gpus_per_worker=0)
+    job = deploy.Job(study="cpu-study", workers=1, gpus_per_task=0)
     slurm = deploy.render("slurm", job)
-    assert "--gres" not in slurm and "#SBATCH --array=0-0" in slurm
-    pbs = deploy.render("pbs", job)
-    assert "#PBS -J" not in pbs and "ngpus" not in pbs  # PBS arrays need two subjobs or more
-    assert "#PBS -l select=1:ncpus=4:mem=16gb" in pbs
+    assert "#SBATCH --gres" not in slurm and "#SBATCH --array=0-0" in slurm
+    pbs = [ln for ln in deploy.render("pbs", job).splitlines() if ln.startswith("#PBS ")]
+    assert not any(d.startswith("#PBS -J") for d in pbs)  # PBS arrays need two subjobs or more
+    assert "#PBS -l select=1:ncpus=4:mem=16gb" in pbs  # no ngpus
 
 
 def test_site_options_become_directives() -> None:
@@ -110,6 +110,76 @@ def test_site_options_become_directives() -> None:
         assert f"#SBATCH {d}" in slurm.splitlines()
     pbs = deploy.render("pbs", job).splitlines()
     assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=32gb" in pbs and "#PBS -q gpu" in pbs and "#PBS -A proj-7" in pbs
+
+
+def test_packing_makes_tasks_of_one_worker_per_gpu() -> None:
+    job = deploy.Job(study="s", workers=8, gpus_per_task=4, cpus=2)  # 2 CPUs per worker
+    slurm = deploy.render("slurm", job).splitlines()
+    assert "#SBATCH --array=0-1" in slurm and "#SBATCH --gres=gpu:4" in slurm
+    assert "#SBATCH --cpus-per-task=8" in slurm and "HPSEARCH_GPUS_PER_TASK=4" in slurm
+    pbs = deploy.render("pbs", job).splitlines()
+    assert "#PBS -J 0-1" in pbs and "#PBS -l select=1:ncpus=8:ngpus=4:mem=16gb" in pbs
+
+
+@pytest.mark.parametrize(("workers", "gpus", "hint"), [(6, 4, "use 4 or 8"), (3, 4, "use 4")])
+def test_workers_that_do_not_fill_whole_tasks_are_refused(workers: int, gpus: int, hint: str) -> None:
+    with pytest.raises(HpsearchError, match=f"--workers must be a multiple of --gpus-per-task.*{hint}"):
+        deploy.render("slurm", deploy.Job(study="s", workers=workers, gpus_per_task=gpus))
+
+
+def test_max_running_throttles_the_array() -> None:
+    job = deploy.Job(study="s", workers=8, max_running=3)
+    assert "#SBATCH --array=0-7%3" in deploy.render("slurm", job).splitlines()
+    pbs = deploy.render("pbs", job).splitlines()
+    assert "#PBS -J 0-7" in pbs and "#PBS -W max_run_subjobs=3" in pbs  # PBS Pro's -J has no %N
+    unthrottled = deploy.render("pbs", deploy.Job(study="s", workers=8))
+    assert "max_run_subjobs" not in unthrottled
+    assert "#SBATCH --array=0-7" in deploy.render("slurm", deploy.Job(study="s", workers=8)).splitlines()
+    single = deploy.render("pbs", deploy.Job(study="s", workers=1, max_running=3))
+    assert "max_run_subjobs" not in single  # a plain job, not an array
+    with pytest.raises(HpsearchError, match="--max-running must be >= 1"):
+        deploy.render("slurm", deploy.Job(study="s", workers=2, max_running=0))
+
+
+@pytest.mark.parametrize("target", ["slurm", "pbs"])
+def test_setup_commands_run_in_order_before_the_workers(target: str) -> None:
+    lines = deploy.render(target, deploy.Job(study="s", workers=2, setup=["module load cuda/12", "source venv/bin/activate"])
+                          ).splitlines()
+    begin = next(i for i, ln in enumerate(lines) if ln.startswith(deploy.SETUP_BEGIN))
+    assert lines[begin + 1:begin + 5] == ["set +u", "module load cuda/12", "source venv/bin/activate", "set -u"]
+    assert lines[begin + 5].startswith(deploy.SETUP_END)
+    first_worker = next(i for i, ln in enumerate(lines) if "-m hpsearch worker" in ln)
+    assert begin > next(i for i, ln in enumerate(lines) if ln.startswith("exec >>")) and begin < first_worker
+    plain = deploy.render(target, deploy.Job(study="s", workers=2)).splitlines()
+    begin = next(i for i, ln in enumerate(plain) if ln.startswith(deploy.SETUP_BEGIN))
+    assert plain[begin + 1].startswith(deploy.SETUP_END)  # nothing to run
+
+
+def test_the_worker_block_is_the_same_in_both_templates() -> None:
+    def block(target: str) -> str:
+        text = deploy.template_path(target).read_text()
+        return text[text.index(deploy.WORKERS_BEGIN):text.index(deploy.WORKERS_END)]
+
+    assert block("slurm") == block("pbs")
+
+
+def test_a_journal_in_a_multi_node_job_is_warned_about(study: tuple[str, str]) -> None:
+    name, journal_url = study
+    many = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--workers", "2", "--dry-run")
+    assert many.returncode == 0, many.stderr
+    (line,) = [ln for ln in many.stderr.splitlines() if "warning" in ln]
+    assert "may run on different nodes" in line and "working locks" in line and "PostgreSQL" in line
+    assert "# warning: storage journal:" in many.stdout  # also in the kept script
+    one = run_cli("launch", "pbs", "--study", name, "--storage", journal_url, "--workers", "2",
+                  "--gpus-per-task", "2", "--dry-run")  # one task: one node
+    assert one.returncode == 0 and "warning" not in one.stderr and "warning" not in one.stdout
+
+
+def test_setup_and_max_running_are_refused_for_launch_local(study: tuple[str, str]) -> None:
+    name, journal_url = study
+    proc = run_cli("launch", "local", "--study", name, "--storage", journal_url, "--setup", "module load x",
+                   "--max-running", "2")
+    assert proc.returncode == 2 and "--setup and --max-running are for slurm/pbs jobs" in proc.stderr
 
 
 @pytest.mark.parametrize("bad", ["24h", "1:2:3:4", "ten"])
@@ -173,88 +243,6 @@ def test_submitting_without_the_scheduler_says_so(study: tuple[str, str]) -> Non
                    env=cli_env(PATH=str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"))
     assert proc.returncode == 2
     assert "sbatch not found" in proc.stderr and "--dry-run" in proc.stderr
-
-
-# ---------------------------------------------------------------- running a rendered script
-
-
-def _task_env(tmp_path: Path, **scheduler: str) -> dict[str, str]:
-    env = cli_env(HOME=str(tmp_path), **scheduler)
-    env.pop("HPSEARCH_STORAGE", None)
-    return env
-
-
-def test_rendered_slurm_task_forwards_sigterm_and_the_trial_goes_back(tmp_path: Path, journal_url: str) -> None:
-    # Slow trials (~0.3 s per epoch) so SIGTERM arrives mid-trial, as a preemption would.
-    name = _create(tmp_path, journal_url, train={"epochs": 20, "batch_size": 16, "model": "dense",
-                                                 "hidden_size": 512, "hidden_layers": 2},
-                   space={"lr": {"choices": [0.01]}})
-    script = tmp_path / "job.sbatch"
-    script.write_text(_dry_run("slurm", name, journal_url, "--heartbeat", "5", cwd=tmp_path))
-    env = _task_env(tmp_path, SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_JOB_ID="77", SLURM_SUBMIT_DIR=str(tmp_path))
-    log = tmp_path / ".hpsearch" / "logs" / name / f"{name}-slurm-77-1.log"
-
-    task = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path)
-    try:
-        _wait_for_text(log, "epoch 2/20", task)
-        task.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B:TERM does
-        assert task.wait(timeout=90) == 0
-    finally:
-        if task.poll() is None:
-            task.kill()
-    text = log.read_text()
-    assert "SIGTERM received" in text and "handed back" in text, text
-    trials = optuna.load_study(study_name=name, storage=_open(journal_url)).trials
-    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # handed back, ready for the next task
-    assert trials[1].user_attrs["retry_of"] == 0
-
-
-def test_rendered_pbs_task_runs_the_study_to_completion(tmp_path: Path, journal_url: str) -> None:
-    name = _create(tmp_path, journal_url, space={"lr": {"choices": [0.01, 0.1]}})
-    script = tmp_path / "job.pbs"
-    script.write_text(_dry_run("pbs", name, journal_url, cwd=tmp_path))
-    env = _task_env(tmp_path / "home", PBS_ARRAY_INDEX="0", PBS_JOBID="991[0].pbs.example",
-                    PBS_O_WORKDIR=str(tmp_path))
-    (tmp_path / "home").mkdir()
-    proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path / "home", timeout=180)
-    assert proc.returncode == 0
-    log = tmp_path / ".hpsearch" / "logs" / name / f"{name}-pbs-991-0.log"
-    assert "2 trials (2 complete)" in log.read_text()
-
-
-def test_a_storage_file_supplies_the_url_at_run_time(tmp_path: Path, journal_url: str) -> None:
-    name = _create(tmp_path, journal_url, space={"lr": {"choices": [0.01]}})
-    script = _dry_run("slurm", name, journal_url, cwd=tmp_path)
-    script = script.replace(f"HPSEARCH_STORAGE_DEFAULT={journal_url}", "HPSEARCH_STORAGE_DEFAULT=''")
-    (tmp_path / "job.sbatch").write_text(script)
-    secrets = tmp_path / "storage-url"
-    secrets.write_text(journal_url + "\n")
-    env = _task_env(tmp_path, HPSEARCH_STORAGE_FILE=str(secrets), SLURM_SUBMIT_DIR=str(tmp_path))
-    assert subprocess.run(["bash", str(tmp_path / "job.sbatch")], env=env, timeout=180).returncode == 0
-    secrets.unlink()
-    proc = subprocess.run(["bash", str(tmp_path / "job.sbatch")], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode != 0  # no URL anywhere: the task refuses to start ...
-    log = next((tmp_path / ".hpsearch" / "logs" / name).glob("*.log")).read_text()
-    assert "no storage" in log  # ... and says why in its log
-
-
-def _open(url: str) -> Any:
-    from hpsearch.storage import open_storage
-
-    return open_storage(url)
-
-
-def _wait_for_text(path: Path, text: str, proc: subprocess.Popen[Any], timeout: float = 90) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        assert proc.poll() is None, path.read_text() if path.exists() else "task exited early"
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in {path} after {timeout}s")
 
 
 # ---------------------------------------------------------------- docker compose

@@ -148,16 +148,26 @@ def test_status_watch_rejects_a_bad_interval(journal_url: str) -> None:
 # ---------------------------------------------------------------- storage warnings
 
 
-def test_a_sqlite_storage_is_warned_about_once_per_command(tmp_path: Path, journal_url: str) -> None:
+def test_a_sqlite_storage_is_warned_about_once_per_command(tmp_path: Path) -> None:
     """README (Storage): SQLite has no row locks, so two workers can take the same trial."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     name = unique("sq")
     runs = [run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name))), "--storage", url),
-            run_cli("status", name, "--storage", url), run_cli("list", "--storage", url)]
+            run_cli("status", name, "--storage", url)]  # status opens the storage twice
     for proc in runs:
         assert proc.returncode == 0, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if "SQLite" in ln]
         assert len(lines) == 1, proc.stderr  # one line, however often the command opens the storage
         assert "no row locks" in lines[0] and "same waiting trial" in lines[0] and "PostgreSQL" in lines[0]
-    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(unique("j")))), "--storage", journal_url, check=True)
-    assert "SQLite" not in run_cli("list", "--storage", journal_url).stderr
+
+
+def test_only_sqlite_is_warned_about(tmp_path: Path, journal_url: str, caplog: pytest.LogCaptureFixture,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpsearch import storage
+
+    monkeypatch.setattr(storage, "_SQLITE_WARNED", [])
+    open_storage(journal_url, create=True)
+    assert "SQLite" not in caplog.text
+    for _ in range(2):
+        open_storage(f"sqlite:///{tmp_path / 'x.db'}", create=True)
+    assert caplog.text.count("is SQLite") == 1
