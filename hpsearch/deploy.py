@@ -221,6 +221,8 @@ def _settings_block(lines: list[str], target: str, job: Job) -> list[str]:
         f"# rendered by `hpsearch launch {target}` on {time.strftime('%Y-%m-%d %H:%M')}",
         f"# storage: {job.storage_shown or '(from the environment)'}"
         + ("" if job.storage_default else "; the URL comes from HPSEARCH_STORAGE or the storage file at run time"),
+        f"# {job.workers} worker(s): {job.tasks} array task(s) of "
+        + (f"{job.gpus_per_task} GPU(s), one worker per GPU" if job.gpus_per_task else "one CPU worker"),
         *(f"# {line}" for line in job.note.splitlines()),
         f"HPSEARCH_STUDY={q(job.study)}",
         f"HPSEARCH_STORAGE_DEFAULT={q(job.storage_default)}",

@@ -117,6 +117,7 @@ def test_packing_makes_tasks_of_one_worker_per_gpu() -> None:
     slurm = deploy.render("slurm", job).splitlines()
     assert "#SBATCH --array=0-1" in slurm and "#SBATCH --gres=gpu:4" in slurm
     assert "#SBATCH --cpus-per-task=8" in slurm and "HPSEARCH_GPUS_PER_TASK=4" in slurm
+    assert "# 8 worker(s): 2 array task(s) of 4 GPU(s), one worker per GPU" in slurm  # said in the script
     pbs = deploy.render("pbs", job).splitlines()
     assert "#PBS -J 0-1" in pbs and "#PBS -l select=1:ncpus=8:ngpus=4:mem=16gb" in pbs
 
