@@ -130,6 +130,7 @@ class Member:
     heartbeat: Heartbeat
     ctx: objective.Context | None = None
     run: objective.TrialRun | None = None
+    dropout: torch.Generator | None = None
     state: str | None = None  # how it ended: complete, pruned, preempted, failed, divergent, dropped
     epoch: int = 0
 
@@ -158,6 +159,8 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
                 m.ctx = w._trainer_context(trial, spec, ctx, opts, lambda msg, m=m: out(f"[{m.label}] {msg}"))
                 try:
                     m.run = objective.start(trial, spec, m.ctx)
+                    # Right away: the next member's start() reseeds torch's global generator.
+                    m.dropout = _dropout_generator(m.run, ctx["device"])
                 except Exception as exc:  # noqa: BLE001 - this member's configuration: it fails alone
                     _end(study, m, spec, ctx, out, exc=exc)
             # --- train the rest together ------------------------------------------------------
@@ -171,13 +174,10 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
     if not members:
         return
     device = ctx["device"]
-    # --- fuse: each member's dropout generator continues torch's global RNG as it would alone ---
-    gens = []
     for m in members:
-        assert m.run is not None
-        m.epoch = m.run.start_epoch
-        gens.append(_dropout_generator(m.run, device))
-    net = FusedModel([m.run.model for m in members], gens)  # type: ignore[union-attr]
+        m.epoch = m.run.start_epoch  # type: ignore[union-attr]
+    net = FusedModel([m.run.model for m in members], [m.dropout for m in members],  # type: ignore[union-attr,misc]
+                     grouped_conv=torch.device(device).type != "cpu")
     data = members[0].run.data  # type: ignore[union-attr]
 
     while members:

@@ -12,13 +12,16 @@ slice (`p.data = stacked[k]`). That one move gives the rest for free:
   its state_dict is the single-trial format, so a retry resumes fused or alone.
 
 Linear layers run as one baddbmm over the stack (on CPU bitwise equal, slice by slice, to
-F.linear); convolutions as one grouped convolution (equal within float rounding). Dropout draws
+F.linear). Convolutions run as one grouped convolution on GPUs, and member by member on CPU,
+where oneDNN's grouped kernels measured slower than K separate ones (2-25x at K >= 8 for the seed
+grid's CNN, bench/fusion.py) and the per-member call is bitwise the one alone. Dropout draws
 each member's mask with the member's own generator in the shape the member alone would draw it,
 so masks are the ones the trial alone would use (on CPU). Members may differ in dropout rate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +52,8 @@ class _Op:
 class FusedModel:
     """The members' models stacked. Inputs are (K, B, ...): member k's batch in row k."""
 
-    def __init__(self, models: list[nn.Module], generators: list[torch.Generator]) -> None:
+    def __init__(self, models: list[nn.Module], generators: list[torch.Generator], grouped_conv: bool = False) -> None:
+        self.grouped_conv = grouped_conv
         # --- the shared skeleton: every member's layers but dropout, which may differ ----------
         per_member = [leaves(m) for m in models]
         skeletons = [[m for m in ls if not isinstance(m, nn.Dropout)] for ls in per_member]
@@ -100,16 +104,17 @@ class FusedModel:
                     x, grouped = _ungroup(x, k), False
                 x = torch.baddbmm(w[1].unsqueeze(1), x, w[0].transpose(1, 2)) if len(w) > 1 else \
                     torch.bmm(x, w[0].transpose(1, 2))
-            elif isinstance(m, nn.Conv2d):
+            elif isinstance(m, nn.Conv2d) and self.grouped_conv:
                 if not grouped:
                     x, grouped = _group(x), True
                 weight = w[0].reshape(-1, *w[0].shape[2:])
                 bias = w[1].reshape(-1) if len(w) > 1 else None
                 x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * k)
+            elif isinstance(m, nn.Conv2d):
+                x = torch.stack([F.conv2d(x[i], w[0][i], w[1][i] if len(w) > 1 else None, m.stride, m.padding,
+                                          m.dilation, m.groups) for i in range(k)])
             elif isinstance(m, nn.MaxPool2d):
-                if not grouped:
-                    x, grouped = _group(x), True
-                x = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+                x = m(x) if grouped else _per_image(x, m)
             elif isinstance(m, nn.Flatten):
                 x = _ungroup(x, k).flatten(2) if grouped else x.flatten(2)
                 grouped = False
@@ -167,6 +172,12 @@ class FusedModel:
 
 def _signature(m: nn.Module) -> tuple[object, ...]:
     return (type(m).__name__, *[tuple(p.shape) for p in m.parameters(recurse=False)], repr(m))
+
+
+def _per_image(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A per-image op on (K, B, C, H, W) as one call over K*B images."""
+    y = fn(x.reshape(-1, *x.shape[2:]))
+    return y.reshape(*x.shape[:2], *y.shape[1:])
 
 
 def _group(x: torch.Tensor) -> torch.Tensor:

@@ -213,21 +213,16 @@ def train_epoch(r: TrialRun, epoch: int) -> tuple[float, int, int]:
     return float(tr_loss), int(tr_correct), seen
 
 
-def end_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen: int, t0: float,
-              val: dict[str, Any] | None = None) -> bool:
+def end_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen: int, t0: float) -> bool:
     """Validate, record, report, prune, checkpoint: after the epoch's last step. True: stop early.
-
-    Raises Divergent or optuna.TrialPruned. `val` is the validation result when the caller already
-    has it (the fused path evaluates every member in one pass).
-    """
+    Raises Divergent or optuna.TrialPruned."""
     trial, spec, ctx, model, state = r.trial, r.spec, r.ctx, r.model, r.state
     if not math.isfinite(tr_loss):
         raise Divergent(f"loss became {tr_loss / max(1, seen)} at epoch {epoch}")
     lr = r.optimizer.param_groups[0]["lr"]
     if r.schedule is not None:
         r.schedule.step()
-    if val is None:
-        val = evaluate(model, r.loss_fn, r.data.x_val, r.data.y_val, r.batch_size, r.data.n_classes)
+    val = evaluate(model, r.loss_fn, r.data.x_val, r.data.y_val, r.batch_size, r.data.n_classes)
     if not math.isfinite(val["loss"]):
         raise Divergent(f"validation loss became {val['loss']} at epoch {epoch}")
     rec = {

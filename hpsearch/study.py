@@ -566,6 +566,7 @@ def _claim_partners_postgres(rdb: optuna.storages.RDBStorage, study_id: int, wan
                 "SELECT trial_id FROM trials WHERE trial_id = ANY(:ids) AND state = 'WAITING' ORDER BY number "
                 "LIMIT :n FOR UPDATE SKIP LOCKED) AND state = 'WAITING' RETURNING trial_id"),
                 {"ids": matching, "n": n, "now": datetime.now()}).all()]
+            got.sort()  # RETURNING has no order; plan order reads better in logs
             if rdb.heartbeat_interval:
                 for trial_id in got:
                     conn.execute(HEARTBEAT, {"t": trial_id})

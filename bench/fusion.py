@@ -1,0 +1,219 @@
+"""Fused trials vs one trial at a time: trials per hour, a whole grid study, peak memory per member.
+
+    .venv/bin/python bench/fusion.py [--ks 1 4 8 16] [--samples 6000] [--epochs 1] [--rounds 3]
+                                     [--study-samples 1200] [--skip-study] [--skip-memory]
+
+Synthetic MNIST-sized data (1x28x28 images, 10 classes; --samples training images, scaled down
+from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch length).
+1. Trials per hour for the seed grid's two shapes, the dense MLP 784-256-128-10 and the two-block
+   CNN (32-64 conv, 128 fc), SGD and Adam members with dropout 0..0.5 as in studies/mnist-grid.yaml:
+   K trials trained one after another (objective.run, what a worker does without fusion) against
+   the same K trials fused (hpsearch.fused.run_group). Alone and fused runs alternate for --rounds
+   rounds and the fastest round of each counts, so load from other processes on a shared machine
+   hits both alike. Ratio = alone time / fused time = trials/hour fused / trials/hour alone.
+2. The whole studies/mnist-grid.yaml shape (80 configurations x 5 seeds = 400 trials, 2 epochs)
+   on --study-samples synthetic images, run by 2 real worker processes (1 thread each) on a
+   journal file: wall time with HPSEARCH_FUSE=1 against the default fusion.
+3. Peak resident memory per member (a fresh process per measurement): training K members fused,
+   (peak - peak before training) / K, against one trial alone.
+On CUDA (when present) part 1 is printed again on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    "dense": ("dense MLP 784-256-128-10", {"model": "dense", "widths": [256, 128]}),
+    "cnn": ("CNN 32-64 conv, 128 fc", {"model": "cnn", "filters": [32, 64], "fc_sizes": [128]}),
+}
+GRID = {"lr": [0.1, 0.01, 0.001, 0.0001, 0.00001], "optimizer": ["sgd", "adam"], "dropout": [0.0, 0.1, 0.3, 0.5]}
+
+
+def mnist_like(cfg: dict[str, Any]) -> Any:
+    """Dataset plugin (`bench.fusion:mnist_like`): noisy class templates, MNIST's shapes."""
+    from hpsearch.data import Raw
+
+    n = int(cfg.get("n", 6000))
+    rng = np.random.default_rng(0)
+    templates = rng.normal(0, 1, (10, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, n + n // 6)
+    x = templates[y] + rng.normal(0, 2.0, (len(y), 1, 28, 28)).astype(np.float32)
+    return Raw(x[:n], y[:n], x[n:], y[n:], [str(i) for i in range(10)])
+
+
+def _spec(shape: str, samples: int, epochs: int, **over: Any) -> Any:
+    from hpsearch.spec import spec_from_dict
+
+    return spec_from_dict({
+        "name": "fusion-bench", "metric": "val_acc", "sampler": "grid", "pruner": "none",
+        "dataset": {"name": "bench.fusion:mnist_like", "n": samples, "val_fraction": 0.1},
+        "train": {"epochs": epochs, "batch_size": 64, **SHAPES[shape][1]},
+        "space": {k: {"choices": v} for k, v in GRID.items()}, **over,
+    })
+
+
+def _members(k: int) -> list[dict[str, Any]]:
+    """K grid points of one shape, as a fused group gets them: seeds of sgd/adam x dropout configurations."""
+    points = [{"lr": 0.01, "optimizer": o, "dropout": d} for o in ("sgd", "adam") for d in GRID["dropout"]]
+    return [{**points[i % len(points)], "seed": i} for i in range(k)]
+
+
+def _study(members: list[dict[str, Any]]) -> Any:
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    for m in members:
+        study.enqueue_trial({k: v for k, v in m.items() if k != "seed"}, user_attrs={"seed": m["seed"]})
+    return study
+
+
+def time_alone(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
+    from hpsearch import objective
+
+    study = _study(members)
+    t0 = time.perf_counter()
+    for _ in members:
+        objective.run(study.ask(), spec, objective.Context(device=device, progress=lambda m: None))
+    return time.perf_counter() - t0
+
+
+def time_fused(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
+    from hpsearch import fused
+    from hpsearch.worker import Options
+
+    study = _study(members)
+    trials = [study.ask() for _ in members]
+    t0 = time.perf_counter()
+    states = fused.run_group(study, trials, spec, {"device": device, "artifacts": None, "url": ""},
+                             Options(study="bench", heartbeat=3600), lambda m: None)
+    assert set(states) == {"complete"}, states
+    return time.perf_counter() - t0
+
+
+def throughput(device: Any, ks: list[int], samples: int, epochs: int, rounds: int) -> None:
+    from hpsearch import data
+
+    print(f"\n1. trials/hour fused vs one at a time, {device}, {samples} synthetic 28x28 images, {epochs} epoch(s), "
+          f"batch 64, torch threads {__import__('torch').get_num_threads()}; fastest of {rounds} alternating rounds")
+    print(f"{'model':<26} {'K':>3} {'alone s':>9} {'fused s':>9} {'trials/h alone':>15} {'trials/h fused':>15} "
+          f"{'ratio':>6}")
+    for shape, (title, _) in SHAPES.items():
+        spec = _spec(shape, samples, epochs)
+        data.load(spec.dataset, device)  # loaded once, as a worker does
+        for k in ks:
+            members = _members(k)
+            time_fused(spec, members[:1], device)  # warm-up
+            alone, fused_ = [], []
+            for _ in range(rounds):
+                alone.append(time_alone(spec, members, device))
+                fused_.append(time_fused(spec, members, device))
+            a, f = min(alone), min(fused_)
+            print(f"{title:<26} {k:>3} {a:>9.2f} {f:>9.2f} {3600 * k / a:>15.0f} {3600 * k / f:>15.0f} {a / f:>5.2f}x",
+                  flush=True)
+
+
+def study_wall_time(samples: int, tmp: Path) -> None:
+    import yaml
+
+    print(f"\n2. studies/mnist-grid.yaml shape (80 configurations x 5 seeds = 400 trials, 2 epochs), {samples} "
+          "synthetic 28x28 images (scaled down from 54,000), 2 worker processes x 1 thread, journal file")
+    raw = yaml.safe_load((ROOT / "studies" / "mnist-grid.yaml").read_text())
+    raw["dataset"] = {"name": "bench.fusion:mnist_like", "n": samples, "val_fraction": 0.1}
+    from hpsearch import fused
+
+    rows = []
+    for label, fuse in (("one at a time", "1"), (f"fused (default K={fused.DEFAULT_K['cpu']})", "")):
+        tag = fuse or "default"
+        path = tmp / f"grid-{tag}.yaml"
+        path.write_text(yaml.safe_dump({**raw, "name": "grid"}))
+        url = f"journal:{tmp / f'grid-{tag}.log'}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HPSEARCH_THREADS": "1", "HPSEARCH_FUSE": fuse,
+               "HPSEARCH_TRACKING": "off"}
+        subprocess.run([sys.executable, "-m", "hpsearch", "create-study", str(path), "--storage", url], env=env,
+                       check=True, capture_output=True)
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--study", "grid", "--storage", url,
+                                   "--device", "cpu", "--quiet"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=3600)[0] for p in procs]
+        wall = time.perf_counter() - t0
+        if any(p.returncode for p in procs):
+            raise SystemExit("a worker failed:\n" + "\n".join(outs))
+        rows.append((label, wall))
+        print(f"  {label:<24} {wall:>7.1f} s   ({3600 * 400 / wall:,.0f} trials/hour)", flush=True)
+    print(f"  fused / one at a time: {rows[0][1] / rows[1][1]:.2f}x faster")
+
+
+def memory(ks: list[int], samples: int) -> None:
+    print(f"\n3. peak resident memory per member, CPU, {samples} synthetic images (a fresh process each)")
+    print(f"{'model':<26} {'K':>3} {'alone MB':>9} {'fused MB/member':>16} {'ratio':>6}")
+    for shape, (title, _) in SHAPES.items():
+        alone = _probe(shape, 1, "alone", samples)
+        for k in ks:
+            per = _probe(shape, k, "fused", samples) / k
+            print(f"{title:<26} {k:>3} {alone:>9.1f} {per:>16.1f} {per / alone:>5.2f}x", flush=True)
+
+
+def _probe(shape: str, k: int, how: str, samples: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--probe", shape, str(k), how, "--samples", str(samples)],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def probe(shape: str, k: int, how: str, samples: int) -> None:
+    """In a fresh process: MB of peak RSS that training adds over the loaded data and libraries."""
+    import torch
+
+    from hpsearch import data
+
+    spec = _spec(shape, samples, 1)
+    data.load(spec.dataset, torch.device("cpu"))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    members = _members(k)
+    (time_fused if how == "fused" else time_alone)(spec, members, torch.device("cpu"))
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--study-samples", type=int, default=1200)
+    parser.add_argument("--skip-study", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--probe", nargs=3, metavar=("SHAPE", "K", "HOW"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HPSEARCH_TRACKING", "off")
+    import torch
+
+    if args.probe:
+        probe(args.probe[0], int(args.probe[1]), args.probe[2], args.samples)
+        return
+    throughput(torch.device("cpu"), args.ks, args.samples, args.epochs, args.rounds)
+    if torch.cuda.is_available():
+        throughput(torch.device("cuda"), args.ks, args.samples * 5, args.epochs, args.rounds)
+    if not args.skip_study:
+        with tempfile.TemporaryDirectory() as tmp:
+            study_wall_time(args.study_samples, Path(tmp))
+    if not args.skip_memory:
+        memory([k for k in args.ks if k > 1], args.samples)
+
+
+if __name__ == "__main__":
+    main()
