@@ -1,6 +1,6 @@
 """Fused trials vs one trial at a time: trials per hour, a whole grid study, peak memory per member.
 
-    .venv/bin/python bench/fusion.py [--ks 1 4 8 16] [--samples 6000] [--epochs 1] [--rounds 3]
+    .venv/bin/python bench/fusion.py [--ks 1 4 8 16] [--samples 2000] [--epochs 1] [--rounds 4]
                                      [--study-samples 1200] [--skip-study] [--skip-memory]
 
 Synthetic MNIST-sized data (1x28x28 images, 10 classes; --samples training images, scaled down
@@ -191,9 +191,9 @@ def probe(shape: str, k: int, how: str, samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--study-samples", type=int, default=1200)
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")

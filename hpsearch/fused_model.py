@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,50 +95,61 @@ class FusedModel:
     # --- forward -------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
-        """(K, B, *input) -> (K, B, classes). `train`: apply dropout."""
-        grouped = False  # layout: (K, B, ...) or, around convolutions, (B, K*C, H, W)
+        """(K, B, *input) -> (K, B, classes). `train`: apply dropout.
+
+        Three layouts: stacked (K, B, ...) for linear layers; grouped (B, K*C, H, W) around grouped
+        convolutions; a list of K (B, C, H, W) tensors around per-member convolutions, so their
+        large activations are never copied into a stack (only the flattened features are).
+        """
+        h: Any = x
+        layout = "stacked"
         k = self.k
         for op in self.ops:
             m, w = op.module, [self.stacked[j] for j in op.params]
             if isinstance(m, nn.Linear):
-                if grouped:
-                    x, grouped = _ungroup(x, k), False
-                x = torch.baddbmm(w[1].unsqueeze(1), x, w[0].transpose(1, 2)) if len(w) > 1 else \
-                    torch.bmm(x, w[0].transpose(1, 2))
+                h, layout = self._stacked(h, layout), "stacked"
+                h = torch.baddbmm(w[1].unsqueeze(1), h, w[0].transpose(1, 2)) if len(w) > 1 else \
+                    torch.bmm(h, w[0].transpose(1, 2))
             elif isinstance(m, nn.Conv2d) and self.grouped_conv:
-                if not grouped:
-                    x, grouped = _group(x), True
+                if layout != "grouped":
+                    h, layout = _group(self._stacked(h, layout)), "grouped"
                 weight = w[0].reshape(-1, *w[0].shape[2:])
                 bias = w[1].reshape(-1) if len(w) > 1 else None
-                x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * k)
+                h = F.conv2d(h, weight, bias, m.stride, m.padding, m.dilation, m.groups * k)
             elif isinstance(m, nn.Conv2d):
-                x = torch.stack([F.conv2d(x[i], w[0][i], w[1][i] if len(w) > 1 else None, m.stride, m.padding,
-                                          m.dilation, m.groups) for i in range(k)])
-            elif isinstance(m, nn.MaxPool2d):
-                x = m(x) if grouped else _per_image(x, m)
+                if layout != "list":
+                    h, layout = list(self._stacked(h, layout).unbind(0)), "list"
+                h = [F.conv2d(h[i], w[0][i], w[1][i] if len(w) > 1 else None, m.stride, m.padding, m.dilation,
+                              m.groups) for i in range(k)]
             elif isinstance(m, nn.Flatten):
-                x = _ungroup(x, k).flatten(2) if grouped else x.flatten(2)
-                grouped = False
-            else:  # elementwise activation: any layout
-                x = m(x)
+                h, layout = self._stacked(h, layout).flatten(2), "stacked"
+            elif layout == "list":  # max pooling, activations: member by member
+                h = [m(t) for t in h]
+            elif isinstance(m, nn.MaxPool2d) and layout == "stacked":
+                h = _per_image(h, m)
+            else:  # max pooling on the grouped layout, activations (elementwise) on any
+                h = m(h)
             if train and any(op.drop):
-                x = self._dropout(x, op.drop, grouped)
-        return _ungroup(x, k) if grouped else x
+                h = self._dropout(h, op.drop, layout)
+        return self._stacked(h, layout)
 
-    def _dropout(self, x: torch.Tensor, rates: list[float], grouped: bool) -> torch.Tensor:
+    def _stacked(self, h: Any, layout: str) -> torch.Tensor:
+        if layout == "list":
+            return torch.stack(h)
+        return _ungroup(h, self.k) if layout == "grouped" else h
+
+    def _dropout(self, h: Any, rates: list[float], layout: str) -> Any:
         """Each member's mask as F.dropout draws it alone on CPU: bernoulli_(1 - p) over the
-        member's own activation shape, from the member's generator, divided by 1 - p."""
+        member's own activation shape, from the member's generator, divided by 1 - p. A member
+        without dropout draws nothing (alone it has no dropout layer)."""
         k = self.k
-        shape = (x.shape[0], x.shape[1] // k, *x.shape[2:]) if grouped else x.shape[1:]
-        masks = []
-        for p, gen in zip(rates, self.generators, strict=True):
-            if p > 0:
-                masks.append(torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p, generator=gen)
-                             .div_(1 - p))
-            else:  # no dropout layer alone: no draw, and x * 1 is x exactly
-                masks.append(torch.ones(shape, dtype=x.dtype, device=x.device))
-        mask = torch.stack(masks, 1).flatten(1, 2) if grouped else torch.stack(masks)
-        return x * mask
+        if layout == "list":
+            return [t * _mask(t.shape, t, p, gen) if p > 0 else t
+                    for t, p, gen in zip(h, rates, self.generators, strict=True)]
+        shape = (h.shape[0], h.shape[1] // k, *h.shape[2:]) if layout == "grouped" else h.shape[1:]
+        masks = [_mask(shape, h, p, gen) if p > 0 else torch.ones(shape, dtype=h.dtype, device=h.device)
+                 for p, gen in zip(rates, self.generators, strict=True)]
+        return h * (torch.stack(masks, 1).flatten(1, 2) if layout == "grouped" else torch.stack(masks))
 
     # --- after backward ------------------------------------------------------------------
 
@@ -172,6 +184,10 @@ class FusedModel:
 
 def _signature(m: nn.Module) -> tuple[object, ...]:
     return (type(m).__name__, *[tuple(p.shape) for p in m.parameters(recurse=False)], repr(m))
+
+
+def _mask(shape: Any, like: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p, generator=gen).div_(1 - p)
 
 
 def _per_image(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -204,13 +204,19 @@ def test_two_fused_workers_run_a_grid_of_seeds_exactly_once(pg_session_db: str, 
     assert_exactly_once(_load(name, url), planned=12)
 
 
-def test_sigterm_hands_back_every_member_and_a_later_worker_resumes_them(pg_session_db: str, tmp_path: Path) -> None:
-    url, name = pg_session_db, unique("fused-term")
+def _fused_worker_at(url: str, name: str, tmp_path: Path, epoch: int, heartbeat: int) -> tuple[Any, Tail]:
+    """A worker training 2 configurations x 2 seeds as one fused group, once it reaches `epoch`."""
     _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train=SLOW_TRAIN)
-    w = start_worker(name, url, "--device", "cpu", "--heartbeat", "5", "--checkpoint-every", "0", env=FUSE4)
+    w = start_worker(name, url, "--device", "cpu", "--heartbeat", str(heartbeat), "--checkpoint-every", "0", env=FUSE4)
     tail = Tail(w)
     tail.wait_for("fused: trials 0, 1, 2, 3", timeout=60)
-    tail.wait_for("epoch 3/8")
+    tail.wait_for(f"epoch {epoch}/8")
+    return w, tail
+
+
+def test_sigterm_hands_back_every_member_and_a_later_worker_resumes_them(pg_session_db: str, tmp_path: Path) -> None:
+    url, name = pg_session_db, unique("fused-term")
+    w, tail = _fused_worker_at(url, name, tmp_path, epoch=3, heartbeat=5)
     w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=60) == 0, "".join(tail.lines)
     study = _load(name, url)
@@ -228,11 +234,7 @@ def test_sigterm_hands_back_every_member_and_a_later_worker_resumes_them(pg_sess
 
 def test_kill9_of_a_fused_worker_requeues_every_member_once(pg_session_db: str, tmp_path: Path) -> None:
     url, name = pg_session_db, unique("fused-kill")
-    _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train=SLOW_TRAIN)
-    victim = start_worker(name, url, "--device", "cpu", "--heartbeat", "2", "--checkpoint-every", "0", env=FUSE4)
-    tail = Tail(victim)
-    tail.wait_for("fused: trials 0, 1, 2, 3", timeout=60)
-    tail.wait_for("epoch 2/8")
+    victim, _ = _fused_worker_at(url, name, tmp_path, epoch=2, heartbeat=2)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     other = start_worker(name, url, "--device", "cpu", "--heartbeat", "2", env=FUSE4, log=tmp_path / "other.log")
