@@ -1,7 +1,7 @@
 """Fused trials vs one trial at a time: trials per hour, a whole grid study, peak memory per member.
 
     .venv/bin/python bench/fusion.py [--ks 1 4 8 16] [--samples 2000] [--epochs 1] [--rounds 4]
-                                     [--study-samples 1200] [--skip-study] [--skip-memory]
+                                     [--study-samples 1200] [--study-k 8] [--skip-throughput|study|memory]
 
 Synthetic MNIST-sized data (1x28x28 images, 10 classes; --samples training images, scaled down
 from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch length).
@@ -13,7 +13,7 @@ from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch 
    hits both alike. Ratio = alone time / fused time = trials/hour fused / trials/hour alone.
 2. The whole studies/mnist-grid.yaml shape (80 configurations x 5 seeds = 400 trials, 2 epochs)
    on --study-samples synthetic images, run by 2 real worker processes (1 thread each) on a
-   journal file: wall time with HPSEARCH_FUSE=1 against the default fusion.
+   journal file: wall time with HPSEARCH_FUSE=1 against HPSEARCH_FUSE=--study-k.
 3. Peak resident memory per member (a fresh process per measurement): training K members fused,
    (peak - peak before training) / K, against one trial alone.
 On CUDA (when present) part 1 is printed again on the GPU.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -126,18 +125,83 @@ def throughput(device: Any, ks: list[int], samples: int, epochs: int, rounds: in
                   flush=True)
 
 
-def study_wall_time(samples: int, tmp: Path) -> None:
+def step_ratio(device: Any, ks: list[int], segments: int) -> None:
+    """Training steps only, alone and fused alternating every few steps: robust to a noisy machine."""
+    from hpsearch import data
+
+    print(f"\n1b. training step time, K members stepping one after another vs one fused step, {device}, batch 64; "
+          f"alternating segments of 10 steps, median of {segments} segments each")
+    print(f"{'model':<26} {'K':>3} {'alone ms/step':>14} {'fused ms/step':>14} {'ratio':>6}")
+    for shape, (title, _) in SHAPES.items():
+        spec = _spec(shape, 2000, 1)
+        d = data.load(spec.dataset, device)
+        for k in ks:
+            a, f = _step_times(spec, d, k, device, segments)
+            print(f"{title:<26} {k:>3} {a:>14.2f} {f:>14.2f} {a / f:>5.2f}x", flush=True)
+
+
+def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[float, float]:
+    import statistics
+
+    import torch
+
+    from hpsearch import objective
+    from hpsearch.fused_model import FusedModel
+    from hpsearch.optim import build_loss, build_optimizer
+
+    def members() -> list[tuple[Any, Any, Any]]:
+        out = []
+        for m in _members(k):
+            cfg = objective.resolve_config(spec, {n: v for n, v in m.items() if n != "seed"})
+            objective.seed_everything(m["seed"])
+            model = objective.build_model(cfg, d.input_shape, d.n_classes).to(device)
+            out.append((model, build_optimizer(model.parameters(), cfg), build_loss(cfg["loss"])))
+        return out
+
+    alone, group = members(), members()
+    net = FusedModel([mo for mo, _, _ in group], [torch.Generator(device=device).manual_seed(i) for i in range(k)],
+                     grouped_conv=device.type != "cpu")
+    idx = torch.randint(0, len(d.x_train), (k, 64), device=device)
+    x, y = d.x_train[idx], d.y_train[idx]
+
+    def alone_step() -> None:
+        for i, (model, opt, loss_fn) in enumerate(alone):
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x[i]), y[i]).backward()
+            opt.step()
+
+    def fused_step() -> None:
+        net.zero_grad()
+        out = net.forward(x)
+        torch.stack([loss_fn(out[i], y[i]) for i, (_, _, loss_fn) in enumerate(group)]).sum().backward()
+        net.share_grads()
+        for _, opt, _ in group:
+            opt.step()
+
+    times: dict[str, list[float]] = {"alone": [], "fused": []}
+    for _ in range(segments):
+        for name, step in (("alone", alone_step), ("fused", fused_step)):
+            step()
+            t0 = time.perf_counter()
+            for _ in range(10):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) / 10 * 1000)
+    return statistics.median(times["alone"]), statistics.median(times["fused"])
+
+
+def study_wall_time(samples: int, k: int, tmp: Path) -> None:
     import yaml
 
     print(f"\n2. studies/mnist-grid.yaml shape (80 configurations x 5 seeds = 400 trials, 2 epochs), {samples} "
           "synthetic 28x28 images (scaled down from 54,000), 2 worker processes x 1 thread, journal file")
     raw = yaml.safe_load((ROOT / "studies" / "mnist-grid.yaml").read_text())
     raw["dataset"] = {"name": "bench.fusion:mnist_like", "n": samples, "val_fraction": 0.1}
-    from hpsearch import fused
-
     rows = []
-    for label, fuse in (("one at a time", "1"), (f"fused (default K={fused.DEFAULT_K['cpu']})", "")):
-        tag = fuse or "default"
+    for label, fuse in (("one at a time", "1"), (f"fused, K={k}", str(k))):
+        tag = fuse
         path = tmp / f"grid-{tag}.yaml"
         path.write_text(yaml.safe_dump({**raw, "name": "grid"}))
         url = f"journal:{tmp / f'grid-{tag}.log'}"
@@ -162,7 +226,7 @@ def memory(ks: list[int], samples: int) -> None:
     print(f"\n3. peak resident memory per member, CPU, {samples} synthetic images (a fresh process each)")
     print(f"{'model':<26} {'K':>3} {'alone MB':>9} {'fused MB/member':>16} {'ratio':>6}")
     for shape, (title, _) in SHAPES.items():
-        alone = _probe(shape, 1, "alone", samples)
+        alone = max(_probe(shape, 1, "alone", samples), 0.1)
         for k in ks:
             per = _probe(shape, k, "fused", samples) / k
             print(f"{title:<26} {k:>3} {alone:>9.1f} {per:>16.1f} {per / alone:>5.2f}x", flush=True)
@@ -175,17 +239,33 @@ def _probe(shape: str, k: int, how: str, samples: int) -> float:
 
 
 def probe(shape: str, k: int, how: str, samples: int) -> None:
-    """In a fresh process: MB of peak RSS that training adds over the loaded data and libraries."""
+    """In a fresh process: MB of resident memory that training adds, at its peak, over the level
+    right before it (data and libraries loaded). Sampled every 2 ms from /proc: ru_maxrss would
+    keep the data load's transient peak instead."""
+    import threading
+
     import torch
 
     from hpsearch import data
 
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
     spec = _spec(shape, samples, 1)
     data.load(spec.dataset, torch.device("cpu"))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    members = _members(k)
-    (time_fused if how == "fused" else time_alone)(spec, members, torch.device("cpu"))
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], rss())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    (time_fused if how == "fused" else time_alone)(spec, _members(k), torch.device("cpu"))
+    done.set()
+    thread.join()
+    print(max(0, peak[0] - base) / 2**20)
 
 
 def main() -> None:
@@ -195,6 +275,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--study-samples", type=int, default=1200)
+    parser.add_argument("--segments", type=int, default=15, help="alternating step segments in part 1b")
+    parser.add_argument("--study-k", type=int, default=8, help="K of the fused study run")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--probe", nargs=3, metavar=("SHAPE", "K", "HOW"), help=argparse.SUPPRESS)
@@ -205,12 +288,13 @@ def main() -> None:
     if args.probe:
         probe(args.probe[0], int(args.probe[1]), args.probe[2], args.samples)
         return
-    throughput(torch.device("cpu"), args.ks, args.samples, args.epochs, args.rounds)
-    if torch.cuda.is_available():
-        throughput(torch.device("cuda"), args.ks, args.samples * 5, args.epochs, args.rounds)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in [] if args.skip_throughput else devices:
+        throughput(device, args.ks, args.samples * (5 if device.type == "cuda" else 1), args.epochs, args.rounds)
+        step_ratio(device, [k for k in args.ks if k > 1], args.segments)
     if not args.skip_study:
         with tempfile.TemporaryDirectory() as tmp:
-            study_wall_time(args.study_samples, Path(tmp))
+            study_wall_time(args.study_samples, args.study_k, Path(tmp))
     if not args.skip_memory:
         memory([k for k in args.ks if k > 1], args.samples)
 

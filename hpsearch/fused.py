@@ -37,14 +37,16 @@ from hpsearch.errors import HpsearchError, Preempted
 from hpsearch.faults import Heartbeat
 from hpsearch.fused_model import FusedModel, fusable, leaves
 from hpsearch.models import build_model
-from hpsearch.spec import StudySpec
+from hpsearch.spec import MAX_FUSE, StudySpec
 
 # Models whose forward is their layers in order (what FusedModel runs); plugins may branch.
 SEQUENTIAL_MODELS = ("dense", "cnn", "tabular")
-MAX_FUSE = 64
 # Default group size of the built-in trainer per device type, chosen by bench/fusion.py (README,
-# "Fused trials"): on CPU the dense MLP trains ~1.3-1.5x faster fused at K=4..8 and the CNN no slower.
-DEFAULT_K = {"cpu": 4, "cuda": 16}
+# "Fused trials"). On the 2-core CPUs here a fused step of the seed grid's MLP is 1.0x/1.1x/1.4x
+# faster at K=4/8/16, the CNN's ~1.05x, and the whole grid with 2 workers did not finish sooner:
+# off on CPU (--fuse/HPSEARCH_FUSE/`fuse:` turn it on). On a GPU one such trial uses a few percent
+# of the device and the fused step costs about one trial's kernel launches: on (not measured here).
+DEFAULT_K = {"cpu": 1, "cuda": 16}
 
 
 def group_size(spec: StudySpec, requested: int | None, device: Any) -> int:
@@ -187,7 +189,7 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
         for m in members:
             m.epoch += 1
         # --- one epoch of every member, fused ---------------------------------------------
-        sums = _fused_epoch(net, runs, data, members)  # type: ignore[arg-type]
+        sums = _fused_epoch(net, runs, data)  # type: ignore[arg-type]
         # --- each member's epoch end, as alone: validate, report, prune, checkpoint --------
         leaving: list[tuple[Member, BaseException | None]] = []
         for (loss, correct, seen), m in zip(sums, members, strict=True):
@@ -217,8 +219,7 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
                 _end(study, m, spec, ctx, out, exc=exc)
 
 
-def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod.Data,
-                 members: list[Member]) -> list[tuple[float, int, int]]:
+def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod.Data) -> list[tuple[float, int, int]]:
     """One epoch for every member: each its own batches (its generator), one fused step per batch."""
     device = data.x_train.device
     k = len(runs)

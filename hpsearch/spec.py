@@ -34,6 +34,7 @@ MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding accept
 MAX_SPEC_BYTES = 1_000_000  # real specs are a few hundred bytes
 MAX_YAML_NODES = 100_000  # nodes after expanding aliases (a 677-byte alias bomb expands to 10^9)
 MAX_PLAN = 1_000_000  # planned trials (grid points x repeats, or a trial budget)
+MAX_FUSE = 64  # trials a worker trains as one fused model
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
@@ -356,8 +357,9 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
         tracking = None
 
     fuse = raw.get("fuse")
-    if fuse is not None and (not _is_int(fuse) or not 1 <= fuse <= 64):
-        err("fuse", f"must be an integer in [1, 64] (trials trained as one fused model), but got fuse={_short(fuse)}")
+    if fuse is not None and (not _is_int(fuse) or not 1 <= fuse <= MAX_FUSE):
+        err("fuse", f"must be an integer in [1, {MAX_FUSE}] (trials trained as one fused model), but got "
+            f"fuse={_short(fuse)}")
     elif fuse is not None and fuse > 1 and not builtin:
         err("fuse", f"must be 1 or absent with a user objective (only the built-in trainer fuses trials), but got {fuse=}")
 
