@@ -81,6 +81,9 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 def worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study name in the storage")
+    p.add_argument("--fuse", type=_number(True, 1, 64), metavar="K",
+                   help="train up to K compatible trials (grid points, seeds, retries) as one fused model; 1: one at "
+                        "a time (default: $HPSEARCH_FUSE, else the spec's fuse:, else off on CPU and 16 on CUDA)")
     _storage_arg(p)
     p.add_argument("--n-trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=POSITIVE, help="stop claiming new trials after this many seconds")
@@ -302,7 +305,7 @@ def _worker(args: argparse.Namespace) -> int:
     opts = Options(
         study=args.study, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
         heartbeat=args.heartbeat, max_failures=args.max_failures, seed=args.seed, stop_timeout=args.stop_timeout,
-        checkpoint_every=args.checkpoint_every, quiet=args.quiet, tracking=tracking,
+        checkpoint_every=args.checkpoint_every, quiet=args.quiet, tracking=tracking, fuse=args.fuse,
     )
     return run_worker(opts)
 

@@ -195,7 +195,7 @@ FUSE4 = cli_env(HPSEARCH_FUSE="4")
 def test_two_fused_workers_run_a_grid_of_seeds_exactly_once(pg_session_db: str, tmp_path: Path) -> None:
     url, name = pg_session_db, unique("fused-grid")
     _create(tmp_path, url, name, repeats=3, space={"lr": {"choices": [0.01, 0.1]}, "optimizer": {"choices": ["sgd", "adam"]}})
-    workers = [start_worker(name, url, "--device", "cpu", "--heartbeat", "2", env=FUSE4, log=tmp_path / f"w{i}.log")
+    workers = [start_worker(name, url, "--device", "cpu", "--heartbeat", "2", "--fuse", "4", log=tmp_path / f"w{i}.log")
                for i in range(2)]
     for i, w in enumerate(workers):
         assert w.wait(timeout=180) == 0, (tmp_path / f"w{i}.log").read_text()
