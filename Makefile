@@ -16,8 +16,10 @@ demo: $(STAMP)
 	$(BIN)/hpsearch launch local --study digits-quick --workers 3
 	$(BIN)/hpsearch best digits-quick --top 5
 
+# Two test processes, one file each at a time (module fixtures such as a throwaway PostgreSQL
+# cluster stay whole): most tests wait on real worker processes, heartbeats and signals.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hpsearch tests bench worker.py
