@@ -173,3 +173,14 @@ def throwaway_pg() -> Iterator[Any]:
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Dozens of tiny builds or steps: one torch thread each is faster than two that contend."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

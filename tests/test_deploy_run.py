@@ -16,22 +16,10 @@ from typing import Any
 
 import optuna
 import pytest
+from test_deploy import _create, _dry_run
 
-from conftest import cli_env, run_cli, tiny_spec, unique, write_spec
+from conftest import cli_env, tiny_spec, unique
 from hpsearch import deploy
-
-
-def _create(tmp_path: Path, storage: str, **over: Any) -> str:
-    name = unique("dep")
-    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name, **over))), "--storage", storage, check=True)
-    return name
-
-
-def _dry_run(target: str, name: str, storage: str, *extra: str, cwd: Path | None = None) -> str:
-    proc = run_cli("launch", target, "--study", name, "--storage", storage, "--dry-run", *extra, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
 
 # ---------------------------------------------------------------- running a rendered script
 

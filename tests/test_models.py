@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +197,6 @@ def test_a_model_reads_exactly_the_settings_it_declares(model_name: str, one_thr
     found = read_settings(_model_outcome(model_name, shape), "model", EXTRA_BASES.get(model_name, []))
     assert found == declared, f"reads but does not declare: {sorted(found - declared)}; " \
                               f"declares but does not read: {sorted(declared - found)}"
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Dozens of tiny builds: one thread each is faster than two that contend on a busy machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def test_used_config_keeps_what_the_model_and_optimizer_read() -> None:

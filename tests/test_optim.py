@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -161,15 +160,6 @@ def _schedule_outcome(name: str) -> Any:
         return lrs
 
     return outcome
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Dozens of tiny steps: one thread each is faster than two that contend on a busy machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())
