@@ -170,15 +170,23 @@ def issue(rdb: optuna.storages.RDBStorage, key: int, study_id: int, planned_key:
     return stop - issued
 
 
-def plan(rdb: optuna.storages.RDBStorage, key: int, study_id: int, attrs: dict[str, Any],
-         make: Callable[[int], FrozenTrial], first: int, ready: dict[str, Any]) -> None:
-    """A new study's spec, its first `first` plan items and its ready flag, in one transaction."""
+def plan(rdb: optuna.storages.RDBStorage, key: int, study_id: int, attrs: dict[str, Any], marker: str,
+         make: Callable[[int], FrozenTrial], first: int, ready: dict[str, Any]) -> bool:
+    """A new study's spec, its first `first` plan items and its ready flag, in one transaction.
+
+    False (nothing written) when the study already has `marker` or any trial: another creator got
+    there first, or the study is not an empty one to adopt.
+    """
     with locked(rdb, key) as session:
+        if marker in study_attrs(session, study_id, [marker]) or session.execute(
+                sa.text("SELECT 1 FROM trials WHERE study_id = :s LIMIT 1"), {"s": study_id}).first():
+            return False
         _lock_study_row(session, study_id)
         set_study_attrs(session, study_id, attrs)
         for i in range(first):
             _create(rdb, session, study_id, make(i))
         set_study_attrs(session, study_id, ready)
+    return True
 
 
 def enqueue_if_running(rdb: optuna.storages.RDBStorage, key: int, study_id: int, trial_id: int,

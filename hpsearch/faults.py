@@ -57,7 +57,7 @@ class StudyLock:
         self._conn: Any = None
         self._fh: Any = None
         self.rdb = study_mod._rdb(study._storage)
-        self.postgres = self.rdb is not None and self.rdb.engine.dialect.name == "postgresql"
+        self.postgres = study_mod._postgres(study._storage) is not None
         self.key = study_key(study.study_name + (f":{purpose}" if purpose else ""))
         self.purpose = purpose
         self.path: Path | None = None
@@ -175,9 +175,9 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
     and sweep_orphans() re-queues a failure whose process died between them.
     """
     storage = study._storage
-    rdb = study_mod._rdb(storage)
+    rdb = study_mod._postgres(storage)
     attrs = {study_mod.FAIL_REASON: reason}
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    if rdb is not None:
         from hpsearch import atomic
 
         done = with_reconnect(atomic.fail_and_requeue)(
@@ -187,7 +187,7 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
         if done is None:
             return False
         failed, number = done
-        _said(failed, reason, number)
+        _said(failed, reason, requeued=number is not None)
         return True
     with StudyLock.of(study):
         try:
@@ -207,20 +207,14 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
-        number = _requeue(study, template)
-    _said(frozen, reason, number)
+        if template is not None:
+            study.add_trial(template)
+    _said(frozen, reason, requeued=template is not None)
     return True
 
 
-def _requeue(study: optuna.Study, template: optuna.trial.FrozenTrial | None) -> int | None:
-    if template is None:
-        return None
-    study.add_trial(template)
-    return -1
-
-
-def _said(frozen: optuna.trial.FrozenTrial, reason: str, number: int | None) -> None:
-    if number is None:
+def _said(frozen: optuna.trial.FrozenTrial, reason: str, requeued: bool) -> None:
+    if not requeued:
         log.warning("trial %d failed (%s) and is not retried again: it crashed its worker %d times",
                     frozen.number, reason, study_mod.max_retries())
     else:
@@ -231,8 +225,8 @@ def sweep_orphans(study: optuna.Study) -> int:
     """Re-queue every retryable failure that has no successor (its process died between the two
     writes of a hand-back or a reap). Call under the study lock; a no-op on PostgreSQL, where the
     two writes are one transaction."""
-    rdb = study_mod._rdb(study._storage)
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    rdb = study_mod._postgres(study._storage)
+    if rdb is not None:
         return 0
     trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
     retried = {n for t in trials for n in t.user_attrs.get(study_mod.RETRY_HISTORY, [])}
@@ -244,7 +238,8 @@ def sweep_orphans(study: optuna.Study) -> int:
             template = study_mod.retry_template(t, reason)
             if template is None:  # over its retry limit: stays failed (its reason says why)
                 continue
-            _said(t, reason, _requeue(study, template))
+            study.add_trial(template)
+            _said(t, reason, requeued=True)
             n += 1
     return n
 

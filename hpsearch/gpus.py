@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import IO
 
+from hpsearch.errors import HpsearchError
+
 log = logging.getLogger("hpsearch.gpus")
 DEFAULT_LOCKS = "/tmp/hpsearch-gpu-locks"
 _HELD: list[IO[str]] = []  # open lock files: the GPU stays this process's while it lives
@@ -27,7 +29,11 @@ def claim_free_gpu(n_devices: int, lock_dir: str | None = None) -> int:
     if n_devices <= 1:
         return 0
     root = Path(lock_dir or os.environ.get("HPSEARCH_GPU_LOCKS") or DEFAULT_LOCKS)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HpsearchError(f"HPSEARCH_GPU_LOCKS must be a directory this worker can write, but got {str(root)!r} "
+                            f"({exc.strerror})") from None
     for index in range(n_devices):
         fh = open(root / f"gpu-{index}.lock", "a+")  # noqa: SIM115 - held for the process's life
         try:

@@ -116,30 +116,17 @@ def _plan_once(study: optuna.Study, spec: StudySpec, attrs: dict[str, Any]) -> s
     """'created' (this call planned it), 'finished' (it completed an interrupted creation) or 'exists'."""
     from hpsearch.faults import StudyLock, study_key
 
-    rdb = _rdb(study._storage)
+    rdb = _postgres(study._storage)
     chunk = issue_chunk(study._storage)
     first = attrs[PLANNED_ATTR] if chunk is None else min(attrs[PLANNED_ATTR], chunk)
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    if rdb is not None:
         from hpsearch import atomic
         from hpsearch.storage import with_reconnect
 
-        def make(i: int) -> FrozenTrial:
-            return _plan_template(spec, i)
-
-        def once() -> str:
-            with atomic.locked(rdb, study_key(study.study_name)) as session:
-                stored = atomic.study_attrs(session, study._study_id, [HASH_ATTR, READY_ATTR])
-                n_trials = session.execute(_count_trials(), {"s": study._study_id}).scalar()
-                if stored.get(HASH_ATTR) is not None or n_trials:
-                    return "exists"
-                atomic._lock_study_row(session, study._study_id)
-                atomic.set_study_attrs(session, study._study_id, attrs)
-                for i in range(first):
-                    atomic._create(rdb, session, study._study_id, make(i))
-                atomic.set_study_attrs(session, study._study_id, {ISSUED_ATTR: first, READY_ATTR: True})
-                return "created"
-
-        return with_reconnect(once)()
+        created = with_reconnect(atomic.plan)(rdb, study_key(study.study_name), study._study_id, attrs, HASH_ATTR,
+                                              lambda i: _plan_template(spec, i), first,
+                                              {ISSUED_ATTR: first, READY_ATTR: True})
+        return "created" if created else "exists"
     with StudyLock.of(study):
         stored = study.user_attrs
         if stored.get(HASH_ATTR) is None and not study._storage.get_n_trials(study._study_id):
@@ -155,12 +142,6 @@ def _plan_once(study: optuna.Study, spec: StudySpec, attrs: dict[str, Any]) -> s
             _finish_plan(study, spec)
             return "finished"
     return "exists"
-
-
-def _count_trials() -> Any:
-    import sqlalchemy as sa
-
-    return sa.text("SELECT count(*) FROM trials WHERE study_id = :s")
 
 
 def _finish_plan(study: optuna.Study, spec: StudySpec) -> None:
@@ -180,8 +161,8 @@ def ensure_ready(study: optuna.Study, spec: StudySpec) -> None:
         return
     from hpsearch.faults import StudyLock
 
-    rdb = _rdb(study._storage)
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    rdb = _postgres(study._storage)
+    if rdb is not None:
         # Created in one transaction by this version: not ready means an older creator died mid-way.
         from hpsearch import atomic
         from hpsearch.faults import study_key
@@ -293,8 +274,8 @@ def top_up(study: optuna.Study, spec: StudySpec, chunk: int) -> int:
     """
     if chunk < 1:
         raise HpsearchError(f"the issue chunk must be >= 1, but got {chunk=}")
-    rdb = _rdb(study._storage)
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    rdb = _postgres(study._storage)
+    if rdb is not None:
         from hpsearch import atomic
         from hpsearch.faults import study_key
         from hpsearch.storage import with_reconnect
@@ -366,8 +347,8 @@ def enqueue_seeds_of(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, 
         return [_template(params, {SEED: s, CONFIG_ID: cid, REPEAT_OF: frozen.number})
                 for s in seeds if (cid, s) not in existing]
 
-    rdb = _rdb(study._storage)
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    rdb = _postgres(study._storage)
+    if rdb is not None:
         from hpsearch import atomic
         from hpsearch.faults import study_key
         from hpsearch.storage import with_reconnect
@@ -449,6 +430,12 @@ def _cache_claimed(cached: Any, study_id: int, frozen: FrozenTrial) -> None:
         info.unfinished_trial_ids.add(frozen._trial_id)
 
 
+def _postgres(storage: Any) -> LeanRDBStorage | None:
+    """The PostgreSQL storage under `storage` (hpsearch's lean one), or None for any other backend."""
+    rdb = _rdb(storage)
+    return rdb if isinstance(rdb, LeanRDBStorage) and rdb.lean else None
+
+
 def _rdb(storage: Any) -> optuna.storages.RDBStorage | None:
     backend = getattr(storage, "_backend", storage)
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
@@ -517,8 +504,8 @@ def claim_group(study: optuna.Study, first: optuna.Trial, k: int,
     if want is None:
         return [first]
     storage = study._storage
-    rdb = _rdb(storage)
-    if rdb is not None and rdb.engine.dialect.name == "postgresql":
+    rdb = _postgres(storage)
+    if rdb is not None:
         ids = _claim_partners_postgres(rdb, study._study_id, want, key, k - 1)
         if rdb is not storage:
             for trial_id in ids:

@@ -101,6 +101,7 @@ def run_worker(opts: Options) -> int:
     pruner = build_pruner(spec.pruner, int(spec.train.get("epochs", 0) or 0) or None)
     study = study_mod.load(opts.study, storage, sampler=sampler, pruner=pruner)
     study_mod.ensure_ready(study, spec)  # a half-created study is finished, never taken for done
+    study_mod.max_retries()  # a bad HPSEARCH_MAX_RETRIES is one line now, not a warning per reap later
     created = float(study.user_attrs.get(study_mod.CREATED_ATTR, time.time()))
     deadline = created + spec.wall_clock if spec.wall_clock else None
     my_deadline = time.monotonic() + opts.timeout if opts.timeout else None

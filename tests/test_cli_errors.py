@@ -236,6 +236,7 @@ def test_nonsense_worker_options_are_one_line_exit_2(option: str, value: str, ac
     ("HPSEARCH_CONNECT_WAIT", "-5", ["status", "env"]),
     ("HPSEARCH_ISSUE_CHUNK", "-5", ["worker", "--study", "env"]),
     ("HPSEARCH_ISSUE_CHUNK", "lots", ["create-study", "SPEC"]),
+    ("HPSEARCH_MAX_RETRIES", "-1", ["worker", "--study", "env"]),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(v[:1]))
 def test_bad_environment_settings_are_one_line_and_change_nothing(variable: str, value: str, command: list[str],
                                                                   kept: dict[str, str], tmp_path: Path) -> None:

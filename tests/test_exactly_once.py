@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -162,27 +163,22 @@ def test_interrupted_create_study_is_finished_not_taken_for_done(pg_url: str, tm
     url, name = pg_url, unique("create")
     lrs = [0.01, 0.02, 0.03, 0.04]
     spec = write_spec(tmp_path, tiny_spec(name, space={"lr": {"choices": lrs}}))
-    run_cli("list", "--storage", url, check=False)  # nothing yet; creates nothing either
     open_storage(url, create=True)  # the tables, so the test can lock one
     with hold(url, "LOCK TABLE trials IN SHARE ROW EXCLUSIVE MODE"):
         creator = subprocess.Popen(
-            [*_python(), "-m", "hpsearch", "create-study", str(spec), "--storage", url],
+            [sys.executable, "-m", "hpsearch", "create-study", str(spec), "--storage", url],
             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_blocked(url)
         creator.send_signal(signal.SIGKILL)
         creator.wait()
     early = start_worker(name, url, "--heartbeat", "2", "--device", "cpu", log=tmp_path / "early.log")
-    early.wait(timeout=120)
+    early_code = early.wait(timeout=120)
+    early_out = (tmp_path / "early.log").read_text()  # a study with no spec yet is not "done"
+    assert early_code != 0 and "has no hpsearch spec" in early_out and "Traceback" not in early_out, early_out
     again = run_cli("create-study", str(spec), "--storage", url, timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
     _finish(name, url, tmp_path, "after.log")
     assert_exactly_once(_study(name, url), len(lrs))
-
-
-def _python() -> list[str]:
-    import sys
-
-    return [sys.executable]
 
 
 def test_late_worker_after_a_takeover_drops_its_result(pg_session_db: str, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 HOLD = """
@@ -47,3 +49,13 @@ def test_one_visible_gpu_needs_no_lock(tmp_path: Path) -> None:
 
     assert claim_free_gpu(1, str(tmp_path / "locks")) == 0
     assert not (tmp_path / "locks").exists()  # CUDA_VISIBLE_DEVICES=K (SLURM, PBS): nothing to share
+
+
+def test_an_unwritable_lock_directory_is_one_clear_error(tmp_path: Path) -> None:
+    from hpsearch.errors import HpsearchError
+    from hpsearch.gpus import claim_free_gpu
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(HpsearchError, match="HPSEARCH_GPU_LOCKS must be a directory"):
+        claim_free_gpu(2, str(blocker / "locks"))
