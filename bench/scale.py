@@ -13,6 +13,8 @@ crowd    200 workers against a PostgreSQL with max_connections=100, through `hps
 capacity trials/s the coordination path sustains (no-op trials, 16 workers): PostgreSQL direct,
          pgbouncer, hpsearch proxy.
 status   `hpsearch status`, `best` and `report` on the 50k-trial study.
+statements  SQL statements the server receives per trial (the server's own statement log): one
+         worker running no-op trials (4 parameters, 5 reports) to the end of the study.
 Everything runs on loopback against PostgreSQL clusters this script starts itself.
 """
 
@@ -243,6 +245,27 @@ def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) ->
         cluster.destroy()
 
 
+def part_statements(tmp: Path, trials: int) -> None:
+    cluster = Cluster(max_connections=100).init()
+    with open(cluster.data / "postgresql.conf", "a") as f:
+        f.write("log_statement = 'all'\nlog_line_prefix = ''\n")
+    cluster.start()
+    try:
+        url = cluster.create_db("statements")
+        study_mod.create(load_spec(spec_file(tmp, "statements", budget=trials)), open_storage(url, create=True))
+        log = cluster.root / "log"
+        start = len(log.read_text().splitlines())
+        codes, logs = run_workers(url, "statements", 1, tmp)
+        assert codes == [0], logs[-2000:]
+        lines = [ln for ln in log.read_text().splitlines()[start:] if "statement: " in ln]
+        tx = sum(1 for ln in lines if ln.split("statement: ", 1)[1].strip().upper() in ("BEGIN", "COMMIT", "ROLLBACK"))
+        print(f"\nstatements per trial (one worker, {trials} no-op trials, 4 parameters, 5 reports, from "
+              f"start to exit): {len(lines) / trials:.1f} ({(len(lines) - tx) / trials:.1f} without "
+              f"BEGIN/COMMIT/ROLLBACK)", flush=True)
+    finally:
+        cluster.destroy()
+
+
 # ---------------------------------------------------------------- 200 workers through the proxy
 
 
@@ -372,7 +395,7 @@ def part_status(url: str, tmp: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["cost", "quality", "scaling", "crowd", "capacity", "status"])
+    parser.add_argument("--parts", nargs="+", default=["cost", "quality", "scaling", "crowd", "capacity", "statements", "status"])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="samplers of the cost part")
     parser.add_argument("--workers", nargs="+", type=int, help="worker counts of the scaling part")
@@ -400,6 +423,8 @@ def main() -> None:
                     part_crowd(tmp, 20 if q else 200, 40 if q else 600, 1.0, via)
             if "capacity" in args.parts:
                 part_capacity(tmp, 4 if q else 16, 10 if q else 40)
+            if "statements" in args.parts:
+                part_statements(tmp, 20 if q else 100)
             if "status" in args.parts:
                 part_status(url, tmp, 2000 if q else 50000)
         finally:

@@ -1,0 +1,242 @@
+"""The shape of the hpsearch package: import floors and cycles, Optuna-internal accesses, literals.
+
+    .venv/bin/python bench/structure.py [PACKAGE_DIR]      (default: hpsearch/ of this checkout)
+
+Run it on two checkouts (e.g. `git worktree add /tmp/old <rev>`) to compare before and after.
+
+floors    the import graph between hpsearch modules (every import, at module level or inside a
+          function), its strongly connected components (an import cycle is a component of two or
+          more modules) and the number of floors: the longest chain of imports, cycles collapsed.
+internal  lines that touch Optuna internals, by three rules:
+          - a name imported from a private Optuna module (a dotted path with a part starting with
+            "_"), or a line that uses such a name;
+          - an attribute access `x._name` (x not self/cls) or `super()._name` where `_name` is a
+            private name defined somewhere in Optuna's source;
+          - a string holding SQL (SELECT/INSERT/UPDATE/DELETE ... FROM/INTO/SET) that names one of
+            Optuna's tables.
+literals  string literals in hpsearch equal to an attribute key that hpsearch stores on studies
+          or trials (listed in hpsearch's schema module when one exists; otherwise the keys
+          found as the first argument of set_user_attr / set_system_attr / set_trial_*_attr).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+OPTUNA_TABLES = ("trials", "studies", "trial_values", "trial_params", "trial_intermediate_values",
+                 "trial_user_attributes", "trial_system_attributes", "study_user_attributes",
+                 "study_system_attributes", "trial_heartbeats", "version_info", "study_directions",
+                 "alembic_version")
+SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b.*\b(FROM|INTO|SET)\b", re.S)
+TABLE = re.compile(r"\b(" + "|".join(OPTUNA_TABLES) + r")\b")
+
+
+def modules(root: Path) -> dict[str, Path]:
+    package = root.name
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    assert package in found or any(m.startswith(package + ".") for m in found)
+    return found
+
+
+def imports(name: str, path: Path, known: dict[str, Path], top_level: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text())
+    is_package = path.name == "__init__.py"
+    out: set[str] = set()
+    nodes = tree.body if top_level else list(ast.walk(tree))
+    for node in nodes:
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                if not is_package:
+                    anchor = anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for target in targets:
+            # `from hpsearch import data` names the module hpsearch.data; `from hpsearch.data import
+            # Raw` names hpsearch.data: take the longest known prefix.
+            parts = target.split(".")
+            for cut in range(len(parts), 0, -1):
+                candidate = ".".join(parts[:cut])
+                if candidate in known:
+                    if candidate != name and not name.startswith(candidate + "."):
+                        out.add(candidate)
+                    break
+    return out
+
+
+def components(graph: dict[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    result: list[list[str]] = []
+    counter = [0]
+    sys.setrecursionlimit(10000)
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            result.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return result
+
+
+def floors(graph: dict[str, set[str]], comps: list[list[str]]) -> int:
+    of = {m: i for i, comp in enumerate(comps) for m in comp}
+    dag: dict[int, set[int]] = defaultdict(set)
+    for v, ws in graph.items():
+        for w in ws:
+            if of[v] != of[w]:
+                dag[of[v]].add(of[w])
+    depth: dict[int, int] = {}
+
+    def height(c: int) -> int:
+        if c not in depth:
+            depth[c] = 1 + max((height(d) for d in dag[c]), default=0)
+        return depth[c]
+
+    return max(height(c) for c in range(len(comps)))
+
+
+def optuna_private_names() -> set[str]:
+    import optuna
+
+    names: set[str] = set()
+    pattern = re.compile(r"(?:def|class)\s+(_[A-Za-z]\w*)|self\.(_[A-Za-z]\w*)\s*[:=]|^\s*(_[A-Za-z]\w*)\s*[:=]", re.M)
+    for path in Path(optuna.__file__).parent.rglob("*.py"):
+        for match in pattern.finditer(path.read_text(errors="replace")):
+            names.add(next(g for g in match.groups() if g))
+    return {n for n in names if not (n.startswith("__") and n.endswith("__"))}
+
+
+def internal_lines(path: Path, private: set[str]) -> set[int]:
+    source = path.read_text()
+    tree = ast.parse(source)
+    lines: set[int] = set()
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("optuna"):
+            if any(part.startswith("_") for part in node.module.split(".")):
+                lines.add(node.lineno)
+                imported.update(alias.asname or alias.name for alias in node.names)
+            elif any(alias.name.startswith("_") for alias in node.names):
+                lines.add(node.lineno)
+                imported.update(alias.asname or alias.name for alias in node.names)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in imported:
+            lines.add(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr in private:
+            receiver = node.value
+            if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+                continue
+            lines.add(node.lineno)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if SQL.search(node.value) and TABLE.search(node.value):
+                lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return lines
+
+
+def stored_keys(root: Path, found: dict[str, Path]) -> set[str]:
+    for name, path in found.items():
+        if name.endswith(".schema") or name.endswith(".attrs"):
+            tree = ast.parse(path.read_text())
+            keys = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                    and re.fullmatch(r"[a-z][a-z0-9_:.]*", n.value)}
+            if keys:
+                return keys
+    for path in found.values():
+        tree = ast.parse(path.read_text())
+        names = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                 if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
+        if "SPEC_ATTR" in names:  # before the schema module: the key constants sat in study.py
+            return {v for k, v in names.items() if k.isupper() and re.fullmatch(r"[a-z][a-z0-9_:.]*", v)}
+    keys: set[str] = set()
+    for path in found.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and re.search(
+                    r"set_(trial_)?(user|system)_attr", node.func.attr) and len(node.args) >= 1:
+                arg = node.args[-2] if len(node.args) >= 2 else node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    keys.add(arg.value)
+    return keys
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "hpsearch").resolve()
+    found = modules(root)
+    graph = {name: imports(name, path, found) for name, path in found.items()}
+    comps = components(graph)
+    cycles = [c for c in comps if len(c) > 1]
+    print(f"{root}: {len(found)} modules in {len({p.parent for p in found.values()})} folders, "
+          f"{sum(len(p.read_text().splitlines()) for p in found.values())} lines")
+    print(f"import floors: {floors(graph, comps)}")
+    print(f"import cycles (any import, also inside functions): {len(cycles)}"
+          + "".join(f"\n  {' <-> '.join(c)}" for c in cycles))
+    top = {name: imports(name, path, found, top_level=True) for name, path in found.items()}
+    top_cycles = [c for c in components(top) if len(c) > 1]
+    print(f"import cycles (module-level imports): {len(top_cycles)}"
+          + "".join(f"\n  {' <-> '.join(c)}" for c in top_cycles))
+    private = optuna_private_names()
+    per_module = {name: internal_lines(path, private) for name, path in found.items()}
+    touched = {name: len(lines) for name, lines in per_module.items() if lines}
+    print(f"Optuna-internal accesses: {sum(touched.values())} lines in {len(touched)} modules")
+    for name, count in sorted(touched.items(), key=lambda kv: -kv[1]):
+        print(f"  {count:4d}  {name}")
+    keys = stored_keys(root, found)
+    literal_in: dict[str, int] = {}
+    for name, path in found.items():
+        if name.endswith(".schema") or name.endswith(".attrs"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        hits = sum(1 for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in keys
+                   and id(n) not in docstrings)
+        if hits:
+            literal_in[name] = hits
+    print(f"stored attribute keys: {len(keys)}; as string literals outside the schema: "
+          f"{sum(literal_in.values())} in {len(literal_in)} modules")
+    longest = []
+    for name, path in found.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                longest.append((node.end_lineno - node.lineno + 1, f"{name}.{node.name}"))
+    print("longest functions: " + ", ".join(f"{n} {f}" for f, n in [(f, n) for n, f in sorted(longest)[-6:][::-1]]))
+
+
+if __name__ == "__main__":
+    main()
