@@ -3,7 +3,7 @@
 
 import sys
 
-from hpsearch.cli import main
+from hpsearch.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["worker", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ plus the trainer's per-step loss/accuracy bookkeeping) over the same 60,000 28x2
 as IDX files and read by torchvision's own MNIST class:
   - dataloader: torchvision.datasets.MNIST with ToTensor + Normalize, a shuffling
     torch.utils.data.DataLoader (num_workers 0, as the seed scripts ran it), batches moved to the device;
-  - hpsearch: hpsearch.data.load (once, tensors resident on the device) and hpsearch.data.batches
+  - hpsearch: hpsearch.training.data.loading.load (once, tensors resident on the device) and hpsearch.training.data.loading.batches
     (a seeded permutation, index_select per batch).
 Models: the dense MLP of studies/mnist-grid.yaml (input handling dominates) and its small CNN
 (compute dominates on a CPU). The two paths train in turns of --segment batches through one
@@ -44,8 +44,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpsearch import config, data  # noqa: E402
-from hpsearch.models import build_model  # noqa: E402
+from hpsearch.training import settings as config  # noqa: E402
+from hpsearch.training.data import loading as data  # noqa: E402
+from hpsearch.training.models import build_model  # noqa: E402
 
 MODELS = {
     "dense": ("dense MLP 784-256-128-10", {"model": "dense", "widths": [256, 128]}),

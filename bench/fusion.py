@@ -8,7 +8,7 @@ from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch 
 1. Trials per hour for the seed grid's two shapes, the dense MLP 784-256-128-10 and the two-block
    CNN (32-64 conv, 128 fc), SGD and Adam members with dropout 0..0.5 as in studies/mnist-grid.yaml:
    K trials trained one after another (objective.run, what a worker does without fusion) against
-   the same K trials fused (hpsearch.fused.run_group). Alone and fused runs alternate for --rounds
+   the same K trials fused (hpsearch.training.fused.run_group). Alone and fused runs alternate for --rounds
    rounds and the fastest round of each counts, so load from other processes on a shared machine
    hits both alike. Ratio = alone time / fused time = trials/hour fused / trials/hour alone.
 2. The whole studies/mnist-grid.yaml shape (80 configurations x 5 seeds = 400 trials, 2 epochs)
@@ -44,7 +44,7 @@ GRID = {"lr": [0.1, 0.01, 0.001, 0.0001, 0.00001], "optimizer": ["sgd", "adam"],
 
 def mnist_like(cfg: dict[str, Any]) -> Any:
     """Dataset plugin (`bench.fusion:mnist_like`): noisy class templates, MNIST's shapes."""
-    from hpsearch.data import Raw
+    from hpsearch.training.data.registry import Raw
 
     n = int(cfg.get("n", 6000))
     rng = np.random.default_rng(0)
@@ -55,7 +55,7 @@ def mnist_like(cfg: dict[str, Any]) -> Any:
 
 
 def _spec(shape: str, samples: int, epochs: int, **over: Any) -> Any:
-    from hpsearch.spec import spec_from_dict
+    from hpsearch.spec.parse import spec_from_dict
 
     return spec_from_dict({
         "name": "fusion-bench", "metric": "val_acc", "sampler": "grid", "pruner": "none",
@@ -81,7 +81,7 @@ def _study(members: list[dict[str, Any]]) -> Any:
 
 
 def time_alone(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
-    from hpsearch import objective
+    from hpsearch.training import objective
 
     study = _study(members)
     t0 = time.perf_counter()
@@ -91,8 +91,8 @@ def time_alone(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
 
 
 def time_fused(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
-    from hpsearch import fused
-    from hpsearch.worker import Options
+    from hpsearch.training import fused
+    from hpsearch.worker.loop import Options
 
     study = _study(members)
     trials = [study.ask() for _ in members]
@@ -104,7 +104,7 @@ def time_fused(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
 
 
 def throughput(device: Any, ks: list[int], samples: int, epochs: int, rounds: int) -> None:
-    from hpsearch import data
+    from hpsearch.training.data import loading as data
 
     print(f"\n1. trials/hour fused vs one at a time, {device}, {samples} synthetic 28x28 images, {epochs} epoch(s), "
           f"batch 64, torch threads {__import__('torch').get_num_threads()}; fastest of {rounds} alternating rounds")
@@ -127,7 +127,7 @@ def throughput(device: Any, ks: list[int], samples: int, epochs: int, rounds: in
 
 def step_ratio(device: Any, ks: list[int], segments: int) -> None:
     """Training steps only, alone and fused alternating every few steps: robust to a noisy machine."""
-    from hpsearch import data
+    from hpsearch.training.data import loading as data
 
     print(f"\n1b. training step time, K members stepping one after another vs one fused step, {device}, batch 64; "
           f"alternating segments of 10 steps, median of {segments} segments each")
@@ -145,9 +145,9 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
 
     import torch
 
-    from hpsearch import objective
-    from hpsearch.fused_model import FusedModel
-    from hpsearch.optim import build_loss, build_optimizer
+    from hpsearch.training import objective
+    from hpsearch.training.fused_model import FusedModel
+    from hpsearch.training.optim import build_loss, build_optimizer
 
     def members() -> list[tuple[Any, Any, Any]]:
         out = []
@@ -246,7 +246,7 @@ def probe(shape: str, k: int, how: str, samples: int) -> None:
 
     import torch
 
-    from hpsearch import data
+    from hpsearch.training.data import loading as data
 
     def rss() -> int:
         with open("/proc/self/statm") as f:

@@ -30,9 +30,9 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpsearch import study as study_mod  # noqa: E402
-from hpsearch.spec import load_spec  # noqa: E402
-from hpsearch.storage import open_storage  # noqa: E402
+from hpsearch.queue import study as study_mod  # noqa: E402
+from hpsearch.spec.parse import load_spec  # noqa: E402
+from hpsearch.storage.backend import open_storage  # noqa: E402
 
 ADMIN = os.environ.get("HPSEARCH_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 SPEC = {

@@ -41,9 +41,9 @@ import sqlalchemy as sa  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from hpsearch import study as study_mod  # noqa: E402
-from hpsearch.spec import load_spec  # noqa: E402
-from hpsearch.storage import open_storage  # noqa: E402
+from hpsearch.queue import study as study_mod  # noqa: E402
+from hpsearch.spec.parse import load_spec  # noqa: E402
+from hpsearch.storage.backend import open_storage  # noqa: E402
 from pgcluster import Cluster, free_port  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")]), "HPSEARCH_THREADS": "1"}
@@ -155,7 +155,7 @@ def print_cost(rows: list[dict[str, Any]]) -> None:
 
 def part_quality(n_trials: int, seeds: int) -> None:
     import bench_objectives
-    from hpsearch.window import FilteredSampler
+    from hpsearch.search.filters import FilteredSampler
 
     print(f"\nsearch quality: best value after {n_trials} trials on the benchmark function (lower is better), "
           f"mean over {seeds} seeds, and the sampler's time per trial over the last 100 trials")

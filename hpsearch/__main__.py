@@ -1,5 +1,5 @@
 import sys
 
-from hpsearch.cli import main
+from hpsearch.cli.main import main
 
 sys.exit(main())

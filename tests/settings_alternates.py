@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpsearch import config
+from hpsearch.training import settings as config
 
 MISSING_WEIGHTS = "/nonexistent/hpsearch-test-weights.pth"
 

@@ -27,8 +27,7 @@ def quadratic(trial: optuna.Trial, spec: dict[str, Any]) -> float:
 
 def sleepy(trial: optuna.Trial, spec: dict[str, Any]) -> float:
     """Sleeps in small steps (for fault and scale tests); honours the worker's stop flag."""
-    from hpsearch.errors import Preempted
-    from hpsearch.worker import should_stop
+    from hpsearch import Preempted, should_stop
 
     seconds = float(os.environ.get("HPS_SLEEP", spec["train"].get("sleep", 1.0)))
     steps = int(spec["train"].get("steps", 2))

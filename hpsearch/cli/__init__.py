@@ -1,0 +1,1 @@
+"""The `hpsearch` command; the only place that turns errors into exit codes."""

@@ -1,0 +1,99 @@
+"""`hpsearch repeat`, `report` and `export`: added to the CLI by cli.py when this module exists.
+
+Heavy libraries (scipy, matplotlib, plotly, pandas) are imported by the commands, not here, so
+`hpsearch --help` and the worker stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_parsers(sub: Any, command: Callable[[str], Callable[[Command], Command]],
+                storage_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("repeat", help="queue more seeds of the best configurations (per group)")
+    p.add_argument("study")
+    storage_arg(p)
+    p.add_argument("--top", type=int, required=True, metavar="K", help="configurations to repeat (per group)")
+    p.add_argument("--seeds", type=int, required=True, metavar="S", help="new seeds per configuration")
+    p.add_argument("--group-by", metavar="PARAM", help="take the top K of each value of this parameter")
+    command("repeat")(_repeat)
+
+    p = sub.add_parser("report", help="write DIR/report.md and DIR/report.html with tables and figures")
+    p.add_argument("study")
+    storage_arg(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help='a filtered view, e.g. "test_acc < 0.15" or "val_acc > 0.95 and optimizer == adam" '
+                        "(repeatable)")
+    p.add_argument("--group-by", metavar="PARAM", help="best configurations per value of this parameter")
+    p.add_argument("--top", type=int, default=5, help="configurations per group in the table (default 5)")
+    p.add_argument("--level", type=float, default=0.9, help="confidence level of the intervals (default 0.9)")
+    p.add_argument("--window", type=int, default=3,
+                   help="under-trained: epochs looked back over (default 3)")
+    p.add_argument("--min-gain", type=float, default=0.01,
+                   help="under-trained: improvement over the window that counts (absolute for accuracy, "
+                        "relative for a loss; default 0.01)")
+    command("report")(_report)
+
+    p = sub.add_parser("export", help="one row per trial (params, metrics, state) as csv, parquet or json")
+    p.add_argument("study")
+    storage_arg(p)
+    p.add_argument("--format", required=True, choices=["csv", "parquet", "json"])
+    p.add_argument("--out", metavar="FILE", help="write this file (default: the data to stdout, messages to stderr; "
+                   "parquet needs --out)")
+    command("export")(_export)
+
+
+def _open(name: str, storage: str | None) -> Any:
+    from hpsearch.queue import study as study_mod
+    from hpsearch.storage.backend import open_storage
+
+    return study_mod.load(name, open_storage(storage))
+
+
+def _repeat(args: argparse.Namespace) -> int:
+    from hpsearch.queue import study as study_mod
+    from hpsearch.queue.repeats import describe, queue_repeats
+    from hpsearch.storage.backend import mask
+
+    study = _open(args.study, args.storage)
+    spec = study_mod.stored_spec(study)
+    queued = queue_repeats(study, spec, args.top, args.seeds, args.group_by)
+    for line in describe(queued, spec.metric, args.group_by):
+        print(line)
+    hint = f" --storage {mask(args.storage)}" if args.storage else ""
+    print(f"run workers with: python worker.py --study {args.study}{hint}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hpsearch.report.build import ReportOptions, summary_line, write_report
+
+    study = _open(args.study, args.storage)
+    opts = ReportOptions(where=args.where, group_by=args.group_by, top=args.top, level=args.level,
+                         window=args.window, min_gain=args.min_gain)
+    md, page, snap = write_report(study, args.out, opts)
+    print(summary_line(md, page, snap))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import sys
+
+    from hpsearch.errors import HpsearchError
+    from hpsearch.report.export import BINARY_TO_STDOUT, export
+    from hpsearch.storage import bulk as fastread
+
+    if args.format == "parquet" and args.out in (None, "-"):
+        raise HpsearchError(BINARY_TO_STDOUT)  # before reading a possibly large study
+    study = _open(args.study, args.storage)
+    n = export(fastread.full_trials(study), args.format, args.out)
+    if args.out not in (None, "-"):
+        # On stderr: stdout carries the data and nothing else, whatever --out says.
+        print(f"wrote {n} trials to {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Operations: status, launching workers (local, SLURM, PBS), deployment, the dashboard, the proxy."""

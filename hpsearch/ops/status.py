@@ -1,0 +1,397 @@
+"""`hpsearch status` and `list`: what a study looks like right now, read from the storage.
+
+One unit everywhere: trials. Every seed of a configuration, every `hpsearch repeat` seed and every
+retry of a trial handed back by a dead or preempted worker is one trial, so "finished of planned"
+and "to go" always add up (planned = finished + to go). A sampled (random/TPE) study's budget
+counts configurations, whose other seeds are queued only when the first completes: its "to go"
+is then an upper bound and says so.
+
+Running trials whose heartbeat is older than the reaper's grace (1.5 intervals, hpsearch.queue.faults)
+are shown as stale: their worker is presumed dead. Trials a worker handed back on preemption
+are counted as "handed back", not failed (their retry is queued). The ETA comes from the recent
+throughput (the last 20 finished trials, or the last 10 minutes when more finished in them, per
+hour of busy time), not from the study's whole life with its idle spells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.table import Table
+
+from hpsearch.errors import HpsearchError
+from hpsearch.queue import study as study_mod
+from hpsearch.storage import bulk as fastread
+from hpsearch.storage.backend import mask, open_storage, resolve_url
+
+STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
+RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
+RECENT_SECONDS = 600.0  # ... or all of the last 10 minutes when more than 20 finished in them
+HANDED_BACK = "preempted"  # how the worker's fail_reason of a hand-back starts
+
+
+def open_study(name: str, storage: str | None) -> tuple[optuna.Study, Any]:
+    st = open_storage(storage)
+    study = study_mod.load(name, st)
+    try:
+        spec = study_mod.stored_spec(study)
+    except Exception:  # noqa: BLE001 - plain Optuna studies still get a status
+        spec = None
+    return study, spec
+
+
+def snapshot(name: str, storage: str | None) -> dict[str, Any]:
+    study, spec = open_study(name, storage)
+    return snapshot_study(study, spec)
+
+
+def state_of(trial: Any) -> str:
+    """The state as `status` counts it: a failed trial handed back on preemption is not a failure."""
+    if trial.state == TrialState.FAIL:
+        reason = str(trial.user_attrs.get(study_mod.FAIL_REASON) or "")
+        return "handed back" if reason.startswith(HANDED_BACK) else "failed"
+    return trial.state.name.lower()
+
+
+def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = None) -> dict[str, Any]:
+    """Everything `status` shows, gathered in one pass over the trials (rendering is separate)."""
+    now = time.time() if now is None else now
+    # Only the attributes shown (curves and configs of running trials only): fast at 50k trials.
+    trials = fastread.trials(study, keys=[study_mod.WORKER, "device", "duration_s", study_mod.RETRY_OF,
+                                          study_mod.FAIL_REASON, study_mod.REPEAT_OF],
+                             running_keys=["curve", "config"])
+    attrs = study.user_attrs
+    counts: Counter[str] = Counter(state_of(t) for t in trials)
+    created = attrs.get(study_mod.CREATED_ATTR)
+    finished = sum(counts[s] for s in ("complete", "pruned", "failed", "handed back"))
+    plan, issued = attrs.get(study_mod.PLANNED_ATTR), attrs.get(study_mod.ISSUED_ATTR)
+    not_issued = max(0, int(plan) - int(issued)) if plan is not None and issued is not None else 0
+    more_seeds = _seeds_to_come(trials, spec, not_issued)
+    remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
+    stale = stale_trials(study, trials)
+    per_hour, window_n, window_s = recent_throughput(trials, now, stale)
+    starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
+    ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
+    active = (now if counts["running"] else max(ends, default=now)) - min(starts, default=now)
+    workers, gpu_s = _workers(trials, spec, now, stale)
+    return {
+        "study": study, "spec": spec, "counts": counts, "n": len(trials), "finished": finished,
+        "elapsed": now - float(created) if created else active, "active": active,
+        "per_hour": per_hour, "window_trials": window_n, "window_s": window_s,
+        "plan": plan, "issued": issued, "planned": finished + remaining, "remaining": remaining,
+        "upper_bound": more_seeds > 0, "stale": stale,
+        "eta": remaining / per_hour * 3600 if remaining and per_hour > 0 else None,
+        "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers,
+        "retried": sum(1 for t in trials if study_mod.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
+    }
+
+
+def _seeds_to_come(trials: list[Any], spec: Any, not_issued: int) -> int:
+    """At most how many seeds sampled configurations still queue: each first seed that may yet
+    complete brings repeats - 1 more (a grid queues every seed up front)."""
+    if spec is None or spec.is_grid or spec.repeats <= 1:
+        return 0
+    first_seeds = sum(1 for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)
+                      and study_mod.REPEAT_OF not in t.user_attrs)
+    return (first_seeds + not_issued) * (spec.repeats - 1)
+
+
+def stale_trials(study: optuna.Study, trials: list[Any]) -> dict[int, tuple[float, float]]:
+    """Trial number -> (seconds since its heartbeat, the grace it exceeded) of silent running trials.
+
+    The same judgement as the reaper's (hpsearch.queue.faults): a live worker's reaper re-queues them soon;
+    with no worker left, they stay running in the storage until one starts.
+    """
+    from hpsearch.queue.faults import _ages_and_intervals, grace
+
+    running = {t._trial_id: t.number for t in trials if t.state == TrialState.RUNNING}
+    if not running:
+        return {}
+    default = float(os.environ.get("HPSEARCH_HEARTBEAT") or 30)
+    out = {}
+    for trial_id, (age, interval) in _ages_and_intervals(study, default).items():
+        if trial_id in running and age > grace(interval):
+            out[running[trial_id]] = (age, grace(interval))
+    return out
+
+
+def recent_throughput(trials: list[Any], now: float, stale: Iterable[int] = ()) -> tuple[float, int, float]:
+    """(trials/hour, trials counted, busy seconds): the pace of the last RECENT_TRIALS finished trials,
+    or of all that finished in the last RECENT_SECONDS when they are more.
+
+    Only busy time counts: the union of the counted trials' start-finish spans (and of live running
+    trials' spans up to now), so idle spells between runs, and a dead worker's stale trial, are
+    not the search's pace. With parallel workers the union is the wall time anyone was busy.
+    """
+    done = sorted((t for t in trials if t.datetime_complete is not None and t.state.is_finished()),
+                  key=lambda t: t.datetime_complete)
+    if not done:
+        return 0.0, 0, 0.0
+    latest = [t for t in done if t.datetime_complete.timestamp() >= now - RECENT_SECONDS]
+    counted = latest if len(latest) > RECENT_TRIALS else done[-RECENT_TRIALS:]
+    spans = [_span(t, t.datetime_complete.timestamp()) for t in counted]
+    floor = now - RECENT_SECONDS if counted is latest else min(start for start, _ in spans)
+    dead = set(stale)
+    spans += [_span(t, now) for t in trials if t.state == TrialState.RUNNING and t.number not in dead
+              and t.datetime_start is not None]
+    busy, reach = 0.0, floor
+    for start, end in sorted((max(a, floor), b) for a, b in spans):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return (len(counted) / busy * 3600 if busy > 0 else 0.0), len(counted), busy
+
+
+def _span(trial: Any, end: float) -> tuple[float, float]:
+    return (trial.datetime_start.timestamp() if trial.datetime_start else end), end
+
+
+def _workers(trials: list[Any], spec: Any, now: float,
+             stale: dict[int, tuple[float, float]]) -> tuple[dict[str, dict[str, Any]], float]:
+    """Per worker: its running trial and epoch, trials finished, last finish; and GPU-seconds used."""
+    workers: dict[str, dict[str, Any]] = {}
+    gpu_s = 0.0
+    default_epochs = (spec.train.get("epochs") if spec is not None else None) or None
+    for t in trials:
+        wid = t.user_attrs.get(study_mod.WORKER)
+        if wid is None or t.datetime_start is None:
+            continue
+        w = workers.setdefault(str(wid), {"running": None, "epoch": None, "epochs": None, "done": 0,
+                                          "last": None, "device": None, "since": None, "stale": None})
+        device = t.user_attrs.get("device")
+        if device:
+            w["device"] = str(device)
+        start = t.datetime_start.timestamp()
+        if t.state == TrialState.RUNNING:
+            curve = t.user_attrs.get("curve") or []
+            w.update(running=t.number, since=start, epoch=len(curve) if curve else None,
+                     epochs=(t.user_attrs.get("config") or {}).get("epochs") or default_epochs,
+                     stale=stale.get(t.number))
+            continue
+        if t.datetime_complete is not None:
+            end = t.datetime_complete.timestamp()
+            w["done"] += 1
+            w["last"] = max(w["last"] or 0.0, end)
+            if str(device or "").startswith("cuda"):
+                gpu_s += float(t.user_attrs.get("duration_s") or end - start)
+    for w in workers.values():  # a running trial uses the GPU its worker used for earlier trials
+        if w["running"] is not None and w["stale"] is None and str(w["device"] or "").startswith("cuda"):
+            gpu_s += now - w["since"]
+    return workers, gpu_s
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def render_status(snap: dict[str, Any], max_workers: int = 20) -> Group:
+    """The summary table and, when workers are known, a per-worker activity table."""
+    parts: list[Any] = [_summary_table(snap)]
+    if snap["workers"]:
+        parts.append(_workers_table(snap, max_workers))
+    return Group(*parts)
+
+
+def _summary_table(snap: dict[str, Any]) -> Table:
+    study, spec, c = snap["study"], snap["spec"], snap["counts"]
+    table = Table(title=f"study {study.study_name}", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    if spec is not None:
+        table.add_row("search", f"{spec.sampler['name']} sampler, {spec.pruner['name']} pruner, "
+                      f"{spec.direction} {spec.metric}, {spec.repeats} seed(s) per configuration")
+        table.add_row("plan", _plan_text(snap))
+    stale = f" ({len(snap['stale'])} stale)" if snap["stale"] else ""
+    table.add_row("trials", "  ".join(f"{k} {c.get(k, 0)}" + (stale if k == "running" else "") for k in STATES)
+                  + f"  (total {snap['n']})")
+    bound = "at most " if snap["upper_bound"] else ""
+    table.add_row("progress", f"{snap['finished']} finished of {bound}{snap['planned']} planned, {bound}"
+                  f"{snap['remaining']} to go (trials: each seed, repeat and retry is one)")
+    table.add_row("elapsed", _fmt_time(snap["elapsed"]))
+    if snap["window_trials"]:
+        table.add_row("throughput", f"{snap['per_hour']:.1f} trials/hour over the last {snap['window_trials']} "
+                      f"finished trials ({_fmt_time(snap['window_s'])} busy)")
+    else:
+        table.add_row("throughput", "no finished trial yet")
+    if snap["eta"] is not None:
+        notes = []
+        if snap["upper_bound"]:
+            notes.append("at most: a pruned or failed first seed queues no more seeds")
+        if c.get("running", 0) <= len(snap["stale"]):
+            notes.append("at the recent pace, once a worker runs: none is running now")
+        table.add_row("eta", _fmt_time(snap["eta"]) + (f" ({'; '.join(notes)})" if notes else ""))
+    for number, (age, limit) in sorted(snap["stale"].items()):
+        table.add_row("stale", f"trial {number}: no heartbeat for {_fmt_time(age)} (limit {limit:.0f}s): its worker "
+                      "is presumed dead; a running worker re-queues it")
+    if snap["gpu_hours"]:
+        table.add_row("gpu-hours", f"{snap['gpu_hours']:.2f}")
+    if snap["retried"]:
+        table.add_row("retries", f"{snap['retried']} trials re-queued after a dead or preempted worker")
+    best = snap["best"]
+    if best is not None:
+        metric = spec.metric if spec else "value"
+        extra = best.user_attrs.get("test_acc")
+        test = f", test_acc {extra:.4f}" if isinstance(extra, float) else ""
+        table.add_row("best trial", f"{metric} {best.value:.4f} (trial {best.number}{test}; "
+                      "`hpsearch best` ranks configurations over seeds)")
+        table.add_row("params", ", ".join(f"{k}={_v(v)}" for k, v in best.params.items()) or "-")
+    else:
+        table.add_row("best trial", "no complete trial yet")
+    return table
+
+
+def _plan_text(snap: dict[str, Any]) -> str:
+    spec, plan = snap["spec"], snap["plan"]
+    if plan is None:
+        return "-"
+    if spec.is_grid:
+        return f"{plan} trials ({int(plan) // spec.repeats} grid points x {spec.repeats} seed(s))"
+    seeds = f"; each one that completes queues {spec.repeats - 1} more seed(s)" if spec.repeats > 1 else ""
+    return f"budget {plan} configurations (one trial each{seeds})"
+
+
+def _workers_table(snap: dict[str, Any], limit: int) -> Table:
+    now = time.time()
+    rows = sorted(snap["workers"].items(), key=lambda kv: (kv[1]["running"] is None, kv[0]))
+    busy = sum(1 for _, w in rows if w["running"] is not None and w["stale"] is None)
+    gone = sum(1 for _, w in rows if w["stale"] is not None)
+    table = Table(title=f"workers ({busy} busy, {len(rows)} seen" + (f", {gone} silent" if gone else "") + ")",
+                  box=None)
+    for col in ("worker", "now", "trials done", "last finished", "device"):
+        table.add_column(col)
+    for wid, w in rows[:limit]:
+        if w["running"] is not None:
+            epoch = f", epoch {w['epoch']}/{w['epochs'] or '?'}" if w["epoch"] is not None else ""
+            doing = f"trial {w['running']}{epoch} ({_fmt_time(now - w['since'])})"
+            if w["stale"] is not None:
+                doing += f" STALE: no heartbeat for {_fmt_time(w['stale'][0])}"
+        else:
+            doing = "-"
+        last = f"{_fmt_time(now - w['last'])} ago" if w["last"] else "-"
+        table.add_row(wid, doing, str(w["done"]), last, w["device"] or "-")
+    if len(rows) > limit:
+        table.add_row(f"... {len(rows) - limit} more", "", "", "", "")
+    return table
+
+
+def _v(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------- --json
+
+
+def status_record(snap: dict[str, Any]) -> dict[str, Any]:
+    """`status --json`: plain data with stable keys (documented in the README)."""
+    spec, c, best = snap["spec"], snap["counts"], snap["best"]
+    return {
+        "study": snap["study"].study_name,
+        "metric": spec.metric if spec is not None else "value",
+        "direction": snap["study"].direction.name.lower(),
+        "trials": {**{k.replace(" ", "_"): c.get(k, 0) for k in STATES}, "stale": len(snap["stale"]),
+                   "total": snap["n"]},
+        "progress": {"unit": "trials", "finished": snap["finished"], "planned": snap["planned"],
+                     "to_go": snap["remaining"], "upper_bound": snap["upper_bound"]},
+        "plan": {"unit": "trials" if spec is None or spec.is_grid else "configurations", "size": snap["plan"],
+                 "seeds_per_configuration": spec.repeats if spec is not None else None},
+        "throughput": {"trials_per_hour": snap["per_hour"], "window_trials": snap["window_trials"],
+                       "busy_seconds": snap["window_s"]},
+        "eta_seconds": snap["eta"], "elapsed_seconds": snap["elapsed"], "gpu_hours": snap["gpu_hours"],
+        "retried": snap["retried"],
+        "stale": [{"trial": n, "heartbeat_age_seconds": age, "limit_seconds": limit}
+                  for n, (age, limit) in sorted(snap["stale"].items())],
+        "best_trial": None if best is None else {"number": best.number, "value": best.value,
+                                                 "params": best.params, "test_acc": best.user_attrs.get("test_acc")},
+        "workers": [{"worker": wid, "running_trial": w["running"], "epoch": w["epoch"], "epochs": w["epochs"],
+                     "stale": w["stale"] is not None, "trials_done": w["done"], "last_finished": w["last"],
+                     "device": w["device"]} for wid, w in sorted(snap["workers"].items())],
+    }
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+
+
+def print_status(name: str, storage: str | None, as_json: bool = False) -> None:
+    snap = snapshot(name, storage)
+    if as_json:
+        _print_json(status_record(snap))
+        return
+    Console().print(render_status(snap))
+
+
+def watch(name: str, storage: str | None, interval: float) -> int:
+    """A live table until the study is done (nothing waits, runs or remains to be issued) or Ctrl-C."""
+    from rich.live import Live
+
+    if interval <= 0:
+        raise HpsearchError(f"--interval must be > 0, but got interval={interval}")
+    study, spec = open_study(name, storage)  # opened once: the journal is replayed incrementally
+    snap = snapshot_study(study, spec)
+    try:
+        with Live(render_status(snap), refresh_per_second=4) as live:
+            while not _done(snap):
+                time.sleep(interval)
+                snap = snapshot_study(study, spec)
+                live.update(render_status(snap))
+    except KeyboardInterrupt:
+        pass  # leaving the view is the normal way out
+    return 0
+
+
+def _done(snap: dict[str, Any]) -> bool:
+    return bool(snap["n"]) and snap["remaining"] == 0
+
+
+def print_list(storage: str | None, as_json: bool = False) -> None:
+    url = resolve_url(storage)
+    st = open_storage(url)
+    studies = optuna.get_all_study_summaries(st, include_best_trial=True)
+    records = [{
+        "study": s.study_name, "trials": s.n_trials,
+        # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
+        "directions": [d.name.lower() for d in s.directions],
+        "best_value": s.best_trial.value if s.best_trial is not None else None,
+        "created": s.datetime_start.isoformat() if s.datetime_start else None,
+    } for s in studies]
+    if as_json:
+        _print_json(records)
+        return
+    console = Console()
+    if not studies:
+        console.print(f"no studies in {mask(url)}")
+        return
+    table = Table(title=f"studies in {mask(url)}")
+    for col in ("study", "trials", "direction", "best", "created"):
+        table.add_column(col)
+    for r, s in zip(records, studies, strict=True):
+        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
+        created = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
+        table.add_row(r["study"], str(r["trials"]), ", ".join(r["directions"]), best, created)
+    console.print(table)

@@ -1,0 +1,1 @@
+"""The queue of trials: the plan and its issuing, claims, faults (reaping, retries) and repeats."""

@@ -1,0 +1,460 @@
+"""Heartbeats, the stale-trial reaper, the study lock and fail-then-requeue.
+
+PostgreSQL and SQLite use Optuna's heartbeat table (database clock); the journal file and the
+gRPC proxy record the heartbeat as a trial user attribute. A trial whose heartbeat is older than
+1.5 heartbeat intervals is failed with a reason and queued again with the same parameters,
+its checkpoint and a link to the original, by whichever worker's reaper sees it first; the study
+lock makes that exactly once, and makes "nothing waits, nothing runs" a consistent reading.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import random
+import threading
+import time
+import zlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.queue import study as study_mod
+from hpsearch.storage.backend import mask, with_reconnect
+from hpsearch.storage.postgres import LeanRDBStorage
+
+log = logging.getLogger("hpsearch.faults")
+
+
+def grace(interval: float) -> float:
+    """Silence after which a trial is presumed dead: beats come every interval/2, so 1.5 intervals
+    is three missed beats, and with the reaper polling every interval/4 a killed worker's trial is
+    re-queued within two intervals of its death."""
+    return 1.5 * float(interval)
+
+
+# ---------------------------------------------------------------- study lock
+
+
+class StudyLock:
+    """A cross-process lock per study.
+
+    On PostgreSQL the queue's critical sections (hpsearch.storage.atomic) take the study's advisory lock
+    inside their own transaction, so entering this lock there only serialises threads of this
+    process (unless `purpose` names a separate lock, as `hpsearch repeat` does). On the journal
+    file and SQLite it is a lock file beside the storage, polled with a bounded wait.
+    """
+
+    _locks: dict[int, StudyLock] = {}
+
+    def __init__(self, study: optuna.Study, url: str | None = None, purpose: str = "") -> None:
+        self.study = study
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._conn: Any = None
+        self._fh: Any = None
+        self.rdb = study_mod._rdb(study._storage)
+        self.postgres = study_mod._postgres(study._storage) is not None
+        self.key = study_key(study.study_name + (f":{purpose}" if purpose else ""))
+        self.purpose = purpose
+        self.path: Path | None = None
+        backend = getattr(study._storage, "_backend", None)
+        if self.rdb is not None and self.rdb.engine.dialect.name == "sqlite":
+            self.path = Path(self.rdb.engine.url.database or "hpsearch.sqlite").with_suffix(".lock")
+        elif backend is not None and hasattr(backend, "_file_path"):
+            self.path = Path(backend._file_path + ".hpsearch.lock")
+        if not purpose:
+            StudyLock._locks[study._study_id] = self
+
+    @property
+    def available(self) -> bool:
+        """False through the gRPC proxy: there, the proxy's keeper does what needs the lock."""
+        return self.path is not None or self.postgres
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyLock:
+        return cls._locks.get(study._study_id) or cls(study)
+
+    def __enter__(self) -> StudyLock:
+        self._thread_lock.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            try:
+                if self.postgres and self.purpose:
+                    self._conn = with_reconnect(_advisory_xact_lock)(self.rdb.engine, self.key)  # type: ignore[union-attr]
+                elif self.path is not None:
+                    self._fh = _flock(self.path)
+            except BaseException:
+                self._depth -= 1
+                self._thread_lock.release()
+                raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._depth == 1:
+                if self._conn is not None:
+                    try:
+                        self._conn.commit()
+                    except Exception:  # noqa: BLE001 - a dropped connection releases the lock anyway
+                        pass
+                    self._conn.close()
+                    self._conn = None
+                if self._fh is not None:
+                    fcntl.flock(self._fh, fcntl.LOCK_UN)
+                    self._fh.close()
+                    self._fh = None
+        finally:
+            self._depth -= 1
+            self._thread_lock.release()
+
+
+def study_key(name: str) -> int:
+    """The study's PostgreSQL advisory lock key."""
+    return (0x6870 << 32) | (zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def _flock(path: Path) -> Any:
+    """The lock file, locked: polled, so a waiter can say who holds it and for how long."""
+    fh = open(path, "a+")  # noqa: SIM115 - held across __enter__/__exit__
+    waited, delay, said = 0.0, 0.01, False
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.5)
+            if waited > 30 and not said:
+                said = True
+                log.warning("the study lock %s has been held for %.0fs by another process (stopped?); waiting",
+                            path, waited)
+    try:  # who holds it, for a person looking; on a full disk the lock works without it
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{study_mod.worker_id()}\n")
+        fh.flush()
+    except OSError:
+        pass
+    return fh
+
+
+def _advisory_xact_lock(engine: Any, key: int) -> Any:
+    """An open connection whose transaction holds the advisory lock `key` (`hpsearch repeat`'s lock).
+
+    Transaction-scoped: released on commit or on a dropped connection, so it works behind
+    pgbouncer's transaction pooling. Waiters poll with try-lock rather than block: a blocked waiter
+    pins a server connection, and with a bounded pool (pgbouncer) enough of them starve the holder.
+    """
+    import sqlalchemy as sa
+
+    delay = 0.02
+    while True:
+        conn = engine.connect()
+        conn.begin()
+        if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+            return conn
+        conn.rollback()
+        conn.close()
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+
+# ---------------------------------------------------------------- fail and requeue
+
+
+def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_stale: float | None = None) -> bool:
+    """Mark a running trial failed with `reason` and queue its parameters again. Exactly once.
+
+    On PostgreSQL both happen in one transaction (hpsearch.storage.atomic), with staleness judged by the
+    database clock at the moment of the write. Elsewhere they are two writes under the study lock,
+    and sweep_orphans() re-queues a failure whose process died between them.
+    """
+    storage = study._storage
+    rdb = study_mod._postgres(storage)
+    attrs = {study_mod.FAIL_REASON: reason}
+    if rdb is not None:
+        from hpsearch.storage import atomic
+
+        done = with_reconnect(atomic.fail_and_requeue)(
+            rdb, study_key(study.study_name), study._study_id, trial_id, attrs,
+            lambda frozen: study_mod.retry_template(frozen, reason), only_if_stale, study_mod.BEAT,
+            {study_mod.RETRY_EXHAUSTED: True})
+        if done is None:
+            return False
+        failed, number = done
+        _said(failed, reason, requeued=number is not None)
+        return True
+    with StudyLock.of(study):
+        try:
+            frozen = storage.get_trial(trial_id)
+        except KeyError:
+            return False
+        if frozen.state != TrialState.RUNNING:
+            return False
+        if only_if_stale is not None and not _still_stale(study, frozen, only_if_stale):
+            return False
+        template = study_mod.retry_template(frozen, reason)
+        try:
+            storage.set_trial_user_attr(trial_id, study_mod.FAIL_REASON, reason)
+            if template is None:  # said before the FAIL: a finished trial's attributes are frozen
+                storage.set_trial_user_attr(trial_id, study_mod.RETRY_EXHAUSTED, True)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        if template is not None:
+            study.add_trial(template)
+    _said(frozen, reason, requeued=template is not None)
+    return True
+
+
+def _said(frozen: optuna.trial.FrozenTrial, reason: str, requeued: bool) -> None:
+    if not requeued:
+        log.warning("trial %d failed (%s) and is not retried again: it crashed its worker %d times",
+                    frozen.number, reason, study_mod.max_retries())
+    else:
+        log.info("trial %d failed (%s) and re-queued", frozen.number, reason)
+
+
+def sweep_orphans(study: optuna.Study) -> int:
+    """Re-queue every retryable failure that has no successor (its process died between the two
+    writes of a hand-back or a reap). Call under the study lock; a no-op on PostgreSQL, where the
+    two writes are one transaction."""
+    rdb = study_mod._postgres(study._storage)
+    if rdb is not None:
+        return 0
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    retried = {n for t in trials for n in t.user_attrs.get(study_mod.RETRY_HISTORY, [])}
+    n = 0
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get(study_mod.RETRY_EXHAUSTED)
+                and study_mod.retryable(str(t.user_attrs.get(study_mod.FAIL_REASON, "")))):
+            reason = str(t.user_attrs[study_mod.FAIL_REASON])
+            template = study_mod.retry_template(t, reason)
+            if template is None:  # over its retry limit: stays failed (its reason says why)
+                continue
+            study.add_trial(template)
+            _said(t, reason, requeued=True)
+            n += 1
+    return n
+
+
+def _still_stale(study: optuna.Study, frozen: optuna.trial.FrozenTrial, limit: float) -> bool:
+    age = _ages_and_intervals(study, 30.0).get(frozen._trial_id, (None, 0.0))[0]
+    return age is not None and age > limit
+
+
+# ---------------------------------------------------------------- heartbeat
+
+
+class Heartbeat:
+    """Beats every interval/2 for one running trial (twice per interval tolerates one lost beat)."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float) -> None:
+        self.study = study
+        self.trial_id = trial_id
+        self.interval = float(interval)
+        self.rdb = study_mod._rdb(study._storage)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hpsearch-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        if isinstance(self.rdb, LeanRDBStorage):
+            # Not through the reconnecting wrapper: its backoff (up to 15 s a try) would leave
+            # beats unsent for long after the database is back. This loop retries on its own.
+            LeanRDBStorage.record_heartbeat(self.rdb, self.trial_id)
+        elif self.rdb is not None:
+            self.rdb.record_heartbeat(self.trial_id)
+        else:
+            self.study._storage.set_trial_user_attr(self.trial_id, study_mod.BEAT, time.time())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval / 2):
+            try:
+                self.beat()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # taken over by a reaper; the worker finds out when it tells
+            except Exception as exc:  # noqa: BLE001 - keep beating; the reaper judges staleness
+                log.warning("heartbeat failed: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- reaper
+
+
+def beat_ages(study: optuna.Study) -> dict[int, float]:
+    """Seconds since the last heartbeat of every running trial, where heartbeats are trial attributes."""
+    ages = {}
+    now = time.time()
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get(study_mod.BEAT)
+        if beat is None and t.datetime_start is not None:
+            beat = t.datetime_start.timestamp()
+        if beat is not None:
+            ages[t._trial_id] = now - float(beat)
+    return ages
+
+
+def _naive(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=None)
+
+
+def stale_trials(study: optuna.Study, default_interval: float) -> list[tuple[int, float, float]]:
+    """(trial_id, age, limit) of running trials whose heartbeat stopped."""
+    out = []
+    for trial_id, (age, interval) in _ages_and_intervals(study, default_interval).items():
+        if age > grace(interval):
+            out.append((trial_id, age, grace(interval)))
+    return out
+
+
+def _ages_and_intervals(study: optuna.Study, default_interval: float) -> dict[int, tuple[float, float]]:
+    """Every worker runs this every interval/4: on PostgreSQL it is one query over running trials only."""
+    rdb = study_mod._rdb(study._storage)
+    if rdb is None:
+        running = {t._trial_id: t for t in study._storage.get_all_trials(study._study_id, deepcopy=False,
+                                                                             states=(TrialState.RUNNING,))}
+        return {tid: (age, float(running[tid].user_attrs.get(study_mod.BEAT_INTERVAL, default_interval))
+                      if tid in running else default_interval) for tid, age in beat_ages(study).items()}
+    import json
+
+    import sqlalchemy as sa
+
+    def q() -> dict[int, tuple[float, float]]:
+        with rdb.engine.connect() as conn:
+            # Nobody could beat while the server was down: silence counts from its start at most.
+            now, up = conn.execute(sa.text("SELECT now(), pg_postmaster_start_time()")).first()
+            now, up = _naive(now), _naive(up)
+            # Workers behind the gRPC proxy beat as a trial attribute, the others in trial_heartbeats.
+            rows = conn.execute(
+                sa.text("SELECT t.trial_id, h.heartbeat, a.value_json, b.value_json FROM trials t "
+                        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                        "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :k "
+                        "LEFT JOIN trial_user_attributes b ON b.trial_id = t.trial_id AND b.key = :beat "
+                        "WHERE t.study_id = :s AND t.state = 'RUNNING' "
+                        "AND (h.heartbeat IS NOT NULL OR b.value_json IS NOT NULL)"),
+                {"s": study._study_id, "k": study_mod.BEAT_INTERVAL, "beat": study_mod.BEAT},
+            ).all()
+        wall = time.time()
+        uptime = (now - up).total_seconds()
+        return {int(r[0]): (min(uptime, (now - _naive(r[1])).total_seconds() if r[1] is not None
+                                else wall - float(json.loads(r[3]))),
+                            float(json.loads(r[2])) if r[2] is not None else default_interval) for r in rows}
+
+    return with_reconnect(q)()
+
+
+class Reaper:
+    """Background thread: fail and re-queue stale trials of the study, every interval/4 seconds.
+
+    Silence counts as death only over time in which the silent worker could have beaten. When
+    this reaper itself could not reach the storage (a database restart), could not write to it
+    (another process held the journal's lock) or did not run (it was stopped, or starved), every
+    other worker may have been cut off too: it starts counting again from when it is back.
+    """
+
+    def __init__(self, study: optuna.Study, lock: StudyLock, default_interval: float, log: Any = None) -> None:
+        self.study = study
+        self.lock = lock
+        self.interval = float(default_interval)
+        self.out = log or (lambda msg: None)
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hpsearch-reaper", daemon=True)
+        self.requeued = 0
+        # Since when this reaper has seen the storage usable throughout (no outage seen yet; a
+        # database restart is seen by the database itself: silence counts from its start at most).
+        self.since = float("-inf")
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def _observe(self, gap_limit: float) -> None:
+        """A gap since the last round longer than expected means this reaper was stopped or blocked.
+
+        Only on the journal file (and SQLite), where one stopped process holding the file's lock
+        blocks every other writer's heartbeats; on PostgreSQL nobody's heartbeat waits for another
+        worker, and staleness is judged by the database clock at the moment of the write.
+        """
+        now = time.monotonic()
+        if self.lock.path is not None and now - self._last > gap_limit:
+            self.since = now
+        self._last = now
+
+    def reap_once(self) -> int:
+        n = 0
+        stale = stale_trials(self.study, self.interval)
+        self._observe(max(2.0, self.interval))  # a slow read (blocked storage) counts as a gap
+        if stale and not _writable(self.study, limit=max(1.0, self.interval / 4)):
+            self.since = time.monotonic()
+            return 0
+        for trial_id, age, limit in stale:
+            # Count only the time since this reaper has seen the storage usable: a worker may have
+            # been unable to beat before that, whatever its heartbeat's age says.
+            if time.monotonic() - self.since <= limit:
+                continue
+            number = self.study._storage.get_trial_number_from_id(trial_id)
+            reason = f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); worker presumed dead"
+            if fail_and_requeue(self.study, trial_id, reason, only_if_stale=limit):
+                n += 1
+                self.out(f"trial {number} had no heartbeat for {age:.0f}s: marked failed (stale) and re-queued")
+        if self.lock.path is not None:  # journal/SQLite: restore what a process killed mid-hand-back left
+            with self.lock:
+                n += sweep_orphans(self.study)
+        self.requeued += n
+        return n
+
+    def _loop(self) -> None:
+        period = max(0.5, self.interval / 4)
+        while not self._stop.is_set():
+            self._poke.wait(period)
+            self._poke.clear()
+            if self._stop.is_set():
+                return
+            self._observe(period * 2 + 1.0)
+            try:
+                self.reap_once()
+            except KeyError:
+                return  # the study was deleted or replaced: the worker's loop says so and stops
+            except Exception as exc:  # noqa: BLE001 - the reaper must outlive database hiccups
+                self.since = time.monotonic()
+                log.warning("reaper: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+
+def _writable(study: optuna.Study, limit: float) -> bool:
+    """Can this process write to the storage right now, without waiting? On the journal file a
+    stopped or slow process holding the journal's lock blocks every writer, heartbeats included."""
+    backend = getattr(study._storage, "_backend", None)
+    lock = getattr(backend, "_lock", None)
+    if lock is None or not hasattr(lock, "acquire"):
+        return True
+    t0 = time.monotonic()
+    if not lock.acquire():
+        return False
+    lock.release()
+    return time.monotonic() - t0 <= limit

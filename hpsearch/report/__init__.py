@@ -1,0 +1,1 @@
+"""Reading a study back: tables, statistics, plots, the report document, export."""

@@ -1,0 +1,281 @@
+"""Best configurations: the report's section and `hpsearch best` (table or --json), one ranking.
+
+Both read report_stats.summarize: clean configurations (no pruned or failed seed) first, each
+shown with its seed runs ("2 seeds, 1 pruned"); configurations that their surviving seeds alone
+would have put in the top are listed apart, so a pruned seed can never make a clean-looking winner.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.queue import study as study_mod
+from hpsearch.report.render import Para, Section, Table
+from hpsearch.report.stats import (
+    NO_GROUP,
+    ConfigSummary,
+    Interval,
+    baselines,
+    best_per_group,
+    set_aside,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpsearch.report.snapshot import Snapshot
+
+RULE = ("A configuration is clean when every seed it ran completed. Clean configurations are ranked first; "
+        "one with a pruned or failed seed is ranked after every clean one, on the mean of its complete seeds "
+        "only, and its seeds column says what happened (\"2 seeds, 1 pruned\"). A pruned seed adds nothing "
+        "to the mean: its last value is a partial-training number, not a result, and the seed that survived "
+        "the pruner is the luckier one, so its value alone overstates the configuration. Pending seeds "
+        "(waiting or running) have no outcome yet and do not demote.")
+
+
+# ---------------------------------------------------------------- report section
+
+
+def _metric_columns(snap: Snapshot) -> list[str]:
+    cols = [snap.metric]
+    for m in ("val_acc", "test_acc"):
+        if m not in cols and any(c.metrics.get(m) is not None for c in snap.configs):
+            cols.append(m)
+    return cols
+
+
+def _interval(i: Interval | None) -> list[str]:
+    if i is None:
+        return ["-", "-"]
+    if i.low is None:
+        return [f"{i.mean:.4f}", "n=1: no interval"]
+    return [i.text(), f"[{i.low:.4f}, {i.high:.4f}]"]
+
+
+def section(snap: Snapshot) -> Section:
+    sec = Section("Best configurations", "best")
+    if not snap.configs:
+        return sec.add(Para("No complete trial yet.", "note"))
+    level, by, cols = f"{snap.opts.level:.0%}", snap.opts.group_by, _metric_columns(snap)
+    headers = ["rank", *([by] if by else []), "configuration", "seeds"]
+    for m in cols:
+        headers += [f"{m} mean ± CI", f"{level} CI"]
+    headers.append("trials")
+    rows, marked = _config_rows(snap, cols, best_per_group(snap.configs, by, snap.opts.top))
+    bases = _baseline_rows(snap, cols)
+    per = f"Up to {snap.opts.top} configurations per {by}" if by else f"The {len(rows)} best configurations"
+    better = "higher" if snap.maximize else "lower"
+    sec.add(Para(f"{per} of {len(snap.configs)}, ranked by the mean validation {snap.metric} over complete seeds "
+                 f"({better} is better); ★ marks the best clean configuration. ± is the half-width of the {level} "
+                 "Student-t interval of the mean over seeds (scipy.stats.t.interval(level, n-1, loc=mean, "
+                 "scale=sem)); one seed gives no interval, and with few seeds an interval may reach past the "
+                 "metric's range (0-1 for accuracy): it is the t-interval as computed, not clipped. Test accuracy "
+                 "is reported, never used to rank. Baselines are exact expected accuracies."))
+    sec.add(Para(_flag_summary(snap.configs) + " " + RULE, "note"))
+    numeric = {i for i, h in enumerate(headers) if "mean" in h}
+    sec.add(Table(headers, rows + bases, best=marked, baseline=set(range(len(rows), len(rows) + len(bases))),
+                  numeric=numeric))
+    aside = set_aside(snap.configs, by, snap.opts.top)
+    if aside:
+        rows, _ = _config_rows(snap, cols, aside, survivor=True)
+        sec.add(Table(["rank (on surviving seeds)", *headers[1:]], rows, numeric=numeric,
+                      title="Set aside: a seed was pruned or failed (mean over the surviving seeds only)"))
+        sec.add(Para("These configurations would be in the table above if their pruned or failed seeds were "
+                     "ignored. Their means are over the seeds that survived, so they overstate them.", "note"))
+    leaders = [c for _, cs in best_per_group(snap.configs, by, 1) for c in cs]
+    return sec.add(*_overlap(snap), *_param_table(snap, leaders))
+
+
+def _flag_summary(configs: list[ConfigSummary]) -> str:
+    flagged = sum(1 for c in configs if not c.clean)
+    if not flagged:
+        return f"No configuration has a pruned or failed seed ({len(configs)} clean)."
+    if flagged == len(configs):
+        return f"Every one of the {flagged} configurations has a pruned or failed seed: none is clean."
+    return (f"{flagged} of {len(configs)} configurations have a pruned or failed seed and rank after the "
+            f"{len(configs) - flagged} clean one(s).")
+
+
+def _config_rows(snap: Snapshot, cols: list[str], groups: list[tuple[Any, list[ConfigSummary]]],
+                 survivor: bool = False) -> tuple[list[list[str]], set[int]]:
+    """Rows of configurations per group, and the index of the best clean configuration's row."""
+    by = snap.opts.group_by
+    rows, marked = [], set()
+    for group, configs in groups:
+        for c in configs:
+            winner = c.rank == 1 and c.clean and not survivor
+            rank = f"{c.survivor_rank} (ranked {c.rank})" if survivor else f"{c.rank} ★" if winner else str(c.rank)
+            row = [rank, *([_group_text(group)] if by else []), c.name, c.runs.text()]
+            for m in cols:
+                row += _interval(c.value if m == snap.metric else c.metrics.get(m))
+            if winner:
+                marked.add(len(rows))
+            rows.append([*row, _trial_list(c.trials)])
+    return rows, marked
+
+
+def _baseline_rows(snap: Snapshot, cols: list[str]) -> list[list[str]]:
+    counts = snap.attrs.get(study_mod.CLASS_COUNTS_ATTR)
+    if not counts or not counts.get("train"):
+        return []
+    rows = []
+    for b in baselines(counts):
+        row = ["-", *(["baseline"] if snap.opts.group_by else []), b.name, "-"]
+        for m in cols:
+            acc = {"val_acc": b.val_acc, "test_acc": b.test_acc}
+            row += [_f(acc.get(m)), "exact" if m in acc else "-"]
+        rows.append([*row, "-"])
+    return rows
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _group_text(group: Any) -> str:
+    return "-" if group == NO_GROUP else str(group)
+
+
+def _trial_list(numbers: list[int]) -> str:
+    shown = ", ".join(f"#{n}" for n in numbers[:6])
+    return shown + (f" (+{len(numbers) - 6})" if len(numbers) > 6 else "")
+
+
+def _overlap(snap: Snapshot) -> list[Para]:
+    """Is the best really better? Name the configurations its interval cannot tell apart."""
+    top = snap.configs[0]
+    if not top.clean:
+        return [Para("No configuration ran all its seeds to completion: every one has a pruned or failed seed, "
+                     "so none is a clean winner and every mean below is over surviving seeds only.", "warn")]
+    if top.value.low is None:
+        return [Para("The best configuration has a single seed: run `hpsearch repeat` to get an interval.", "note")]
+    close = [c for c in snap.configs[1:] if c.value.low is not None and c.value.low <= top.value.high  # type: ignore[operator]
+             and c.value.high >= top.value.low]  # type: ignore[operator]
+    if not close:
+        return [Para("The best configuration's interval does not overlap any other configuration's.", "note")]
+    names = ", ".join(f"#{c.rank} {c.name}" for c in close[:5]) + (" ..." if len(close) > 5 else "")
+    return [Para(f"Not resolved at this level: the intervals of {len(close)} other configuration(s) overlap the "
+                 f"best's ({names}). More seeds (`hpsearch repeat`) would separate them.", "note")]
+
+
+def _param_table(snap: Snapshot, leaders: list[ConfigSummary]) -> list[Table]:
+    params = [p for p in snap.params if any(p in c.params for c in leaders)]
+    if not params:
+        return []
+    rows = [[str(c.rank), c.name, *(f"{c.params[p]:.6g}" if isinstance(c.params.get(p), float)
+                                    else str(c.params.get(p, "-")) for p in params)] for c in leaders]
+    return [Table(["rank", "configuration", *params], rows, title="Parameters of the best configuration"
+                  + (f" of each {snap.opts.group_by}" if snap.opts.group_by else ""))]
+
+
+# ---------------------------------------------------------------- `hpsearch best`
+
+
+def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> dict[str, Any]:
+    """What `best` shows, as plain data (the --json output; keys documented in the README)."""
+    import optuna
+
+    from hpsearch.errors import HpsearchError
+    from hpsearch.report.export import METRICS
+    from hpsearch.report.stats import check_level, summarize
+    from hpsearch.storage import bulk as fastread
+
+    check_level(level)
+    if top < 1:
+        raise HpsearchError(f"--top must be >= 1, but got {top=}")
+    # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
+    trials = fastread.trials(study, keys=[study_mod.CONFIG_ID, "name", *METRICS, study_mod.SEED,
+                                          study_mod.RETRY_OF], with_params=True)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows = summarize(trials, maximize, level)
+    aside = [c for _, cs in set_aside(rows, None, top) for c in cs]
+    return {
+        "study": study.study_name, "metric": spec.metric if spec is not None else "value",
+        "direction": "maximize" if maximize else "minimize", "level": level, "top": top,
+        "n_configurations": len(rows), "n_flagged": sum(1 for r in rows if not r.clean),
+        "configurations": [config_record(r) for r in rows[:top]],
+        "set_aside": [config_record(r) for r in aside],
+    }
+
+
+def config_record(r: ConfigSummary) -> dict[str, Any]:
+    def interval(i: Interval | None) -> dict[str, Any] | None:
+        return None if i is None else {"mean": i.mean, "n": i.n, "low": i.low, "high": i.high}
+
+    return {
+        "rank": r.rank, "survivor_rank": r.survivor_rank, "clean": r.clean, "config_id": r.config_id,
+        "name": r.name, "seeds": r.runs.as_dict(), "value": interval(r.value),
+        "metrics": {m: interval(i) for m, i in r.metrics.items()}, "trials": r.trials,
+        "representative": r.representative, "params": r.params,
+    }
+
+
+def print_best(name: str, storage: str | None, top: int, level: float = 0.9, as_json: bool = False) -> None:
+    from hpsearch.ops.status import open_study
+
+    study, spec = open_study(name, storage)
+    data = best_data(study, spec, top, level)
+    if as_json:
+        import json
+
+        json.dump(data, sys.stdout, indent=1, default=str)
+        sys.stdout.write("\n")
+        return
+    _print_tables(data)
+
+
+def _print_tables(data: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    # Piped output (logs, CI, `make demo | tee`) gets a wide table instead of rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if not data["configurations"]:
+        console.print(f"study {data['study']}: no complete trial yet")
+        return
+    metric, level = data["metric"], data["level"]
+    title = (f"best configurations of {data['study']} ({data['direction']} {metric}, mean ± {level:.0%} "
+             "t-interval over complete seeds; clean configurations first)")
+    console.print(_rich_table(title, data["configurations"], metric, "rank"))
+    flagged = data["n_flagged"]
+    if flagged and flagged < data["n_configurations"]:
+        console.print(f"{flagged} of {data['n_configurations']} configurations have a pruned or failed seed: "
+                      "ranked after every clean one, on their surviving seeds only.")
+    if data["set_aside"]:
+        console.print(_rich_table(f"set aside: a seed was pruned or failed; on its surviving seeds alone each would "
+                                  f"be in the top {data['top']}", data["set_aside"], metric, "surviving-seed rank"))
+    if not data["configurations"][0]["clean"]:
+        console.print(f"every one of the {data['n_configurations']} configurations has a pruned or failed seed, so "
+                      "there is no clean winner: the values above are over surviving seeds only")
+
+
+def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col: str) -> Any:
+    from rich.table import Table as RichTable
+
+    extra = [m for m in ("val_acc", "test_acc") if m != metric]  # the metric column already shows val_acc
+    table = RichTable(title=title)
+    for col in (rank_col, metric, "seeds", *extra, "trials", "parameters"):
+        table.add_column(col, justify="right" if col not in ("parameters", "trials", "seeds") else "left")
+    for r in records:
+        cells = [_interval_text(r["metrics"].get(m)) for m in extra]
+        rank = str(r["rank"]) if rank_col == "rank" else f"{r['survivor_rank']} (ranked {r['rank']})"
+        trials = ",".join(map(str, r["trials"][:6])) + ("…" if len(r["trials"]) > 6 else "")
+        params = ", ".join(f"{k}={_v(v)}" for k, v in r["params"].items()) or "-"
+        table.add_row(rank, _interval_text(r["value"]), _seeds_text(r["seeds"]), *cells, trials, params)
+    return table
+
+
+def _interval_text(i: dict[str, Any] | None) -> str:
+    if i is None:
+        return "-"
+    return Interval(i["mean"], i["n"], 0.0, i["low"], i["high"]).text()
+
+
+def _seeds_text(seeds: dict[str, int]) -> str:
+    from hpsearch.report.export import SeedRuns
+
+    return SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()
+
+
+def _v(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,110 @@
+"""One snapshot of a study that every report section reads, so their numbers agree."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.errors import HpsearchError
+from hpsearch.queue import study as study_mod
+from hpsearch.report.curves import DEFAULT_MIN_GAIN, DEFAULT_WINDOW
+from hpsearch.report.export import PARAM_PREFIX, trials_frame
+from hpsearch.report.render import Figure
+from hpsearch.report.stats import ConfigSummary, check_group_by, check_level, summarize
+from hpsearch.spec.parse import StudySpec
+from hpsearch.storage import bulk as fastread
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class ReportOptions:
+    where: list[str] = field(default_factory=list)
+    group_by: str | None = None
+    top: int = 5  # configurations per group in the table
+    level: float = 0.9  # confidence level of the t-intervals
+    window: int = DEFAULT_WINDOW  # under-trained: epochs looked back over
+    min_gain: float = DEFAULT_MIN_GAIN  # under-trained: improvement over the window that counts as clear
+    max_curves: int = 300  # learning curves drawn besides the flagged ones (figures stay readable)
+
+
+@dataclass
+class Snapshot:
+    """Everything the sections read, taken once."""
+
+    name: str
+    spec: StudySpec | None
+    trials: list[FrozenTrial]
+    attrs: dict[str, Any]
+    maximize: bool
+    metric: str
+    opts: ReportOptions
+    out: Path
+    taken: float = field(default_factory=time.time)
+    frame: pd.DataFrame = field(init=False)  # the trial table (filters, states)
+    complete: list[FrozenTrial] = field(init=False)
+    configs: list[ConfigSummary] = field(init=False)  # ranked, best first
+    figures: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.frame = trials_frame(self.trials)
+        self.complete = [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
+        self.configs = summarize(self.trials, self.maximize, self.opts.level)
+        self.figures = self.out / "figures"
+
+    @property
+    def params(self) -> list[str]:
+        """Searched parameters in the spec's order (then any others the trials have)."""
+        names = list(self.spec.space) if self.spec is not None else []
+        for t in self.trials:
+            names += [p for p in t.params if p not in names]
+        return names
+
+    def figure(self, stem: str, caption: str, png: Callable[[Path], Any], interactive: Callable[[], Any] | None) -> Figure:
+        """Write one figure as PNG and, when given, as interactive HTML; return its block."""
+        self.figures.mkdir(parents=True, exist_ok=True)
+        png(self.figures / f"{stem}.png")
+        block = Figure(png=f"figures/{stem}.png", caption=caption)
+        if interactive is not None:
+            from hpsearch.report.interactive import write
+
+            path, div = write(interactive(), self.figures / f"{stem}.html")
+            block.html, block.div = f"figures/{path.name}", div
+        return block
+
+
+def take_snapshot(study: optuna.Study, out: Path, opts: ReportOptions) -> Snapshot:
+    check_level(opts.level)
+    if opts.top < 1:
+        raise HpsearchError(f"--top must be >= 1, but got top={opts.top}")
+    if opts.window < 1:
+        raise HpsearchError(f"--window must be >= 1 epoch, but got window={opts.window}")
+    try:
+        spec: StudySpec | None = study_mod.stored_spec(study)
+    except HpsearchError:
+        spec = None  # a plain optuna study still gets a report (without the spec's extras)
+    trials = fastread.full_trials(study)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    snap = Snapshot(study.study_name, spec, trials, dict(study.user_attrs), maximize,
+                    spec.metric if spec is not None else "value", opts, out)
+    check_group_by(opts.group_by, trials, snap.params)
+    _check_filters(snap)
+    return snap
+
+
+def _check_filters(snap: Snapshot) -> None:
+    """Bad --where expressions fail before any figure is drawn."""
+    from hpsearch.report.where import parse, validate
+
+    for p in snap.params:  # a parameter no trial has yet is known, and simply matches nothing
+        if PARAM_PREFIX + p not in snap.frame.columns:
+            snap.frame[PARAM_PREFIX + p] = None
+    for expr in snap.opts.where:
+        validate(parse(expr), list(snap.frame.columns))

@@ -1,0 +1,234 @@
+"""Configurations over seeds: mean and t-interval, ranking per group, and the dataset baselines.
+
+A configuration is a set of parameter values without the seed (the worker's `config_id`); its
+seeds are independent training runs, so the interval for its mean metric is Student's t:
+scipy.stats.t.interval(level, n - 1, loc=mean, scale=sem). One seed has no interval and the
+report says so instead of inventing one.
+
+Pruned and failed seeds: a configuration is *clean* when none of its seed runs was pruned or
+failed. Clean configurations are ranked first; a configuration with a pruned or failed seed is
+ranked after every clean one, on the mean of its complete seeds, and always shown with what
+happened to the others ("2 seeds, 1 pruned"). A pruned seed adds nothing to the mean: its last
+reported value is a partial-training number, neither a lower nor an upper bound on the finished
+run, and the seed that survived the pruner is, by that very selection, the luckier one, so its
+value alone overstates the configuration. Seeds still waiting or running have no outcome yet:
+they are counted as pending and do not demote (a snapshot of a running study says it is one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.errors import HpsearchError
+from hpsearch.queue import study as study_mod
+from hpsearch.report.export import METRICS, SeedRuns, config_id, seed_runs, trial_name
+
+NO_GROUP = "all configurations"
+INACTIVE = "(inactive)"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n runs with its t-interval at `level`; low/high are None when n < 2."""
+
+    mean: float
+    n: int
+    level: float
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.low is None or self.high is None else (self.high - self.low) / 2
+
+    def text(self, digits: int = 4) -> str:
+        if self.half_width is None:
+            return f"{self.mean:.{digits}f} (1 seed: no CI)"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+
+
+def check_level(level: float) -> float:
+    if not 0 < level < 1:
+        raise HpsearchError(f"--level must be a confidence level in (0, 1), e.g. 0.9, but got {level=}")
+    return level
+
+
+def mean_ci(values: Iterable[float | None], level: float = 0.9) -> Interval | None:
+    """Mean and t-interval of the finite values; None when there is none."""
+    from scipy import stats
+
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return None
+    mean = math.fsum(xs) / len(xs)
+    if len(xs) < 2:
+        return Interval(mean, 1, level)
+    sem = float(stats.sem(xs))
+    if sem == 0.0:
+        # Identical runs: the t-interval's width is t * 0 = 0 (scipy returns nan for scale=0).
+        return Interval(mean, len(xs), level, mean, mean)
+    low, high = stats.t.interval(level, len(xs) - 1, loc=mean, scale=sem)
+    return Interval(mean, len(xs), level, float(low), float(high))
+
+
+# ---------------------------------------------------------------- configurations
+
+
+@dataclass
+class ConfigSummary:
+    config_id: str
+    name: str
+    params: dict[str, Any]
+    trials: list[int]
+    seeds: list[int]
+    value: Interval
+    metrics: dict[str, Interval | None] = field(default_factory=dict)
+    representative: int = -1  # the configuration's best trial (what `repeat` links repeats to)
+    group: Any = NO_GROUP
+    rank: int = 0  # 1 = best overall: clean configurations first, then by the validation metric
+    runs: SeedRuns = field(default_factory=SeedRuns)  # its seed runs by outcome, pending ones included
+    survivor_rank: int = 0  # its rank by the mean of its complete seeds alone (pruned seeds ignored)
+
+    @property
+    def clean(self) -> bool:
+        return self.runs.clean
+
+
+def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9) -> list[ConfigSummary]:
+    """Configurations with a complete seed, ranked: clean ones first, each part by mean validation metric.
+
+    `trials` should hold every trial of the study (any state): pruned, failed and pending seeds
+    are counted from them (see the module docstring for what they contribute).
+    """
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+            groups[config_id(t)].append(t)
+    runs = seed_runs(trials)
+    rows = []
+    for cid, ts in groups.items():
+        ts = sorted(ts, key=lambda t: t.number)
+        value = mean_ci([t.value for t in ts], level)
+        assert value is not None  # every trial in a group has a finite value
+        best = (max if maximize else min)(ts, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+        rows.append(ConfigSummary(
+            config_id=cid, name=trial_name(ts[0]), params=dict(ts[0].params), trials=[t.number for t in ts],
+            seeds=[int(t.user_attrs.get(study_mod.SEED, 0)) for t in ts], value=value,
+            metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level) for m in METRICS},
+            representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)),
+        ))
+    sign = -1.0 if maximize else 1.0
+    # More seeds break ties: the better-measured configuration comes first.
+    rows.sort(key=lambda r: (sign * r.value.mean, -r.value.n, r.name))
+    for i, r in enumerate(rows, 1):
+        r.survivor_rank = i
+    rows.sort(key=lambda r: not r.clean)  # stable: each part keeps its order by the metric
+    for i, r in enumerate(rows, 1):
+        r.rank = i
+    return rows
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def check_group_by(group_by: str | None, trials: Sequence[FrozenTrial], space: Iterable[str] = ()) -> None:
+    if group_by is None:
+        return
+    known = set(space) | {p for t in trials for p in t.params}
+    if group_by not in known:
+        from hpsearch.registry import unknown_name_message
+
+        raise HpsearchError("--group-by: " + unknown_name_message("parameter", group_by, known or ["(none)"])
+                            .replace("is not registered", "is not a parameter of this study"))
+
+
+def best_per_group(rows: Sequence[ConfigSummary], group_by: str | None,
+                   top: int) -> list[tuple[Any, list[ConfigSummary]]]:
+    """The `top` best configurations of each value of `group_by` (rows come ranked), best group first."""
+    if top < 1:
+        raise HpsearchError(f"--top must be >= 1, but got {top=}")
+    groups: dict[Any, list[ConfigSummary]] = {}
+    for r in rows:
+        r.group = NO_GROUP if group_by is None else r.params.get(group_by, INACTIVE)
+        bucket = groups.setdefault(_key(r.group), [])
+        if len(bucket) < top:
+            bucket.append(r)
+    return [(bucket[0].group, bucket) for bucket in groups.values()]
+
+
+def set_aside(rows: Sequence[ConfigSummary], group_by: str | None,
+              top: int) -> list[tuple[Any, list[ConfigSummary]]]:
+    """Configurations with a pruned or failed seed that their surviving seeds alone would have put
+    in the `top` of their group, but that the clean-first ranking leaves out of it: shown apart."""
+    shown = {r.config_id for _, rs in best_per_group(rows, group_by, top) for r in rs}
+    groups: dict[str, tuple[Any, list[ConfigSummary]]] = {}
+    for r in sorted(rows, key=lambda r: r.survivor_rank):
+        group = NO_GROUP if group_by is None else r.params.get(group_by, INACTIVE)
+        _, bucket = groups.setdefault(_key(group), (group, []))
+        if len(bucket) < top:
+            bucket.append(r)
+    return [(group, hidden) for group, bucket in groups.values()
+            if (hidden := [r for r in bucket if not r.clean and r.config_id not in shown])]
+
+
+def _key(value: Any) -> str:
+    # Parameter values may be lists (unhashable); their text is a faithful key.
+    return repr(value)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    definition: str
+    val_acc: float | None
+    test_acc: float | None
+
+
+def _shares(counts: Sequence[int]) -> list[float]:
+    total = sum(counts)
+    return [c / total for c in counts] if total else [0.0] * len(counts)
+
+
+def uniform_accuracy(n_classes: int) -> float:
+    """Guessing every class with probability 1/K is right 1/K of the time, whatever the labels."""
+    return 1.0 / n_classes
+
+
+def prior_accuracy(train: Sequence[int], evaluated: Sequence[int]) -> float:
+    """Guessing class k with its training share p_train(k): sum_k p_train(k) * p_eval(k)."""
+    return math.fsum(a * b for a, b in zip(_shares(train), _shares(evaluated), strict=True))
+
+
+def majority_accuracy(train: Sequence[int], evaluated: Sequence[int]) -> float:
+    """Always answering the most frequent training class (first on ties), scored on another split."""
+    k = max(range(len(train)), key=lambda i: (train[i], -i))
+    return _shares(evaluated)[k]
+
+
+def baselines(class_counts: dict[str, Any]) -> list[Baseline]:
+    train = list(class_counts["train"])
+    val, test = class_counts.get("val"), class_counts.get("test")
+    names = class_counts.get("classes") or [str(i) for i in range(len(train))]
+    k = max(range(len(train)), key=lambda i: (train[i], -i))
+
+    def on(split: Sequence[int] | None, fn: Any) -> float | None:
+        return fn(train, split) if split and sum(split) else None
+
+    return [
+        Baseline("random (uniform)", f"guess each of the {len(train)} classes with probability 1/{len(train)}",
+                 uniform_accuracy(len(train)) if val else None, uniform_accuracy(len(train)) if test else None),
+        Baseline("random (training prior)", "guess class k with its training share: sum_k p_train(k) p_split(k)",
+                 on(val, prior_accuracy), on(test, prior_accuracy)),
+        Baseline(f"majority class ({names[k]!r})", f"always answer the most frequent training class, {names[k]!r}",
+                 on(val, majority_accuracy), on(test, majority_accuracy)),
+    ]

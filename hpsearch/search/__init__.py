@@ -1,0 +1,1 @@
+"""Search: samplers, pruners and the sampler filters."""

@@ -1,0 +1,69 @@
+"""Checks for spec validation across the torch-side registries (imports torch).
+
+`name_checks()` maps a training key to a check of one fixed value or one choice: registry names
+(model, optimizer, ...), flags and paths, so `model: resnt` fails at create-study with the field's
+path instead of in the first trial on a GPU node. Numbers are checked against config.ACCEPTS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hpsearch.registry import unknown_name_message
+
+Check = Callable[[object], str | None]
+
+
+def _fixed(kind: str, names: tuple[str, ...] | list[str]) -> Check:
+    def check(name: object) -> str | None:
+        return None if name in names else unknown_name_message(kind, name, names)
+
+    return check
+
+
+def _bool(key: str) -> Check:
+    return lambda v: None if isinstance(v, bool) else f"must be true or false, but got {key}={v!r}"
+
+
+def _augment(value: object) -> str | None:
+    from hpsearch.training.data.registry import AUGMENTATIONS
+
+    if isinstance(value, bool) or value in AUGMENTATIONS:
+        return None
+    return f"must be true, false or one of {', '.join(AUGMENTATIONS)}, but got augment={value!r}"
+
+
+def _path_or_none(value: object) -> str | None:
+    return None if value is None or isinstance(value, str) else f"must be a file path, but got weights={value!r}"
+
+
+def _value_checks() -> dict[str, Check]:
+    # Numbers (lr, dropout, widths, ...) are checked against config.ACCEPTS by spec validation.
+    return {"batch_norm": _bool("batch_norm"), "augment": _augment, "weights": _path_or_none}
+
+
+def name_checks() -> dict[str, Check]:
+    """key -> check of one fixed value or choice; "dataset" checks the dataset's name."""
+    from hpsearch.training import models, optim
+    from hpsearch.training.data import registry as data
+
+    return {
+        **_value_checks(),
+        "model": models.MODELS.check,
+        "optimizer": optim.OPTIMIZERS.check,
+        "loss": optim.LOSSES.check,
+        "schedule": optim.SCHEDULES.check,
+        "activation": _fixed("activation", list(models.ACTIVATIONS)),
+        "init": _fixed("init", models.INITS),
+        "mode": _fixed("mode", models.MODES),
+        "stem": _fixed("stem", models.STEMS),
+        "dataset": data.DATASETS.check,
+    }
+
+
+def dataset_problems(dataset: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field path, message) for dataset: keys its built-in loader does not read."""
+    from hpsearch.training.data import registry as data
+
+    return [(f"dataset.{key}", msg) for key, msg in data.option_problems(dataset)]

@@ -1,0 +1,208 @@
+"""K models of one architecture as one wider model: stacked parameters, batched operators.
+
+Each member is first built alone (build_model right after seeding with its own seed), so its
+initial weights are those of the trial trained alone. Then every parameter position is stacked
+into one leaf tensor of shape (K, *shape), and each member's nn.Parameter is re-pointed at its
+slice (`p.data = stacked[k]`). That one move gives the rest for free:
+
+- the member's nn.Module always holds the current fused weights, with no copy: evaluate(),
+  state_dict(), checkpoints and the W&B tracker read it as they read a trial trained alone;
+- the member's own torch optimizer (any registry optimizer, with its own lr, momentum, betas,
+  weight decay, schedule) steps its slice in place with exactly the single-trial arithmetic, and
+  its state_dict is the single-trial format, so a retry resumes fused or alone.
+
+Linear layers run as one baddbmm over the stack (on CPU bitwise equal, slice by slice, to
+F.linear). Convolutions run as one grouped convolution on GPUs, and member by member on CPU,
+where oneDNN's grouped kernels measured slower than K separate ones (2-25x at K >= 8 for the seed
+grid's CNN, bench/fusion.py) and the per-member call is bitwise the one alone. Dropout draws
+each member's mask with the member's own generator in the shape the member alone would draw it,
+so masks are the ones the trial alone would use (on CPU). Members may differ in dropout rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Leaf modules a fused model runs. Anything else (batch norm, a plugin's layer) is not fused:
+# hpsearch.training.fused's key says so before anything is claimed.
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
+FUSABLE = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Dropout, *ELEMENTWISE)
+
+
+def leaves(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if not list(m.children())]
+
+
+def fusable(model: nn.Module) -> bool:
+    return all(isinstance(m, FUSABLE) for m in leaves(model))
+
+
+@dataclass
+class _Op:
+    module: nn.Module  # the first member's module: the op's settings (stride, padding, activation)
+    params: list[int]  # indices into FusedModel.stacked, in module.parameters() order
+    drop: list[float]  # per member: the dropout rate applied right after this op (0: none)
+
+
+class FusedModel:
+    """The members' models stacked. Inputs are (K, B, ...): member k's batch in row k."""
+
+    def __init__(self, models: list[nn.Module], generators: list[torch.Generator], grouped_conv: bool = False) -> None:
+        self.grouped_conv = grouped_conv
+        # --- the shared skeleton: every member's layers but dropout, which may differ ----------
+        per_member = [leaves(m) for m in models]
+        skeletons = [[m for m in ls if not isinstance(m, nn.Dropout)] for ls in per_member]
+        first = skeletons[0]
+        for sk in skeletons[1:]:
+            if [_signature(m) for m in sk] != [_signature(m) for m in first]:
+                raise ValueError("fused members must share one architecture")
+        self.ops: list[_Op] = []
+        n_params = 0
+        for module in first:
+            count = len(list(module.parameters(recurse=False)))
+            self.ops.append(_Op(module, list(range(n_params, n_params + count)), [0.0] * len(models)))
+            n_params += count
+        for k, ls in enumerate(per_member):
+            i = -1
+            for m in ls:
+                if isinstance(m, nn.Dropout):
+                    self.ops[i].drop[k] = float(m.p)
+                else:
+                    i += 1
+        # --- stack the parameters; each member's parameters become views of its slice --------
+        self.member_params = [[p for m in sk for p in m.parameters(recurse=False)] for sk in skeletons]
+        self.stacked = [torch.stack([ps[j].detach() for ps in self.member_params]).requires_grad_()
+                        for j in range(n_params)]
+        self.generators = list(generators)
+        self._point_members()
+
+    @property
+    def k(self) -> int:
+        return len(self.member_params)
+
+    def _point_members(self) -> None:
+        for k, ps in enumerate(self.member_params):
+            for j, p in enumerate(ps):
+                p.data = self.stacked[j].data[k]
+                p.grad = None
+
+    # --- forward -------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
+        """(K, B, *input) -> (K, B, classes). `train`: apply dropout.
+
+        Three layouts: stacked (K, B, ...) for linear layers; grouped (B, K*C, H, W) around grouped
+        convolutions; a list of K (B, C, H, W) tensors around per-member convolutions, so their
+        large activations are never copied into a stack (only the flattened features are).
+        """
+        h: Any = x
+        layout = "stacked"
+        k = self.k
+        for op in self.ops:
+            m, w = op.module, [self.stacked[j] for j in op.params]
+            if isinstance(m, nn.Linear):
+                h, layout = self._stacked(h, layout), "stacked"
+                h = torch.baddbmm(w[1].unsqueeze(1), h, w[0].transpose(1, 2)) if len(w) > 1 else \
+                    torch.bmm(h, w[0].transpose(1, 2))
+            elif isinstance(m, nn.Conv2d) and self.grouped_conv:
+                if layout != "grouped":
+                    h, layout = _group(self._stacked(h, layout)), "grouped"
+                weight = w[0].reshape(-1, *w[0].shape[2:])
+                bias = w[1].reshape(-1) if len(w) > 1 else None
+                h = F.conv2d(h, weight, bias, m.stride, m.padding, m.dilation, m.groups * k)
+            elif isinstance(m, nn.Conv2d):
+                if layout != "list":
+                    h, layout = list(self._stacked(h, layout).unbind(0)), "list"
+                h = [F.conv2d(h[i], w[0][i], w[1][i] if len(w) > 1 else None, m.stride, m.padding, m.dilation,
+                              m.groups) for i in range(k)]
+            elif isinstance(m, nn.Flatten):
+                h, layout = self._stacked(h, layout).flatten(2), "stacked"
+            elif layout == "list":  # max pooling, activations: member by member
+                h = [m(t) for t in h]
+            elif isinstance(m, nn.MaxPool2d) and layout == "stacked":
+                h = _per_image(h, m)
+            else:  # max pooling on the grouped layout, activations (elementwise) on any
+                h = m(h)
+            if train and any(op.drop):
+                h = self._dropout(h, op.drop, layout)
+        return self._stacked(h, layout)
+
+    def _stacked(self, h: Any, layout: str) -> torch.Tensor:
+        if layout == "list":
+            return torch.stack(h)
+        return _ungroup(h, self.k) if layout == "grouped" else h
+
+    def _dropout(self, h: Any, rates: list[float], layout: str) -> Any:
+        """Each member's mask as F.dropout draws it alone on CPU: bernoulli_(1 - p) over the
+        member's own activation shape, from the member's generator, divided by 1 - p. A member
+        without dropout draws nothing (alone it has no dropout layer)."""
+        k = self.k
+        if layout == "list":
+            return [t * _mask(t.shape, t, p, gen) if p > 0 else t
+                    for t, p, gen in zip(h, rates, self.generators, strict=True)]
+        shape = (h.shape[0], h.shape[1] // k, *h.shape[2:]) if layout == "grouped" else h.shape[1:]
+        masks = [_mask(shape, h, p, gen) if p > 0 else torch.ones(shape, dtype=h.dtype, device=h.device)
+                 for p, gen in zip(rates, self.generators, strict=True)]
+        return h * (torch.stack(masks, 1).flatten(1, 2) if layout == "grouped" else torch.stack(masks))
+
+    # --- after backward ------------------------------------------------------------------
+
+    def zero_grad(self) -> None:
+        for s in self.stacked:
+            s.grad = None
+
+    def share_grads(self) -> None:
+        """Hand each member its slice of the gradients, for its own optimizer (and clipping)."""
+        for j, s in enumerate(self.stacked):
+            grad = s.grad
+            for k, ps in enumerate(self.member_params):
+                ps[j].grad = None if grad is None else grad[k]
+
+    # --- members leave -------------------------------------------------------------------
+
+    def keep(self, indices: list[int]) -> None:
+        """Only these members go on; the others' parameters get their own storage back."""
+        kept = set(indices)
+        for k, ps in enumerate(self.member_params):
+            if k not in kept:
+                for p in ps:
+                    p.data = p.data.clone()
+        idx = torch.tensor(indices, dtype=torch.long, device=self.stacked[0].device)
+        self.stacked = [s.detach().index_select(0, idx).requires_grad_() for s in self.stacked]
+        self.member_params = [self.member_params[k] for k in indices]
+        self.generators = [self.generators[k] for k in indices]
+        for op in self.ops:
+            op.drop = [op.drop[k] for k in indices]
+        self._point_members()
+
+
+def _signature(m: nn.Module) -> tuple[object, ...]:
+    return (type(m).__name__, *[tuple(p.shape) for p in m.parameters(recurse=False)], repr(m))
+
+
+def _mask(shape: Any, like: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p, generator=gen).div_(1 - p)
+
+
+def _per_image(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A per-image op on (K, B, C, H, W) as one call over K*B images."""
+    y = fn(x.reshape(-1, *x.shape[2:]))
+    return y.reshape(*x.shape[:2], *y.shape[1:])
+
+
+def _group(x: torch.Tensor) -> torch.Tensor:
+    """(K, B, C, H, W) -> (B, K*C, H, W): member k's channels are the k-th group."""
+    k, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+
+
+def _ungroup(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, K*C, H, W) -> (K, B, C, H, W)."""
+    b = x.shape[0]
+    return x.reshape(b, k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)

@@ -1,0 +1,162 @@
+"""Optimizers, losses and learning-rate schedules, each a plain registry.
+
+An optimizer builder gets (params, cfg) with cfg the trial's resolved configuration and returns a
+torch.optim.Optimizer; a user optimizer is reachable as `package.module:function` with the same
+signature. `@reads(...)` names the settings a builder reads (only those reach W&B). Values are
+read through float()/int(), so a number that YAML left as text fails here with the key's name
+rather than deep inside torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpsearch.errors import HpsearchError
+from hpsearch.registry import Registry
+from hpsearch.training.settings import reads
+
+OPTIMIZERS: Registry[Any] = Registry("optimizer")
+LOSSES: Registry[Any] = Registry("loss", allow_plugins=False)
+SCHEDULES: Registry[Any] = Registry("schedule", allow_plugins=False)
+
+Params = Iterable[torch.nn.Parameter]
+
+
+def check_signature(fn: Callable[..., Any], what: str, expected: str, *args: Any) -> None:
+    """A plugin with the wrong parameters fails with what it must take, not a TypeError inside."""
+    try:
+        signature = inspect.signature(fn)
+    except ValueError:  # no introspectable signature (a builtin): let the call decide
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        got = f"{getattr(fn, '__name__', 'function')}({', '.join(signature.parameters)})"
+        raise HpsearchError(f"{what} must take ({expected}), but got {got}") from None
+
+
+def _num(cfg: dict[str, Any], key: str) -> float:
+    try:
+        return float(cfg[key])
+    except (TypeError, ValueError):
+        raise HpsearchError(f"{key} must be a number, but got {key}={cfg[key]!r}") from None
+
+
+def _common(cfg: dict[str, Any]) -> dict[str, float]:
+    return {"lr": _num(cfg, "lr"), "weight_decay": _num(cfg, "weight_decay")}
+
+
+def _betas(cfg: dict[str, Any]) -> tuple[float, float]:
+    b = cfg.get("betas") or [0.9, 0.999]
+    if not isinstance(b, (list, tuple)) or len(b) != 2:
+        raise HpsearchError(f"betas must be a list of two numbers, but got betas={b!r}")
+    return float(b[0]), float(b[1])
+
+
+def _adam_family(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {**_common(cfg), "betas": _betas(cfg), "eps": _num(cfg, "eps")}
+
+
+@OPTIMIZERS.register("sgd")
+@reads("lr", "weight_decay")
+def sgd(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """Plain SGD: `momentum` is ignored here (the `momentum` and `nag` optimizers use it)."""
+    return torch.optim.SGD(params, **_common(cfg))
+
+
+@OPTIMIZERS.register("momentum")
+@reads("lr", "weight_decay", "momentum")
+def momentum(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD with heavy-ball momentum (`momentum`, 0.9 by default)."""
+    return torch.optim.SGD(params, momentum=_num(cfg, "momentum"), **_common(cfg))
+
+
+@OPTIMIZERS.register("nag")
+@reads("lr", "weight_decay", "momentum")
+def nag(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """Nesterov accelerated gradient; torch refuses nesterov without momentum, so 0 means 0.9."""
+    return torch.optim.SGD(params, momentum=_num(cfg, "momentum") or 0.9, nesterov=True, **_common(cfg))
+
+
+@OPTIMIZERS.register("rmsprop")
+@reads("lr", "weight_decay", "alpha", "eps")
+def rmsprop(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """RMSprop with smoothing `alpha` and no momentum (Keras' and torch's default)."""
+    alpha = _num({"alpha": 0.99, **cfg}, "alpha")
+    return torch.optim.RMSprop(params, alpha=alpha, eps=_num(cfg, "eps"), **_common(cfg))
+
+
+@OPTIMIZERS.register("adam")
+@reads("lr", "weight_decay", "betas", "eps")
+def adam(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, **_adam_family(cfg))
+
+
+@OPTIMIZERS.register("nadam")
+@reads("lr", "weight_decay", "betas", "eps")
+def nadam(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.NAdam(params, **_adam_family(cfg))
+
+
+@OPTIMIZERS.register("adamw")
+@reads("lr", "weight_decay", "betas", "eps")
+def adamw(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, **_adam_family(cfg))
+
+
+def build_optimizer(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    builder = OPTIMIZERS.get(cfg["optimizer"])
+    check_signature(builder, f"optimizer {cfg['optimizer']!r}", "params, cfg", params, cfg)
+    opt = builder(params, cfg)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise HpsearchError(f"optimizer {cfg['optimizer']!r} must return a torch.optim.Optimizer, but got {type(opt).__name__}")
+    return opt
+
+
+class MSEOnProbabilities(nn.Module):
+    """Mean squared error between softmax outputs and one-hot targets (the classic MLP exercise)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        onehot = nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+        return nn.functional.mse_loss(torch.softmax(logits, dim=1), onehot)
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy() -> nn.Module:
+    return nn.CrossEntropyLoss()
+
+
+@LOSSES.register("mean_squared_error")
+def mean_squared_error() -> nn.Module:
+    return MSEOnProbabilities()
+
+
+def build_loss(name: str) -> nn.Module:
+    return LOSSES.get(name)()
+
+
+@SCHEDULES.register("none")
+@reads()
+def no_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
+    return None
+
+
+@SCHEDULES.register("step")
+@reads("step_size", "gamma")
+def step_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=int(cfg["step_size"]), gamma=_num(cfg, "gamma"))
+
+
+@SCHEDULES.register("cosine")
+@reads("epochs")
+def cosine_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(cfg["epochs"])))
+
+
+def build_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
+    return SCHEDULES.get(cfg.get("schedule", "none"))(opt, cfg)

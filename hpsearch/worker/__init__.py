@@ -1,0 +1,1 @@
+"""The worker: the claim -> train -> tell loop, signals, devices."""

@@ -1,0 +1,249 @@
+"""Fused trials: a member trains exactly as it would alone, leaves the group alone, and every fault
+guarantee of the worker holds for each member of a fused group."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
+from test_exactly_once import assert_exactly_once
+from test_faults import SLOW_TRAIN, Tail
+
+from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from hpsearch.spec.parse import SpecError, spec_from_dict
+from hpsearch.storage.backend import open_storage
+from hpsearch.training import fused, objective
+from hpsearch.worker import loop as worker_mod
+
+CPU = torch.device("cpu")
+ARCH = {
+    "dense": {"model": "dense", "hidden_size": 32, "hidden_layers": 2},
+    "cnn": {"model": "cnn", "filters": [4, 8], "fc_sizes": [16]},
+}
+# What the worker (not the trainer) records on every trial, fused or not.
+WORKER_KEYS = {"worker", "hpsearch:heartbeat_interval", "hpsearch:beat", "device", "duration_s", "service_s"}
+# Members of one group: the optimizers of the seed grid and its dropout, each with its own seed.
+MEMBERS = [{"lr": 0.01, "optimizer": o, "dropout": d} for o in ("sgd", "momentum", "adam") for d in (0.0, 0.3)]
+
+
+def _spec(model: str, epochs: int = 3, **train: Any) -> Any:
+    return spec_from_dict({
+        "name": "fused", "metric": "val_acc", "sampler": "grid", "pruner": "none", "dataset": {"name": "digits"},
+        "train": {"epochs": epochs, "batch_size": 32, **ARCH[model], **train},
+        "space": {"lr": {"choices": [0.01, 1000.0]}, "optimizer": {"choices": ["sgd", "momentum", "adam"]},
+                  "dropout": {"choices": [0.0, 0.3]}},
+    })
+
+
+def _study(members: list[dict[str, Any]], pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for seed, params in enumerate(members):
+        study.enqueue_trial(params, user_attrs={"seed": seed})
+    return study
+
+
+def _alone(spec: Any, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each member trained alone by the built-in trainer: its user attrs."""
+    study = _study(members)
+    out = []
+    for _ in members:
+        trial = study.ask()
+        try:
+            objective.run(trial, spec, objective.Context(device=CPU, progress=lambda m: None))
+        except objective.Divergent:
+            pass
+        out.append(dict(trial.user_attrs))
+    return out
+
+
+def _fused(spec: Any, study: optuna.Study, n: int, out: Any = None, artifacts: Any = None,
+           checkpoint_every: float = 30.0) -> list[str]:
+    trials = [study.ask() for _ in range(n)]
+    opts = worker_mod.Options(study="fused", heartbeat=30, checkpoint_every=checkpoint_every)
+    ctx = {"device": CPU, "artifacts": artifacts, "url": ""}
+    return fused.run_group(study, trials, spec, ctx, opts, out or (lambda m: None))
+
+
+def _assert_same_curve(alone: dict[str, Any], member: dict[str, Any]) -> None:
+    assert len(alone["curve"]) == len(member["curve"])
+    for a, b in zip(alone["curve"], member["curve"], strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (key, a, b)
+    assert member["test_acc"] == pytest.approx(alone["test_acc"], abs=1e-9)
+    assert member["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-5, abs=1e-5)
+    assert member["best_epoch"] == alone["best_epoch"]
+
+
+# ---------------------------------------------------------------- equal to alone
+
+
+@pytest.mark.parametrize("model", ["dense", "cnn"])
+def test_a_fused_member_trains_as_it_would_alone(model: str) -> None:
+    """SGD, momentum and Adam members, with and without dropout, fused: each one's curve, best
+    epoch and test result are those of the same trial (same seed, same batches) trained alone."""
+    spec = _spec(model)
+    alone = _alone(spec, MEMBERS)
+    study = _study(MEMBERS)
+    assert _fused(spec, study, len(MEMBERS)) == ["complete"] * len(MEMBERS)
+    for a, t in zip(alone, study.get_trials(deepcopy=False), strict=True):
+        member = t.user_attrs
+        _assert_same_curve(a, member)
+        assert t.value == pytest.approx(a["val_acc"], abs=1e-9)
+        assert set(member) - WORKER_KEYS == set(a)  # the same record as a trial alone
+        assert member["config"] == a["config"]
+
+
+def test_a_fused_checkpoint_resumes_alone_on_the_same_curve(tmp_path: Path) -> None:
+    """Stopped mid-way, each member is handed back with a checkpoint in the single-trial format;
+    its retry trained alone resumes from it and ends on the curve of an uninterrupted run."""
+    spec = _spec("dense", epochs=4)
+    members = MEMBERS[::2]  # sgd, momentum, adam with dropout 0 (and 0.3 in between: seeds differ)
+    members = [dict(m, dropout=0.3) for m in members]
+    alone = _alone(spec, members)
+    store = FileSystemArtifactStore(str(tmp_path))
+    study = _study(members)
+
+    def out(msg: str) -> None:
+        if "epoch 2/4" in msg:
+            worker_mod._STOP.set()  # what SIGTERM does
+
+    try:
+        assert _fused(spec, study, len(members), out, artifacts=store, checkpoint_every=0) == ["preempted"] * 3
+    finally:
+        worker_mod._STOP.clear()
+    retries = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert len(retries) == 3 and all(t.user_attrs["checkpoint_epoch"] == 2 for t in retries)
+    for a, _ in zip(alone, retries, strict=True):
+        trial = study.ask()
+        objective.run(trial, spec, objective.Context(device=CPU, artifact_store=store, progress=lambda m: None))
+        assert trial.user_attrs["resumed_from_epoch"] == 2
+        _assert_same_curve(a, trial.user_attrs)
+
+
+# ---------------------------------------------------------------- members leave
+
+
+class _PruneOne(optuna.pruners.BasePruner):
+    def __init__(self, number: int, at: int) -> None:
+        self.number, self.at = number, at
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == self.number and (trial.last_step or 0) >= self.at
+
+
+def test_pruned_and_diverged_members_leave_and_the_others_are_unchanged() -> None:
+    spec = _spec("dense", epochs=3)
+    members = [MEMBERS[0], {"lr": 1000.0, "optimizer": "sgd", "dropout": 0.0}, MEMBERS[3], MEMBERS[4]]
+    study = _study(members, pruner=_PruneOne(number=2, at=1))
+    states = _fused(spec, study, len(members))
+    assert states == ["complete", "divergent", "pruned", "complete"]
+    trials = study.get_trials(deepcopy=False)
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["divergent"] is True
+    assert trials[2].state == TrialState.PRUNED and trials[2].user_attrs["pruned_at_epoch"] == 1
+    alone = _alone(spec, members)
+    for i in (0, 3):
+        _assert_same_curve(alone[i], trials[i].user_attrs)
+
+
+# ---------------------------------------------------------------- the fusion key, the spec field
+
+
+def test_the_key_fuses_what_shares_shapes_and_nothing_else() -> None:
+    spec = _spec("dense")
+    key = lambda **p: fused.fusion_key(spec, p, (1, 8, 8), 10)  # noqa: E731
+    base = key(lr=0.1, optimizer="sgd", dropout=0.0)
+    assert base is not None
+    assert key(lr=0.001, optimizer="adam", dropout=0.5) == base  # per member: lr, optimizer, dropout
+    assert key(lr=0.1, optimizer="sgd", dropout=0.0, hidden_size=64) != base  # widths shape the stack
+    assert key(lr=0.1, optimizer="sgd", dropout=0.0, batch_size=64) != base
+    assert key(lr=0.1, optimizer="sgd", dropout=0.0, epochs=5) != base
+    assert key(lr=0.1, optimizer="sgd", dropout=0.0, activation="tanh") != base
+    assert key(lr=0.1, optimizer="sgd", dropout=0.0, batch_norm=True) is None  # not run fused
+    assert key(lr=0.1, optimizer="sgd", dropout=0.0, model="cnn") not in (None, base)
+
+
+def test_fuse_in_the_spec_valid_and_invalid() -> None:
+    assert spec_from_dict(tiny_spec("f", fuse=8)).fuse == 8
+    assert "fuse" not in spec_from_dict(tiny_spec("f")).to_dict()  # old specs keep their hash
+    for bad in (0, 65, "4", 2.5):
+        with pytest.raises(SpecError, match="fuse: must be an integer in"):
+            spec_from_dict(tiny_spec("f", fuse=bad))
+    with pytest.raises(SpecError, match="only the built-in trainer"):
+        spec_from_dict(tiny_spec("f", fuse=4, objective="hps_objectives:quadratic"))
+
+
+# ---------------------------------------------------------------- real workers
+
+
+def _create(tmp_path: Path, url: str, name: str, **over: Any) -> None:
+    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name, **over))), "--storage", url, check=True)
+
+
+def _load(name: str, url: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+FUSE4 = cli_env(HPSEARCH_FUSE="4")
+
+
+def test_two_fused_workers_run_a_grid_of_seeds_exactly_once(pg_session_db: str, tmp_path: Path) -> None:
+    url, name = pg_session_db, unique("fused-grid")
+    _create(tmp_path, url, name, repeats=3, space={"lr": {"choices": [0.01, 0.1]}, "optimizer": {"choices": ["sgd", "adam"]}})
+    workers = [start_worker(name, url, "--device", "cpu", "--heartbeat", "2", "--fuse", "4", log=tmp_path / f"w{i}.log")
+               for i in range(2)]
+    for i, w in enumerate(workers):
+        assert w.wait(timeout=180) == 0, (tmp_path / f"w{i}.log").read_text()
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
+    assert "fused: trials" in logs and "Traceback" not in logs
+    assert_exactly_once(_load(name, url), planned=12)
+
+
+def _fused_worker_at(url: str, name: str, tmp_path: Path, epoch: int, heartbeat: int) -> tuple[Any, Tail]:
+    """A worker training 2 configurations x 2 seeds as one fused group, once it reaches `epoch`."""
+    _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train=SLOW_TRAIN)
+    w = start_worker(name, url, "--device", "cpu", "--heartbeat", str(heartbeat), "--checkpoint-every", "0", env=FUSE4)
+    tail = Tail(w)
+    tail.wait_for("fused: trials 0, 1, 2, 3", timeout=60)
+    tail.wait_for(f"epoch {epoch}/8")
+    return w, tail
+
+
+def test_sigterm_hands_back_every_member_and_a_later_worker_resumes_them(pg_session_db: str, tmp_path: Path) -> None:
+    url, name = pg_session_db, unique("fused-term")
+    w, tail = _fused_worker_at(url, name, tmp_path, epoch=3, heartbeat=5)
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=60) == 0, "".join(tail.lines)
+    study = _load(name, url)
+    first = study.get_trials(deepcopy=False)[:4]
+    assert all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"].startswith("preempted") for t in first)
+    assert sum("handed back" in line for line in tail.lines) == 4
+    # The retries run alone this time: a fused member's checkpoint is a trial's checkpoint.
+    later = start_worker(name, url, "--device", "cpu", env=cli_env(HPSEARCH_FUSE="1"), log=tmp_path / "later.log")
+    assert later.wait(timeout=180) == 0, (tmp_path / "later.log").read_text()
+    retries = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert len(retries) == 4 and all(t.user_attrs["resumed_from_epoch"] >= 2 for t in retries)
+    assert all([r["epoch"] for r in t.user_attrs["curve"]] == list(range(1, 9)) for t in retries)
+    assert_exactly_once(study, planned=4)
+
+
+def test_kill9_of_a_fused_worker_requeues_every_member_once(pg_session_db: str, tmp_path: Path) -> None:
+    url, name = pg_session_db, unique("fused-kill")
+    victim, _ = _fused_worker_at(url, name, tmp_path, epoch=2, heartbeat=2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    other = start_worker(name, url, "--device", "cpu", "--heartbeat", "2", env=FUSE4, log=tmp_path / "other.log")
+    assert other.wait(timeout=180) == 0, (tmp_path / "other.log").read_text()
+    study = _load(name, url)
+    trials = study.get_trials(deepcopy=False)
+    assert all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"].startswith("stale") for t in trials[:4])
+    retries = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1, 2, 3]
+    assert all(t.user_attrs["resumed_from_epoch"] >= 1 for t in retries)  # resumed fused, from their checkpoints
+    assert "fused: trials" in (tmp_path / "other.log").read_text()
+    assert_exactly_once(study, planned=4)
