@@ -22,16 +22,35 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError, StudyNotFound
-from hpsearch.spec import space as space_mod
-from hpsearch.spec.parse import StudySpec, spec_from_dict
-from hpsearch.storage.postgres import HEARTBEAT, LeanRDBStorage
 
 # The attribute keys live in hpsearch.schema; these names are kept here while callers move over.
 from hpsearch.schema import (  # noqa: E402,F401
-    ARTIFACTS_ATTR, BEAT, BEAT_INTERVAL, CLASS_COUNTS_ATTR, CONFIG_ID, CRASHES, CREATED_ATTR, FAIL_REASON,
-    HASH_ATTR, IS_REPEAT, ISSUED_ATTR, PLAN_INDEX, PLANNED_ATTR, READY_ATTR, REPEAT_OF, REPEATS_ENQUEUED,
-    RETRY_EXHAUSTED, RETRY_HISTORY, RETRY_OF, SEED, SPEC_ATTR, WORKER,
+    ARTIFACTS_ATTR,
+    BEAT,
+    BEAT_INTERVAL,
+    CLASS_COUNTS_ATTR,
+    CONFIG_ID,
+    CRASHES,
+    CREATED_ATTR,
+    FAIL_REASON,
+    HASH_ATTR,
+    IS_REPEAT,
+    ISSUED_ATTR,
+    PLAN_INDEX,
+    PLANNED_ATTR,
+    READY_ATTR,
+    REPEAT_OF,
+    REPEATS_ENQUEUED,
+    RETRY_EXHAUSTED,
+    RETRY_HISTORY,
+    RETRY_OF,
+    SEED,
+    SPEC_ATTR,
+    WORKER,
 )
+from hpsearch.spec import space as space_mod
+from hpsearch.spec.parse import StudySpec, spec_from_dict
+from hpsearch.storage.postgres import HEARTBEAT, LeanRDBStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
