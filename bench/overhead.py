@@ -30,8 +30,8 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpsearch.queue import study as study_mod  # noqa: E402
-from hpsearch.spec.parse import load_spec  # noqa: E402
+from hpsearch.queue import plan as plan_mod  # noqa: E402
+from hpsearch.spec.loading import load_spec  # noqa: E402
 from hpsearch.storage.backend import open_storage  # noqa: E402
 
 ADMIN = os.environ.get("HPSEARCH_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -74,7 +74,7 @@ def run(size: int, workers: int, trials: int, tmp: Path) -> dict[str, float]:
         spec_path = tmp / f"overhead-{size}.yaml"
         spec_path.write_text(yaml.safe_dump({**SPEC, "budget": {"trials": trials}}))
         storage = open_storage(url, create=True)
-        study, _ = study_mod.create(load_spec(spec_path), storage)
+        study, _ = plan_mod.create(load_spec(spec_path), storage)
         t0 = time.perf_counter()
         fill(study, size)
         fill_s = time.perf_counter() - t0

@@ -41,8 +41,8 @@ import sqlalchemy as sa  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from hpsearch.queue import study as study_mod  # noqa: E402
-from hpsearch.spec.parse import load_spec  # noqa: E402
+from hpsearch.queue import plan as plan_mod  # noqa: E402
+from hpsearch.spec.loading import load_spec  # noqa: E402
 from hpsearch.storage.backend import open_storage  # noqa: E402
 from pgcluster import Cluster, free_port  # noqa: E402
 
@@ -130,7 +130,7 @@ def part_cost(url: str, tmp: Path, sizes: list[int], k: int, which: list[str]) -
             continue
         for size in sizes:
             name = f"cost-{uuid.uuid4().hex[:6]}"
-            study, _ = study_mod.create(load_spec(spec_file(tmp, name, sampler=sampler, budget=k + 1000)),
+            study, _ = plan_mod.create(load_spec(spec_file(tmp, name, sampler=sampler, budget=k + 1000)),
                                         open_storage(url, create=True))
             prefill(url, study, size)
             worker_seconds(url, name, k)
@@ -231,7 +231,7 @@ def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) ->
         for n in counts:
             url = cluster.create_db(f"scale{n}")
             name = f"scale{n}"
-            study_mod.create(load_spec(spec_file(tmp, name, objective="bench_objectives:sleep",
+            plan_mod.create(load_spec(spec_file(tmp, name, objective="bench_objectives:sleep",
                                                  budget=n * per_worker, train={"sleep": sleep, "steps": 5})),
                              open_storage(url, create=True))
             codes, logs = run_workers(url, name, n, tmp)
@@ -252,7 +252,7 @@ def part_statements(tmp: Path, trials: int) -> None:
     cluster.start()
     try:
         url = cluster.create_db("statements")
-        study_mod.create(load_spec(spec_file(tmp, "statements", budget=trials)), open_storage(url, create=True))
+        plan_mod.create(load_spec(spec_file(tmp, "statements", budget=trials)), open_storage(url, create=True))
         log = cluster.root / "log"
         start = len(log.read_text().splitlines())
         codes, logs = run_workers(url, "statements", 1, tmp)
@@ -282,7 +282,7 @@ def part_crowd(tmp: Path, workers: int, budget: int, sleep: float, via: str) -> 
     try:
         url = cluster.create_db("crowd")
         name = "crowd"
-        study_mod.create(load_spec(spec_file(tmp, name, objective="bench_objectives:sleep", budget=budget,
+        plan_mod.create(load_spec(spec_file(tmp, name, objective="bench_objectives:sleep", budget=budget,
                                              train={"sleep": sleep, "steps": 2})), open_storage(url, create=True))
         if via == "proxy":
             port = free_port()
@@ -347,7 +347,7 @@ def part_capacity(tmp: Path, workers: int, per_worker: int) -> None:
         for i, via in enumerate(("PostgreSQL direct", "pgbouncer (transaction pooling)", "hpsearch proxy (gRPC)")):
             name = f"cap{i}"
             url = cluster.create_db(name)
-            study_mod.create(load_spec(spec_file(tmp, name, budget=workers * per_worker, train={"steps": 2})),
+            plan_mod.create(load_spec(spec_file(tmp, name, budget=workers * per_worker, train={"steps": 2})),
                              open_storage(url, create=True))
             proxy = bouncer = None
             target = url
@@ -382,7 +382,7 @@ def part_capacity(tmp: Path, workers: int, per_worker: int) -> None:
 
 def part_status(url: str, tmp: Path, size: int) -> None:
     name = f"big-{uuid.uuid4().hex[:6]}"
-    study, _ = study_mod.create(load_spec(spec_file(tmp, name, budget=10)), open_storage(url, create=True))
+    study, _ = plan_mod.create(load_spec(spec_file(tmp, name, budget=10)), open_storage(url, create=True))
     prefill(url, study, size)
     print(f"\nstatus/best on a {size}-trial study")
     for cmd in (["status", name], ["best", name, "--top", "10"], ["report", name, "--out", str(tmp / "report")]):

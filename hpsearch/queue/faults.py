@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import random
 import threading
 import time
 import zlib
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.queue import study as study_mod
-from hpsearch.storage.backend import mask, with_reconnect
+from hpsearch.queue.retries import max_retries, retry_template, retryable
+from hpsearch.queue.study import worker_id
+from hpsearch.schema import BEAT, BEAT_INTERVAL, FAIL_REASON, RETRY_EXHAUSTED, RETRY_HISTORY
+from hpsearch.storage import heartbeats, locks, optuna_internals
+from hpsearch.storage.backend import mask
+from hpsearch.storage.kinds import backend_of
 from hpsearch.storage.postgres import LeanRDBStorage
+from hpsearch.storage.reconnect import with_reconnect
 
 log = logging.getLogger("hpsearch.faults")
 
@@ -56,18 +59,14 @@ class StudyLock:
         self._depth = 0
         self._conn: Any = None
         self._fh: Any = None
-        self.rdb = study_mod._rdb(study._storage)
-        self.postgres = study_mod._postgres(study._storage) is not None
+        backend = backend_of(study)
+        self.rdb = backend.rdb
+        self.postgres = backend.lean is not None
         self.key = study_key(study.study_name + (f":{purpose}" if purpose else ""))
         self.purpose = purpose
-        self.path: Path | None = None
-        backend = getattr(study._storage, "_backend", None)
-        if self.rdb is not None and self.rdb.engine.dialect.name == "sqlite":
-            self.path = Path(self.rdb.engine.url.database or "hpsearch.sqlite").with_suffix(".lock")
-        elif backend is not None and hasattr(backend, "_file_path"):
-            self.path = Path(backend._file_path + ".hpsearch.lock")
+        self.path: Path | None = backend.lock_path
         if not purpose:
-            StudyLock._locks[study._study_id] = self
+            StudyLock._locks[optuna_internals.study_id(study)] = self
 
     @property
     def available(self) -> bool:
@@ -76,7 +75,7 @@ class StudyLock:
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyLock:
-        return cls._locks.get(study._study_id) or cls(study)
+        return cls._locks.get(optuna_internals.study_id(study)) or cls(study)
 
     def __enter__(self) -> StudyLock:
         self._thread_lock.acquire()
@@ -84,7 +83,7 @@ class StudyLock:
         if self._depth == 1:
             try:
                 if self.postgres and self.purpose:
-                    self._conn = with_reconnect(_advisory_xact_lock)(self.rdb.engine, self.key)  # type: ignore[union-attr]
+                    self._conn = with_reconnect(locks.advisory_xact_lock)(self.rdb.engine, self.key)  # type: ignore[union-attr]
                 elif self.path is not None:
                     self._fh = _flock(self.path)
             except BaseException:
@@ -136,32 +135,11 @@ def _flock(path: Path) -> Any:
     try:  # who holds it, for a person looking; on a full disk the lock works without it
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{study_mod.worker_id()}\n")
+        fh.write(f"{worker_id()}\n")
         fh.flush()
     except OSError:
         pass
     return fh
-
-
-def _advisory_xact_lock(engine: Any, key: int) -> Any:
-    """An open connection whose transaction holds the advisory lock `key` (`hpsearch repeat`'s lock).
-
-    Transaction-scoped: released on commit or on a dropped connection, so it works behind
-    pgbouncer's transaction pooling. Waiters poll with try-lock rather than block: a blocked waiter
-    pins a server connection, and with a bounded pool (pgbouncer) enough of them starve the holder.
-    """
-    import sqlalchemy as sa
-
-    delay = 0.02
-    while True:
-        conn = engine.connect()
-        conn.begin()
-        if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
-            return conn
-        conn.rollback()
-        conn.close()
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 0.5)
 
 
 # ---------------------------------------------------------------- fail and requeue
@@ -174,16 +152,16 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
     database clock at the moment of the write. Elsewhere they are two writes under the study lock,
     and sweep_orphans() re-queues a failure whose process died between them.
     """
-    storage = study._storage
-    rdb = study_mod._postgres(storage)
-    attrs = {study_mod.FAIL_REASON: reason}
+    storage = optuna_internals.storage_of(study)
+    rdb = backend_of(study).lean
+    attrs = {FAIL_REASON: reason}
     if rdb is not None:
         from hpsearch.storage import atomic
 
         done = with_reconnect(atomic.fail_and_requeue)(
-            rdb, study_key(study.study_name), study._study_id, trial_id, attrs,
-            lambda frozen: study_mod.retry_template(frozen, reason), only_if_stale, study_mod.BEAT,
-            {study_mod.RETRY_EXHAUSTED: True})
+            rdb, study_key(study.study_name), optuna_internals.study_id(study), trial_id, attrs,
+            lambda frozen: retry_template(frozen, reason), only_if_stale, BEAT,
+            {RETRY_EXHAUSTED: True})
         if done is None:
             return False
         failed, number = done
@@ -198,11 +176,11 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
             return False
         if only_if_stale is not None and not _still_stale(study, frozen, only_if_stale):
             return False
-        template = study_mod.retry_template(frozen, reason)
+        template = retry_template(frozen, reason)
         try:
-            storage.set_trial_user_attr(trial_id, study_mod.FAIL_REASON, reason)
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
             if template is None:  # said before the FAIL: a finished trial's attributes are frozen
-                storage.set_trial_user_attr(trial_id, study_mod.RETRY_EXHAUSTED, True)
+                storage.set_trial_user_attr(trial_id, RETRY_EXHAUSTED, True)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -216,7 +194,7 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
 def _said(frozen: optuna.trial.FrozenTrial, reason: str, requeued: bool) -> None:
     if not requeued:
         log.warning("trial %d failed (%s) and is not retried again: it crashed its worker %d times",
-                    frozen.number, reason, study_mod.max_retries())
+                    frozen.number, reason, max_retries())
     else:
         log.info("trial %d failed (%s) and re-queued", frozen.number, reason)
 
@@ -225,17 +203,16 @@ def sweep_orphans(study: optuna.Study) -> int:
     """Re-queue every retryable failure that has no successor (its process died between the two
     writes of a hand-back or a reap). Call under the study lock; a no-op on PostgreSQL, where the
     two writes are one transaction."""
-    rdb = study_mod._postgres(study._storage)
-    if rdb is not None:
+    if backend_of(study).lean is not None:
         return 0
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-    retried = {n for t in trials for n in t.user_attrs.get(study_mod.RETRY_HISTORY, [])}
+    trials = optuna_internals.storage_of(study).get_all_trials(optuna_internals.study_id(study), deepcopy=False)
+    retried = {n for t in trials for n in t.user_attrs.get(RETRY_HISTORY, [])}
     n = 0
     for t in trials:
-        if (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get(study_mod.RETRY_EXHAUSTED)
-                and study_mod.retryable(str(t.user_attrs.get(study_mod.FAIL_REASON, "")))):
-            reason = str(t.user_attrs[study_mod.FAIL_REASON])
-            template = study_mod.retry_template(t, reason)
+        if (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get(RETRY_EXHAUSTED)
+                and retryable(str(t.user_attrs.get(FAIL_REASON, "")))):
+            reason = str(t.user_attrs[FAIL_REASON])
+            template = retry_template(t, reason)
             if template is None:  # over its retry limit: stays failed (its reason says why)
                 continue
             study.add_trial(template)
@@ -245,7 +222,7 @@ def sweep_orphans(study: optuna.Study) -> int:
 
 
 def _still_stale(study: optuna.Study, frozen: optuna.trial.FrozenTrial, limit: float) -> bool:
-    age = _ages_and_intervals(study, 30.0).get(frozen._trial_id, (None, 0.0))[0]
+    age = _ages_and_intervals(study, 30.0).get(optuna_internals.trial_id(frozen), (None, 0.0))[0]
     return age is not None and age > limit
 
 
@@ -259,7 +236,7 @@ class Heartbeat:
         self.study = study
         self.trial_id = trial_id
         self.interval = float(interval)
-        self.rdb = study_mod._rdb(study._storage)
+        self.rdb = backend_of(study).rdb
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpsearch-heartbeat", daemon=True)
 
@@ -271,7 +248,7 @@ class Heartbeat:
         elif self.rdb is not None:
             self.rdb.record_heartbeat(self.trial_id)
         else:
-            self.study._storage.set_trial_user_attr(self.trial_id, study_mod.BEAT, time.time())
+            optuna_internals.storage_of(self.study).set_trial_user_attr(self.trial_id, BEAT, time.time())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval / 2):
@@ -299,19 +276,14 @@ def beat_ages(study: optuna.Study) -> dict[int, float]:
     """Seconds since the last heartbeat of every running trial, where heartbeats are trial attributes."""
     ages = {}
     now = time.time()
-    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.user_attrs.get(study_mod.BEAT)
+    storage = optuna_internals.storage_of(study)
+    for t in storage.get_all_trials(optuna_internals.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get(BEAT)
         if beat is None and t.datetime_start is not None:
             beat = t.datetime_start.timestamp()
         if beat is not None:
-            ages[t._trial_id] = now - float(beat)
+            ages[optuna_internals.trial_id(t)] = now - float(beat)
     return ages
-
-
-def _naive(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=None)
 
 
 def stale_trials(study: optuna.Study, default_interval: float) -> list[tuple[int, float, float]]:
@@ -325,38 +297,15 @@ def stale_trials(study: optuna.Study, default_interval: float) -> list[tuple[int
 
 def _ages_and_intervals(study: optuna.Study, default_interval: float) -> dict[int, tuple[float, float]]:
     """Every worker runs this every interval/4: on PostgreSQL it is one query over running trials only."""
-    rdb = study_mod._rdb(study._storage)
+    rdb = backend_of(study).rdb
     if rdb is None:
-        running = {t._trial_id: t for t in study._storage.get_all_trials(study._study_id, deepcopy=False,
-                                                                             states=(TrialState.RUNNING,))}
-        return {tid: (age, float(running[tid].user_attrs.get(study_mod.BEAT_INTERVAL, default_interval))
+        storage = optuna_internals.storage_of(study)
+        running = {optuna_internals.trial_id(t): t
+                   for t in storage.get_all_trials(optuna_internals.study_id(study), deepcopy=False,
+                                                   states=(TrialState.RUNNING,))}
+        return {tid: (age, float(running[tid].user_attrs.get(BEAT_INTERVAL, default_interval))
                       if tid in running else default_interval) for tid, age in beat_ages(study).items()}
-    import json
-
-    import sqlalchemy as sa
-
-    def q() -> dict[int, tuple[float, float]]:
-        with rdb.engine.connect() as conn:
-            # Nobody could beat while the server was down: silence counts from its start at most.
-            now, up = conn.execute(sa.text("SELECT now(), pg_postmaster_start_time()")).first()
-            now, up = _naive(now), _naive(up)
-            # Workers behind the gRPC proxy beat as a trial attribute, the others in trial_heartbeats.
-            rows = conn.execute(
-                sa.text("SELECT t.trial_id, h.heartbeat, a.value_json, b.value_json FROM trials t "
-                        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-                        "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :k "
-                        "LEFT JOIN trial_user_attributes b ON b.trial_id = t.trial_id AND b.key = :beat "
-                        "WHERE t.study_id = :s AND t.state = 'RUNNING' "
-                        "AND (h.heartbeat IS NOT NULL OR b.value_json IS NOT NULL)"),
-                {"s": study._study_id, "k": study_mod.BEAT_INTERVAL, "beat": study_mod.BEAT},
-            ).all()
-        wall = time.time()
-        uptime = (now - up).total_seconds()
-        return {int(r[0]): (min(uptime, (now - _naive(r[1])).total_seconds() if r[1] is not None
-                                else wall - float(json.loads(r[3]))),
-                            float(json.loads(r[2])) if r[2] is not None else default_interval) for r in rows}
-
-    return with_reconnect(q)()
+    return heartbeats.ages_and_intervals(rdb, optuna_internals.study_id(study), BEAT_INTERVAL, BEAT, default_interval)
 
 
 class Reaper:
@@ -418,7 +367,7 @@ class Reaper:
             # been unable to beat before that, whatever its heartbeat's age says.
             if time.monotonic() - self.since <= limit:
                 continue
-            number = self.study._storage.get_trial_number_from_id(trial_id)
+            number = optuna_internals.storage_of(self.study).get_trial_number_from_id(trial_id)
             reason = f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); worker presumed dead"
             if fail_and_requeue(self.study, trial_id, reason, only_if_stale=limit):
                 n += 1
@@ -449,8 +398,7 @@ class Reaper:
 def _writable(study: optuna.Study, limit: float) -> bool:
     """Can this process write to the storage right now, without waiting? On the journal file a
     stopped or slow process holding the journal's lock blocks every writer, heartbeats included."""
-    backend = getattr(study._storage, "_backend", None)
-    lock = getattr(backend, "_lock", None)
+    lock = backend_of(study).journal_lock
     if lock is None or not hasattr(lock, "acquire"):
         return True
     t0 = time.monotonic()

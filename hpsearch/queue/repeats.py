@@ -15,10 +15,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError
-from hpsearch.queue import study as study_mod
+from hpsearch.queue import plan as plan_mod
 from hpsearch.report.export import config_id
 from hpsearch.report.stats import ConfigSummary, best_per_group, check_group_by, summarize
-from hpsearch.spec.parse import StudySpec
+from hpsearch.schema import SEED
+from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk as fastread
 
 
@@ -32,7 +33,7 @@ def used_seeds(trials: list[FrozenTrial], default: int) -> dict[str, set[int]]:
     """Seeds each configuration has used, in any state (a trial without a seed ran the spec's seed)."""
     used: dict[str, set[int]] = defaultdict(set)
     for t in trials:
-        used[config_id(t)].add(int(t.user_attrs.get(study_mod.SEED, default)))
+        used[config_id(t)].add(int(t.user_attrs.get(SEED, default)))
     return used
 
 
@@ -68,7 +69,7 @@ def _queue(study: optuna.Study, spec: StudySpec, top: int, seeds: int, group_by:
             source = by_number[c.representative]
             chosen = new_seeds(used[c.config_id], seeds)
             used[c.config_id].update(chosen)
-            study_mod.enqueue_repeats(study, source, spec, dict(source.params), chosen,  # type: ignore[arg-type]
+            plan_mod.enqueue_repeats(study, source, spec, dict(source.params), chosen,  # type: ignore[arg-type]
                                       mark_repeat=True)
             queued.append(Queued(c, chosen))
     return queued

@@ -26,7 +26,8 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial
 
-from hpsearch.storage.postgres import _GET_TRIAL, _frozen
+from hpsearch.storage import optuna_internals
+from hpsearch.storage.postgres import GET_TRIAL, frozen_trial
 
 # A lock holder that stays idle inside its transaction this long is presumed stopped: the server
 # ends its session. Every critical section here runs statements back to back, so a live holder
@@ -45,7 +46,7 @@ def locked(rdb: optuna.storages.RDBStorage, key: int) -> Iterator[Any]:
     Waiters poll with try-lock and roll back between tries, so a waiter never pins a server
     connection behind a transaction pooler (pgbouncer) while the holder needs one.
     """
-    session = rdb.scoped_session()
+    session = optuna_internals.new_session(rdb)
     try:
         delay = 0.02
         while True:
@@ -77,14 +78,14 @@ def _lock_study_row(session: Any, study_id: int) -> None:
 
 def _create(rdb: optuna.storages.RDBStorage, session: Any, study_id: int, template: FrozenTrial) -> int:
     """A new trial from `template`, inside this transaction (Optuna's own row-building code)."""
-    trial = rdb._get_prepared_new_trial(study_id, template, session)
+    trial = optuna_internals.prepared_new_trial(rdb, study_id, template, session)
     session.flush()
     return int(trial.number)
 
 
 def get_trial(session: Any, trial_id: int) -> FrozenTrial | None:
-    row = session.execute(_GET_TRIAL, {"t": trial_id}).first()
-    return None if row is None else _frozen(trial_id, *row, {})
+    row = session.execute(GET_TRIAL, {"t": trial_id}).first()
+    return None if row is None else frozen_trial(trial_id, *row, {})
 
 
 def study_attrs(session: Any, study_id: int, keys: list[str]) -> dict[str, Any]:
@@ -220,3 +221,11 @@ def trial_keys(session_or_conn: Any, study_id: int, config_key: str, seed_key: s
         "JOIN trial_user_attributes s ON s.trial_id = t.trial_id AND s.key = :sk "
         "WHERE t.study_id = :st"), {"st": study_id, "ck": config_key, "sk": seed_key}).all()
     return {(json.loads(c), int(json.loads(s))) for c, s in rows}
+
+
+def max_plan_index(session: Any, study_id: int, index_key: str) -> int:
+    """The highest plan index (trial attribute `index_key`) among the study's trials; -1 for none."""
+    value = session.execute(sa.text(
+        "SELECT max(CAST(a.value_json AS integer)) FROM trial_user_attributes a JOIN trials t "
+        "ON t.trial_id = a.trial_id WHERE t.study_id = :s AND a.key = :k"), {"s": study_id, "k": index_key}).scalar()
+    return -1 if value is None else int(value)

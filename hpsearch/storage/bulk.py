@@ -19,7 +19,8 @@ import optuna
 from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 
-from hpsearch.queue.study import _rdb
+from hpsearch.storage import optuna_internals
+from hpsearch.storage.kinds import POSTGRES, backend_of
 from hpsearch.storage.postgres import LeanRDBStorage
 
 
@@ -45,8 +46,7 @@ class LightTrial:
 
 
 def supported(study: optuna.Study) -> bool:
-    rdb = _rdb(study._storage)
-    return rdb is not None and rdb.engine.dialect.name == "postgresql"
+    return backend_of(study).kind == POSTGRES
 
 
 def trials(study: optuna.Study, keys: Iterable[str] = (), states: Iterable[TrialState] | None = None,
@@ -57,9 +57,9 @@ def trials(study: optuna.Study, keys: Iterable[str] = (), states: Iterable[Trial
         return study.get_trials(deepcopy=False, states=wanted)
     import sqlalchemy as sa
 
-    rdb = _rdb(study._storage)
+    rdb = backend_of(study).rdb
     assert rdb is not None
-    sid = study._study_id
+    sid = optuna_internals.study_id(study)
     state_filter = ""
     params: dict[str, Any] = {"s": sid}
     if states is not None:
@@ -112,7 +112,7 @@ def full_trials(study: optuna.Study, states: Iterable[TrialState] | None = None)
     seconds instead of minutes at 50k trials.
     """
     wanted = tuple(states) if states is not None else None
-    rdb = _rdb(study._storage)
+    rdb = backend_of(study).rdb
     if not supported(study) or not isinstance(rdb, LeanRDBStorage):
         return study.get_trials(deepcopy=False, states=wanted)
-    return sorted(rdb._get_trials(study._study_id, wanted, set(), -1), key=lambda t: t.number)
+    return sorted(rdb.bulk_trials(optuna_internals.study_id(study), wanted), key=lambda t: t.number)

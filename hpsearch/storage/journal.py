@@ -23,6 +23,7 @@ from typing import Any
 from optuna.storages.journal import JournalFileBackend
 
 from hpsearch.errors import StorageUnavailable
+from hpsearch.storage import optuna_internals
 
 log = logging.getLogger("hpsearch.journal")
 _TAIL_CHUNK = 64 * 1024
@@ -37,22 +38,27 @@ class SafeJournalFileBackend(JournalFileBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in logs).encode("utf-8")
+        lock = optuna_internals.journal_lock(self)
         try:
-            self._lock.acquire()
+            lock.acquire()
         except OSError as exc:  # the lock is a symlink or file beside the journal: it needs space too
             raise self._error(exc, "cannot take the journal's lock") from None
         try:
             self._append_locked(data)
         finally:
-            self._lock.release()
+            lock.release()
+
+    @property
+    def path(self) -> str:
+        return str(optuna_internals.journal_file_path(self))
 
     def _append_locked(self, data: bytes) -> None:
         try:
-            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         except OSError as exc:
             raise self._error(exc, "cannot open") from None
         try:
-            end = _repair_tail(fd, self._file_path)
+            end = _repair_tail(fd, self.path)
             written = 0
             try:
                 while written < len(data):
@@ -78,11 +84,11 @@ class SafeJournalFileBackend(JournalFileBackend):
     def _error(self, exc: OSError, what: str) -> JournalError:
         reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return JournalError(f"journal {self._file_path}: disk full ({reason}); the journal is intact: "
+            return JournalError(f"journal {self.path}: disk full ({reason}); the journal is intact: "
                                 "free some space and run the command again")
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return JournalError(f"journal {self._file_path}: must be writable, but {what} ({reason})")
-        return JournalError(f"journal {self._file_path}: {what} ({reason})")
+            return JournalError(f"journal {self.path}: must be writable, but {what} ({reason})")
+        return JournalError(f"journal {self.path}: {what} ({reason})")
 
 
 def _repair_tail(fd: int, path: str) -> int:

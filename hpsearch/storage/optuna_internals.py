@@ -73,3 +73,98 @@ def dashboard_artifact_meta(storage: Any, study_id: int, trial_id: int | None, a
 def cached(rdb: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
     """An RDB storage behind Optuna's cache, as optuna.load_study would wrap it."""
     return optuna.storages._CachedStorage(rdb)
+
+
+def unwrap_cached(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage under Optuna's _CachedStorage (which optuna.load_study puts around an RDB storage)."""
+    return storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
+
+
+def forget_trials_cache(study: optuna.Study) -> None:
+    """Drop the study's per-thread copy of all trials (a claim changed them behind its back)."""
+    study._thread_local.cached_all_trials = None
+
+
+def cached_frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The FrozenTrial a live Trial reads its attributes back from."""
+    return trial._cached_frozen_trial
+
+
+def cache_claimed(cached: optuna.storages.BaseStorage, study_id: int, frozen: optuna.trial.FrozenTrial) -> None:
+    """Register one trial (claimed with plain SQL, now RUNNING) in Optuna's _CachedStorage as unfinished,
+    so its next sync refreshes it the usual way instead of re-reading every unfinished trial."""
+    from optuna.storages._cached_storage import _StudyInfo
+
+    with cached._lock:  # type: ignore[attr-defined]
+        info = cached._studies.setdefault(study_id, _StudyInfo())  # type: ignore[attr-defined]
+        cached._add_trials_to_cache(study_id, [frozen])  # type: ignore[attr-defined]
+        info.unfinished_trial_ids.add(frozen._trial_id)
+
+
+# --- RDB storage ----------------------------------------------------------------------------------
+def new_session(rdb: optuna.storages.RDBStorage) -> Any:
+    """A SQLAlchemy session of the storage's own (ORM) session factory."""
+    return rdb.scoped_session()
+
+
+def prepared_new_trial(rdb: optuna.storages.RDBStorage, study_id: int, template: optuna.trial.FrozenTrial,
+                       session: Any) -> Any:
+    """Optuna's own row-building for a new trial (number, params, attributes), inside `session`."""
+    return rdb._get_prepared_new_trial(study_id, template, session)
+
+
+def trial_not_found_message() -> str:
+    """The message of Optuna's KeyError for an unknown trial or study id."""
+    from optuna.storages._rdb.models import NOT_FOUND_MSG
+
+    return NOT_FOUND_MSG
+
+
+def rdb_get_trials(rdb: optuna.storages.RDBStorage, study_id: int, states: Any, included_trial_ids: set[int],
+                   trial_id_greater_than: int) -> list[optuna.trial.FrozenTrial]:
+    """Optuna's own RDBStorage._get_trials (what its cache syncs with), bypassing any override."""
+    return optuna.storages.RDBStorage._get_trials(rdb, study_id, states, included_trial_ids, trial_id_greater_than)
+
+
+def rdb_set_trial_param(rdb: optuna.storages.RDBStorage, trial_id: int, name: str, value: float,
+                        distribution: optuna.distributions.BaseDistribution,
+                        previous: optuna.distributions.BaseDistribution | None) -> None:
+    """Optuna's own RDBStorage._set_trial_param, bypassing any override."""
+    optuna.storages.RDBStorage._set_trial_param(rdb, trial_id, name, value, distribution, previous)
+
+
+# The private methods Optuna's _CachedStorage and heartbeat machinery call on an RDB storage
+# (besides the public storage API): a wrapper around the storage's calls must cover them too.
+RDB_PRIVATE_CALLS = ("_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param",
+                     "_get_best_trial_id")
+
+
+def check_schema(rdb: optuna.storages.RDBStorage) -> None:
+    """Optuna's schema check, one connection at a time.
+
+    Optuna's own check holds a session open while it opens a second connection (and loads
+    alembic's scripts): two server connections per starting worker, so many workers starting at
+    once behind a bounded pooler (pgbouncer) each hold one and wait for another, until the pooler
+    gives up. Here the versions are compared first; only on a mismatch does Optuna's own check
+    run, to raise its message. Only this storage's version manager is used: Optuna's class is
+    left as it is, for every other storage in the process (the dashboard's, a user's).
+    """
+    manager = rdb._version_manager
+    if manager.get_current_version() != manager.get_head_version():
+        manager.check_table_schema_compatibility()
+
+
+# --- journal file ---------------------------------------------------------------------------------
+def journal_backend(storage: optuna.storages.BaseStorage) -> Any:
+    """The log backend under a JournalStorage (None for other storages)."""
+    return storage._backend if isinstance(storage, optuna.storages.JournalStorage) else None
+
+
+def journal_file_path(backend: Any) -> str | None:
+    """The file of a JournalFileBackend (None for other journal backends)."""
+    return getattr(backend, "_file_path", None)
+
+
+def journal_lock(backend: Any) -> Any:
+    """The lock a JournalFileBackend takes around every append (None for other backends)."""
+    return getattr(backend, "_lock", None)

@@ -23,13 +23,13 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 from optuna import distributions
-from optuna.storages._rdb.models import NOT_FOUND_MSG
-from optuna.storages._rdb.storage import _VersionManager
 from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.storage import optuna_internals
 
 _UPDATABLE = "('RUNNING', 'WAITING')"  # Optuna's check_trial_is_updatable: anything not finished
 
-_GET_TRIAL = sa.text(
+GET_TRIAL = sa.text(
     "SELECT t.number, t.state, t.datetime_start, t.datetime_complete, "
     "(SELECT json_agg(json_build_array(param_name, param_value, distribution_json) ORDER BY param_id) "
     " FROM trial_params WHERE trial_id = t.trial_id), "
@@ -78,7 +78,7 @@ def stored_float(value: float | None, kind: str | None) -> float:
     return float(value)
 
 
-# The five child tables of a trial, in the order _frozen takes them (and _GET_TRIAL selects them).
+# The five child tables of a trial, in the order frozen_trial takes them (and GET_TRIAL selects them).
 _CHILD_COLUMNS = (
     ("trial_params", "param_name, param_value, distribution_json", " ORDER BY param_id"),
     ("trial_values", "objective, value, value_type", ""),
@@ -88,7 +88,7 @@ _CHILD_COLUMNS = (
 )
 
 
-def _frozen(trial_id: int, number: int, state: str, start: datetime | None, complete: datetime | None,
+def frozen_trial(trial_id: int, number: int, state: str, start: datetime | None, complete: datetime | None,
             params: Any, values: Any, user: Any, system: Any, inter: Any,
             cache: dict[str, distributions.BaseDistribution]) -> FrozenTrial:
     """A FrozenTrial as Optuna's _build_frozen_trial_from_trial_model makes it, from plain rows."""
@@ -145,9 +145,25 @@ def _storage_errors(what: str) -> Iterator[None]:
 class LeanRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage with single-statement hot-path calls on PostgreSQL."""
 
-    @property
-    def lean(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+                 **kwargs: Any) -> None:
+        # The schema check, one connection at a time (optuna_internals.check_schema says why).
+        super().__init__(url, engine_kwargs, True, **kwargs)
+        self.lean = self.engine.dialect.name == "postgresql"  # decided once: every call asks
+        self.skip_compatibility_check = skip_compatibility_check
+        if not skip_compatibility_check:
+            optuna_internals.check_schema(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        skip = state["skip_compatibility_check"]
+        super().__setstate__({**state, "skip_compatibility_check": True})
+        self.skip_compatibility_check = skip
+        if not skip:
+            optuna_internals.check_schema(self)
+
+    def bulk_trials(self, study_id: int, states: Container[TrialState] | None) -> list[FrozenTrial]:
+        """Every trial of the study (of `states`) as full FrozenTrials, set-based on PostgreSQL."""
+        return self._get_trials(study_id, states, set(), -1)
 
     def _run(self, stmt: sa.TextClause, params: dict[str, Any]) -> int:
         with _storage_errors("storage statement"), self.engine.begin() as conn:
@@ -159,16 +175,16 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         if not self.lean:
             return super().get_trial(trial_id)
         with _storage_errors("get_trial"), self.engine.connect() as conn:
-            row = conn.execute(_GET_TRIAL, {"t": trial_id}).first()
+            row = conn.execute(GET_TRIAL, {"t": trial_id}).first()
         if row is None:
-            raise KeyError(NOT_FOUND_MSG)
-        return _frozen(trial_id, *row, {})
+            raise KeyError(optuna_internals.trial_not_found_message())
+        return frozen_trial(trial_id, *row, {})
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
                     trial_id_greater_than: int) -> list[FrozenTrial]:
         """Optuna's cache sync and get_all_trials: five set-based queries in one snapshot, no ORM objects."""
         if not self.lean:
-            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+            return optuna_internals.rdb_get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
         included = sorted(t for t in included_trial_ids if t <= trial_id_greater_than)
         where, params = "t.study_id = :s", {"s": study_id}
         if states is not None:
@@ -182,7 +198,7 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         with _storage_errors("_get_trials"), \
                 self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
             if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :s"), params).first() is None:
-                raise KeyError(NOT_FOUND_MSG)
+                raise KeyError(optuna_internals.trial_not_found_message())
             base = conn.execute(sa.text(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, "
                                         f"t.datetime_complete FROM trials t WHERE {where} ORDER BY t.trial_id"),
                                 params).all()
@@ -194,7 +210,7 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
                     grouped.setdefault(row[0], []).append(row[1:])
                 children.append(grouped)
         cache: dict[str, distributions.BaseDistribution] = {}
-        return [_frozen(tid, number, state, start, complete, *(c.get(tid) for c in children), cache)
+        return [frozen_trial(tid, number, state, start, complete, *(c.get(tid) for c in children), cache)
                 for tid, number, state, start, complete in base]
 
     # ------------------------------------------------------------ writes
@@ -205,13 +221,14 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         # Without the study's earlier distribution of this name (first use in this process),
         # Optuna's method looks it up; after that the cache knows it and one INSERT does.
         if not self.lean or previous_distribution is None:
-            return super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
-                                            previous_distribution)
+            return optuna_internals.rdb_set_trial_param(self, trial_id, param_name, param_value_internal,
+                                                        distribution, previous_distribution)
         distributions.check_distribution_compatibility(previous_distribution, distribution)
         n = self._run(_SET_PARAM, {"t": trial_id, "n": param_name, "v": param_value_internal,
                                    "d": distributions.distribution_to_json(distribution)})
         if n == 0:  # not updatable, unknown, or already set (Optuna ignores that): its own answer
-            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
+            optuna_internals.rdb_set_trial_param(self, trial_id, param_name, param_value_internal, distribution,
+                                                 previous_distribution)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         if not self.lean:
@@ -276,17 +293,3 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
             if not isinstance(exc.__cause__, sa.exc.IntegrityError):  # a deleted trial: Optuna ignores it
                 raise
 
-
-# Optuna's schema check at start holds a session open while it opens a second connection (and loads
-# alembic's scripts): two server connections per starting worker, so many workers starting at once
-# behind a bounded pooler (pgbouncer) each hold one and wait for another, until the pooler gives up.
-# The same check, one connection at a time; on a mismatch Optuna's own check raises its message.
-_optuna_schema_check = _VersionManager.check_table_schema_compatibility
-
-
-def _schema_check(self: _VersionManager) -> None:
-    if self.get_current_version() != self.get_head_version():
-        _optuna_schema_check(self)
-
-
-_VersionManager.check_table_schema_compatibility = _schema_check  # type: ignore[method-assign]

@@ -239,6 +239,7 @@ def test_silence_while_the_server_was_down_is_not_counted(throwaway_pg: Cluster,
     """Item 7, deterministic: a trial whose last heartbeat is old only because the server was down
     is not stale right after the restart (nobody could beat), and is once the server has been up
     for the grace (a dead worker is still found)."""
+    from hpsearch.queue import claim as claim_mod
     from hpsearch.queue import study as study_mod
     from hpsearch.queue.faults import fail_and_requeue, stale_trials
 
@@ -246,7 +247,7 @@ def test_silence_while_the_server_was_down_is_not_counted(throwaway_pg: Cluster,
     name = unique("uptime")
     _create(tmp_path, url, name, space={"lr": {"choices": [0.01, 0.02]}})
     study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=2))
-    trial = study_mod.claim(study)
+    trial = claim_mod.claim(study)
     assert trial is not None
     study_mod.set_user_attrs(trial, {"hpsearch:heartbeat_interval": 2})
     with _engine(url).begin() as conn:  # its worker last beat 30 s ago...
@@ -296,7 +297,7 @@ def test_journal_hand_back_cut_between_its_two_writes_is_requeued(tmp_path: Path
 def test_journal_chunk_cut_before_its_count_runs_nothing_twice(tmp_path: Path) -> None:
     """Item 5 on the journal: two plan items enqueued, `issued` not yet advanced."""
     from hpsearch.spec import space as space_mod
-    from hpsearch.spec.parse import load_spec
+    from hpsearch.spec.loading import load_spec
 
     name = unique("jchunk")
     env = cli_env(HPSEARCH_ISSUE_CHUNK="2")
@@ -313,7 +314,7 @@ def test_journal_chunk_cut_before_its_count_runs_nothing_twice(tmp_path: Path) -
 def test_journal_create_cut_after_the_spec_is_finished_by_a_worker(tmp_path: Path) -> None:
     """Item 2 on the journal: spec stored, 3 of 8 plan items enqueued, no ready flag."""
     from hpsearch.spec import space as space_mod
-    from hpsearch.spec.parse import load_spec
+    from hpsearch.spec.loading import load_spec
 
     name = unique("jcreate")
     lrs = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]

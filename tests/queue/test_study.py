@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from hpsearch.spec import space
-from hpsearch.spec.parse import load_spec
+from hpsearch.spec.loading import load_spec
 from hpsearch.storage.backend import open_storage
 
 

@@ -177,7 +177,7 @@ def test_an_unreadable_checkpoint_is_one_warning_and_a_fresh_start(tmp_path: Pat
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     from optuna.artifacts import FileSystemArtifactStore
 
-    from hpsearch.training.objective import load_checkpoint
+    from hpsearch.training.checkpoints import load_checkpoint
 
     store = FileSystemArtifactStore(tmp_path)
     (tmp_path / "torn").write_bytes(b"PK\x03\x04 not a whole checkpoint")
@@ -367,7 +367,7 @@ def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path
     import boto3
     import torch
 
-    from hpsearch.storage.backend import artifact_store
+    from hpsearch.storage.artifacts import artifact_store
     from hpsearch.training import objective
 
     store = artifact_store(f"journal:{tmp_path / 'journal.log'}")
@@ -393,7 +393,7 @@ def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path
 
 
 def test_s3_without_boto3_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpsearch.storage.backend import artifact_store
+    from hpsearch.storage.artifacts import artifact_store
 
     monkeypatch.setenv("HPSEARCH_ARTIFACTS", "s3://bucket")
     monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` sees when it is not installed

@@ -111,6 +111,7 @@ def test_a_claimed_trial_takes_a_handful_of_statements(pg_session_db: str) -> No
     """hpsearch's path for one trial (claim, 4 params, 5 reports, attributes, tell): ~20 statements, not ~90."""
     import sqlalchemy as sa
 
+    from hpsearch.queue import claim as claim_mod
     from hpsearch.queue import study as study_mod
 
     storage = open_storage(pg_session_db, create=True, heartbeat=30)
@@ -120,7 +121,7 @@ def test_a_claimed_trial_takes_a_handful_of_statements(pg_session_db: str) -> No
     seen: list[str] = []
     listener = lambda *a: seen.append(a[2])  # noqa: E731
     sa.event.listen(storage.engine, "before_cursor_execute", listener)
-    trial = study_mod.claim(study)
+    trial = claim_mod.claim(study)
     assert trial is not None
     x = trial.suggest_float("x", 0, 1)
     for step in range(5):
