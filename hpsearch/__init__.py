@@ -24,10 +24,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "load_spec": "hpsearch.spec.parse",
+    "load_spec": "hpsearch.spec.loading",
     "spec_from_dict": "hpsearch.spec.parse",
-    "StudySpec": "hpsearch.spec.parse",
-    "SpecError": "hpsearch.spec.parse",
+    "StudySpec": "hpsearch.spec.model",
+    "SpecError": "hpsearch.spec.model",
     "should_stop": "hpsearch.worker.loop",
     "Preempted": "hpsearch.errors",
     "HpsearchError": "hpsearch.errors",

@@ -17,6 +17,9 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.schema import IS_REPEAT
+from hpsearch.storage.optuna_internals import study_trials
+
 
 def _keep(trials: list[FrozenTrial], window: int | None) -> list[FrozenTrial]:
     """Drop repeats; with a window, keep the last `window` finished trials and the unfinished among them.
@@ -25,11 +28,11 @@ def _keep(trials: list[FrozenTrial], window: int | None) -> list[FrozenTrial]:
     is O(window), not O(study), which is the point of having a window at 50k trials.
     """
     if not window:
-        return [t for t in trials if not t.user_attrs.get("is_repeat")]
+        return [t for t in trials if not t.user_attrs.get(IS_REPEAT)]
     kept: list[FrozenTrial] = []
     finished = 0
     for t in reversed(trials):
-        if t.user_attrs.get("is_repeat"):
+        if t.user_attrs.get(IS_REPEAT):
             continue
         if t.state.is_finished():
             if finished == window:
@@ -52,7 +55,7 @@ class _StudyView:
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
-        return _keep(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache), self._window)
+        return _keep(study_trials(self._study, deepcopy, states, use_cache), self._window)
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         return _keep(self._study.get_trials(deepcopy=deepcopy, states=states), self._window)

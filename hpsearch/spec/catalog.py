@@ -2,7 +2,7 @@
 
 `name_checks()` maps a training key to a check of one fixed value or one choice: registry names
 (model, optimizer, ...), flags and paths, so `model: resnt` fails at create-study with the field's
-path instead of in the first trial on a GPU node. Numbers are checked against config.ACCEPTS.
+path instead of in the first trial on a GPU node. Numbers are checked against settings.ACCEPTS.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hpsearch.registry import unknown_name_message
+from hpsearch.training.settings import CHOICES
 
 Check = Callable[[object], str | None]
 
@@ -39,7 +40,7 @@ def _path_or_none(value: object) -> str | None:
 
 
 def _value_checks() -> dict[str, Check]:
-    # Numbers (lr, dropout, widths, ...) are checked against config.ACCEPTS by spec validation.
+    # Numbers (lr, dropout, widths, ...) are checked against settings.ACCEPTS by spec validation.
     return {"batch_norm": _bool("batch_norm"), "augment": _augment, "weights": _path_or_none}
 
 
@@ -55,9 +56,7 @@ def name_checks() -> dict[str, Check]:
         "loss": optim.LOSSES.check,
         "schedule": optim.SCHEDULES.check,
         "activation": _fixed("activation", list(models.ACTIVATIONS)),
-        "init": _fixed("init", models.INITS),
-        "mode": _fixed("mode", models.MODES),
-        "stem": _fixed("stem", models.STEMS),
+        **{key: _fixed(key, names) for key, names in CHOICES.items()},  # init, mode, stem
         "dataset": data.DATASETS.check,
     }
 

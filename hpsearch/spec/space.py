@@ -16,7 +16,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from hpsearch.spec.parse import Param, StudySpec
+from hpsearch.spec.model import Param, StudySpec
+from hpsearch.storage.optuna_internals import suggest as suggest_from
 
 GRID_LIMIT = 1_000_000
 
@@ -55,7 +56,7 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Param]) -> dict[str,
     for p in ordered(space):
         if not active(p, params):
             continue
-        params[p.name] = trial._suggest(p.name, distribution(p))  # type: ignore[attr-defined]
+        params[p.name] = suggest_from(trial, p.name, distribution(p))
     return params
 
 

@@ -31,9 +31,11 @@ from typing import Any
 import optuna
 import torch
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError, Preempted
 from hpsearch.queue.faults import Heartbeat
-from hpsearch.spec.parse import MAX_FUSE, StudySpec
+from hpsearch.spec.model import MAX_FUSE, StudySpec
+from hpsearch.storage.optuna_internals import trial_id
 from hpsearch.training import objective
 from hpsearch.training.data import loading as data_mod
 from hpsearch.training.fused_model import FusedModel, fusable, leaves
@@ -112,7 +114,7 @@ class Fusion:
         self._shape, self._classes = tuple(data.input_shape), int(data.n_classes)
 
     def key(self, frozen: optuna.trial.FrozenTrial) -> str | None:
-        params = frozen.system_attrs.get("fixed_params")
+        params = frozen.system_attrs.get(schema.FIXED_PARAMS)
         if not params and self.spec.space:
             return None  # a sampled ticket: its parameters are not chosen yet
         return fusion_key(self.spec, dict(params or {}), self._shape, self._classes)
@@ -153,7 +155,7 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
             # --- start: each member's heartbeat, W&B run, configuration, build, resume ----------
             for trial in trials:
                 timing = w._begin(study, trial, ctx, opts)
-                beat = Heartbeat(study, trial._trial_id, opts.heartbeat)
+                beat = Heartbeat(study, trial_id(trial), opts.heartbeat)
                 m = Member(trial, timing, beat)
                 members.append(m)
                 beat.__enter__()
@@ -287,12 +289,12 @@ def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: dict[str, Any], o
         except optuna.exceptions.UpdateFinishedTrialError:
             m.state = w._dropped(m.label, out)
         finally:
-            w._CURRENT.pop(m.trial._trial_id, None)
+            w._CURRENT.pop(trial_id(m.trial), None)
             m.heartbeat.__exit__(None, None, None)
         return
     if tracker is not None:
         tracker.finish("complete")
-    w._CURRENT.pop(m.trial._trial_id, None)
+    w._CURRENT.pop(trial_id(m.trial), None)
     m.heartbeat.__exit__(None, None, None)
     m.state = w._completed(study, m.trial, spec, float(value), m.timing, ctx, out)  # type: ignore[arg-type]
 

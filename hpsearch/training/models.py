@@ -20,7 +20,8 @@ from torch import nn
 
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import Registry
-from hpsearch.training.settings import reads
+from hpsearch.training.builders import check_signature
+from hpsearch.training.settings import CHOICES, default, reads, setting
 
 MODELS: Registry[Any] = Registry("model")
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -31,7 +32,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
 }
-INITS = ("default", "random", "xavier", "kaiming")
+INITS = CHOICES["init"]
 
 
 def activation(name: str) -> nn.Module:
@@ -42,7 +43,7 @@ def activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def init_weights(model: nn.Module, scheme: str, act: str = "relu") -> None:
+def init_weights(model: nn.Module, scheme: str, act: str) -> None:
     """random: N(0, 0.05) as in the classic from-scratch MLP scripts; xavier/kaiming as named."""
     if scheme == "default":
         return
@@ -75,8 +76,8 @@ def mlp_layers(n_in: int, widths: list[int], n_out: int, cfg: dict[str, Any]) ->
         layers.append(nn.Linear(n_in, w))
         if cfg.get("batch_norm"):
             layers.append(nn.BatchNorm1d(w))
-        layers.append(activation(cfg.get("activation", "relu")))
-        if float(cfg.get("dropout", 0) or 0) > 0:
+        layers.append(activation(setting(cfg, "activation")))
+        if float(setting(cfg, "dropout") or 0) > 0:
             layers.append(nn.Dropout(float(cfg["dropout"])))
         n_in = w
     layers.append(nn.Linear(n_in, n_out))
@@ -89,7 +90,7 @@ def dense(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> 
     """MLP over flattened input: depth/width or per-layer widths, activation, init, BN, dropout."""
     n_in = math.prod(input_shape)
     model = nn.Sequential(nn.Flatten(), mlp_layers(n_in, mlp_widths(cfg), n_classes, cfg))
-    init_weights(model, cfg.get("init", "default"), cfg.get("activation", "relu"))
+    init_weights(model, setting(cfg, "init"), setting(cfg, "activation"))
     return model
 
 
@@ -100,16 +101,16 @@ def cnn(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn
     """Conv blocks (conv, BN?, act, 2x2 max pool, dropout) then a fully connected head."""
     if len(input_shape) != 3:
         raise HpsearchError(f"model 'cnn' needs image data (C, H, W), but got input_shape={input_shape}")
-    filters = list(cfg.get("filters") or [16, 32])
+    filters = list(cfg.get("filters") or default("filters"))
     for i in range(3):  # filters1..3 let a spec search each block's width on its own
         if cfg.get(f"filters{i + 1}") is not None:
             while len(filters) <= i:
                 filters.append(filters[-1])
             filters[i] = int(cfg[f"filters{i + 1}"])
     c, h, w = input_shape
-    k = int(cfg.get("kernel_size", 3))
-    act = cfg.get("activation", "relu")
-    drop = float(cfg.get("dropout", 0) or 0)
+    k = int(setting(cfg, "kernel_size"))
+    act = setting(cfg, "activation")
+    drop = float(setting(cfg, "dropout") or 0)
     blocks: list[nn.Module] = []
     for f in filters:
         blocks.append(nn.Conv2d(c, int(f), k, padding=k // 2))
@@ -124,9 +125,10 @@ def cnn(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn
         c = int(f)
     head_cfg = {**cfg, "batch_norm": False}
     model = nn.Sequential(
+        # fc_sizes null (or []) is a linear head on the conv features, not the default
         *blocks, nn.Flatten(), mlp_layers(c * h * w, [int(x) for x in cfg.get("fc_sizes") or []], n_classes, head_cfg)
     )
-    init_weights(model, cfg.get("init", "default"), act)
+    init_weights(model, setting(cfg, "init"), act)
     return model
 
 
@@ -138,13 +140,11 @@ def tabular(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -
         raise HpsearchError(f"model 'tabular' needs feature vectors (F,), but got input_shape={input_shape}; "
                             "use dense or cnn for images")
     model = mlp_layers(input_shape[0], mlp_widths(cfg), n_classes, cfg)
-    init_weights(model, cfg.get("init", "default"), cfg.get("activation", "relu"))
+    init_weights(model, setting(cfg, "init"), setting(cfg, "activation"))
     return model
 
 
 def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    from hpsearch.training.optim import check_signature
-
     builder = MODELS.get(cfg["model"])
     check_signature(builder, f"model {cfg['model']!r}", "cfg, input_shape, n_classes", cfg, input_shape, n_classes)
     model = builder(cfg, tuple(input_shape), int(n_classes))
@@ -167,8 +167,8 @@ def count_parameters(model: nn.Module) -> int:
 # `auto` picks by image size. `input_size` upsamples images first, which is how ImageNet weights
 # are usually transferred to 32x32 data (and then auto keeps the pretrained stem).
 
-MODES = ("scratch", "linear_probe", "finetune")
-STEMS = ("auto", "imagenet", "small")
+MODES = CHOICES["mode"]
+STEMS = CHOICES["stem"]
 SMALL_IMAGE = 64
 
 
@@ -235,14 +235,14 @@ def resnet18(cfg: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) 
 
     if len(input_shape) != 3:
         raise HpsearchError(f"model 'resnet18' needs image data (C, H, W), but got input_shape={input_shape}")
-    mode = cfg.get("mode", "scratch")
+    mode = setting(cfg, "mode")
     if mode not in MODES:
         raise HpsearchError(f"train.mode must be one of {', '.join(MODES)}, but got mode={mode!r}")
-    stem = cfg.get("stem", "auto")
+    stem = setting(cfg, "stem")
     if stem not in STEMS:
         raise HpsearchError(f"train.stem must be one of {', '.join(STEMS)}, but got stem={stem!r}")
     channels, height, width = input_shape
-    input_size = int(cfg.get("input_size") or 0)
+    input_size = int(setting(cfg, "input_size") or 0)
     if stem == "auto":
         stem = "small" if max(input_size or height, input_size or width) <= SMALL_IMAGE else "imagenet"
 

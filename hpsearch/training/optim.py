@@ -2,15 +2,17 @@
 
 An optimizer builder gets (params, cfg) with cfg the trial's resolved configuration and returns a
 torch.optim.Optimizer; a user optimizer is reachable as `package.module:function` with the same
-signature. `@reads(...)` names the settings a builder reads (only those reach W&B). Values are
-read through float()/int(), so a number that YAML left as text fails here with the key's name
-rather than deep inside torch.
+signature. `@reads(...)` names the settings a builder reads (only those reach W&B).
+
+Defaults and accepted values are hpsearch.training.settings' (a spec's values were checked
+against them at create-study). Values are still read through float(): a user objective may call
+build_optimizer with a configuration no spec validated, and a number left as text then fails
+here with the key's name rather than deep inside torch.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -18,26 +20,14 @@ from torch import nn
 
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import Registry
-from hpsearch.training.settings import reads
+from hpsearch.training.builders import check_signature
+from hpsearch.training.settings import default, reads, setting
 
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
 LOSSES: Registry[Any] = Registry("loss", allow_plugins=False)
 SCHEDULES: Registry[Any] = Registry("schedule", allow_plugins=False)
 
 Params = Iterable[torch.nn.Parameter]
-
-
-def check_signature(fn: Callable[..., Any], what: str, expected: str, *args: Any) -> None:
-    """A plugin with the wrong parameters fails with what it must take, not a TypeError inside."""
-    try:
-        signature = inspect.signature(fn)
-    except ValueError:  # no introspectable signature (a builtin): let the call decide
-        return
-    try:
-        signature.bind(*args)
-    except TypeError:
-        got = f"{getattr(fn, '__name__', 'function')}({', '.join(signature.parameters)})"
-        raise HpsearchError(f"{what} must take ({expected}), but got {got}") from None
 
 
 def _num(cfg: dict[str, Any], key: str) -> float:
@@ -52,7 +42,7 @@ def _common(cfg: dict[str, Any]) -> dict[str, float]:
 
 
 def _betas(cfg: dict[str, Any]) -> tuple[float, float]:
-    b = cfg.get("betas") or [0.9, 0.999]
+    b = cfg.get("betas") or default("betas")
     if not isinstance(b, (list, tuple)) or len(b) != 2:
         raise HpsearchError(f"betas must be a list of two numbers, but got betas={b!r}")
     return float(b[0]), float(b[1])
@@ -79,15 +69,16 @@ def momentum(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("nag")
 @reads("lr", "weight_decay", "momentum")
 def nag(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """Nesterov accelerated gradient; torch refuses nesterov without momentum, so 0 means 0.9."""
-    return torch.optim.SGD(params, momentum=_num(cfg, "momentum") or 0.9, nesterov=True, **_common(cfg))
+    """Nesterov accelerated gradient; torch refuses nesterov without momentum, so 0 means the default."""
+    momentum_ = _num(cfg, "momentum") or default("momentum")
+    return torch.optim.SGD(params, momentum=momentum_, nesterov=True, **_common(cfg))
 
 
 @OPTIMIZERS.register("rmsprop")
 @reads("lr", "weight_decay", "alpha", "eps")
 def rmsprop(params: Params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """RMSprop with smoothing `alpha` and no momentum (Keras' and torch's default)."""
-    alpha = _num({"alpha": 0.99, **cfg}, "alpha")
+    alpha = _num({"alpha": default("alpha"), **cfg}, "alpha")
     return torch.optim.RMSprop(params, alpha=alpha, eps=_num(cfg, "eps"), **_common(cfg))
 
 
@@ -159,4 +150,4 @@ def cosine_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
 
 
 def build_schedule(opt: torch.optim.Optimizer, cfg: dict[str, Any]) -> Any:
-    return SCHEDULES.get(cfg.get("schedule", "none"))(opt, cfg)
+    return SCHEDULES.get(setting(cfg, "schedule"))(opt, cfg)

@@ -1,13 +1,17 @@
-"""The training settings the built-in trainer understands, with their defaults.
+"""The training settings the built-in trainer understands: their defaults and accepted values.
 
+The one place either is written: spec validation checks values against ACCEPTS and CHOICES, a
+trial's configuration starts from defaults(), and the model, optimizer and schedule builders read
+a setting their configuration lacks through setting() (a user objective may pass a partial one).
 Torch-free on purpose: spec validation and plugin-objective workers import this without torch.
 Any of these keys may be fixed under `train:` or searched under `space:` in a spec.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -55,6 +59,16 @@ def defaults() -> dict[str, Any]:
     return {k: v[0] for k, v in TRAIN_KEYS.items()}
 
 
+def default(key: str) -> Any:
+    """One setting's default (a copy: some are lists, and a builder may change what it gets)."""
+    return copy.deepcopy(TRAIN_KEYS[key][0])
+
+
+def setting(cfg: Mapping[str, Any], key: str) -> Any:
+    """cfg's value of a training setting, or its default when cfg does not have it."""
+    return cfg[key] if key in cfg else default(key)
+
+
 # ---------------------------------------------------------------- which settings a trial uses
 #
 # Every trial's resolved configuration holds all of TRAIN_KEYS (defaults filled in), but an Adam
@@ -62,7 +76,8 @@ def defaults() -> dict[str, Any]:
 # the trial used, or its parallel-coordinates and importance panels show constant or meaningless
 # axes. What is used is declared in one place: the training loop's own keys here, and each
 # registered model, optimizer and schedule with `@reads(...)` beside its builder
-# (tests/test_models.py and tests/test_optim.py check that a builder reads exactly what it declares).
+# (tests/training/test_models.py and test_optim.py check that a builder reads exactly what it
+# declares). hpsearch.training.used puts the two together (it imports the builders: torch).
 
 # Read by the training loop (hpsearch.training.objective) whatever the model and optimizer; `sweep` is a
 # label the reports (and W&B's grouping) use.
@@ -94,37 +109,6 @@ def declared_reads(builder: Callable[..., Any]) -> frozenset[str] | None:
     """What a builder declared with @reads, or None when it did not say."""
     value = getattr(builder, READS_ATTR, None)
     return frozenset(value) if value is not None else None
-
-
-def used_keys(cfg: dict[str, Any]) -> frozenset[str]:
-    """The training settings a built-in-trainer trial with this configuration reads.
-
-    Every setting when a builder cannot be found or did not declare what it reads: dropping a
-    setting that was used would hide it, keeping an unused one only adds an axis.
-    """
-    from hpsearch.training.models import MODELS  # torch: only workers that train import this
-    from hpsearch.training.optim import OPTIMIZERS, SCHEDULES
-
-    used = set(TRAINER_READS)
-    for registry, key, default in ((MODELS, "model", "dense"), (OPTIMIZERS, "optimizer", "adam"),
-                                   (SCHEDULES, "schedule", "none")):
-        try:
-            declared = declared_reads(registry.get(cfg.get(key, default)))
-        except Exception:  # noqa: BLE001 - an unknown or unimportable name fails the trial, not this
-            declared = None
-        if declared is None:
-            return frozenset(TRAIN_KEYS)
-        used |= declared
-    return frozenset(used)
-
-
-def used_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The configuration without the training settings this trial does not read (and unset ones).
-
-    Keys that are not training settings (seed, dataset, ...) are kept.
-    """
-    used = used_keys(cfg)
-    return {k: v for k, v in cfg.items() if k not in TRAIN_KEYS or (k in used and v is not None)}
 
 
 # ---------------------------------------------------------------- accepted values
@@ -203,8 +187,16 @@ _NON_NEGATIVE = Accepts(integer=False, low=0)
 _FRACTION = Accepts(integer=False, low=0, high=1)  # [0, 1)
 _WIDTH = Accepts(integer=True, low=1, nullable=True)
 
+# Names a setting accepts where no registry holds them (models, optimizers, losses, schedules,
+# activations and datasets are registries: hpsearch.spec.catalog checks those).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "init": ("default", "random", "xavier", "kaiming"),
+    "mode": ("scratch", "linear_probe", "finetune"),  # ResNet: from scratch, linear probe, fine-tune
+    "stem": ("auto", "imagenet", "small"),
+}
+
 # key -> accepted values. Keys not listed (names, flags, paths) are checked by their registries
-# (hpsearch.spec.catalog).
+# and CHOICES (hpsearch.spec.catalog).
 ACCEPTS: dict[str, Accepts] = {
     "epochs": _POSITIVE_INT,
     "batch_size": _POSITIVE_INT,

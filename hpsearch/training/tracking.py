@@ -26,13 +26,13 @@ from urllib.parse import urlparse
 
 import optuna
 
-from hpsearch.spec.parse import StudySpec
+from hpsearch import schema
+from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask
 from hpsearch.training.tracking_metrics import confusion_chart, gradient_norms
 
 log = logging.getLogger("hpsearch.tracking")
 
-RUN_ID_ATTR = "wandb_run_id"
 DEFAULT_PROJECT = "hpsearch"
 INIT_TIMEOUT = 30.0  # seconds wandb.init may take before we write offline instead
 FINISH_TIMEOUT = 60.0  # seconds run.finish may spend uploading; the rest stays on disk for `wandb sync`
@@ -162,11 +162,11 @@ class WandbTracker:
             _warn_once("import", f"cannot import wandb ({_reason(exc)}); W&B tracking is off for this worker")
             return False
         attrs = self._attrs()
-        run_id = str(attrs.get(RUN_ID_ATTR) or uuid.uuid4().hex[:12])
-        if RUN_ID_ATTR not in attrs:
+        run_id = str(attrs.get(schema.RUN_ID) or uuid.uuid4().hex[:12])
+        if schema.RUN_ID not in attrs:
             # Before init: a retry of this trial must find the id even if this worker dies early.
             try:
-                self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+                self.trial.set_user_attr(schema.RUN_ID, run_id)
             except Exception as exc:  # noqa: BLE001 - the storage's trouble surfaces in the worker
                 _warn_once("run id", f"could not keep the W&B run id with the trial ({_reason(exc)})")
         try:
@@ -198,7 +198,7 @@ class WandbTracker:
         if s.dir:
             Path(s.dir).mkdir(parents=True, exist_ok=True)
         name, config = self._identity(attrs)
-        self._named = "config" in attrs
+        self._named = schema.CONFIG in attrs
         with _argv_masked():
             run = wandb.init(
                 project=s.project, entity=s.entity, group=self.trial.study.study_name, job_type="trial",
@@ -280,10 +280,10 @@ class WandbTracker:
         except Exception:  # noqa: BLE001
             attrs = {}
         if isinstance(exc, optuna.TrialPruned):
-            epoch = attrs.get("pruned_at_epoch")
+            epoch = attrs.get(schema.PRUNED_AT_EPOCH)
             self._close(f"pruned at epoch {epoch}" if epoch is not None else "pruned", "pruned", exit_code=0)
         elif _is_preempted(exc):
-            epoch = int(attrs.get("checkpoint_epoch", 0) or 0)
+            epoch = int(attrs.get(schema.CHECKPOINT_EPOCH, 0) or 0)
             self._close(f"preempted; resumes from epoch {epoch}", "preempted", exit_code=PREEMPTED_EXIT,
                         preempting=True)
         else:
@@ -303,13 +303,13 @@ class WandbTracker:
 
     def _summarize(self, state: str, kind: str) -> None:
         attrs = self._attrs()
-        if not self._named and "config" in attrs:
+        if not self._named and schema.CONFIG in attrs:
             self._send_identity(attrs)
         summary: dict[str, Any] = {
             "state": state, "optuna/state": kind, "optuna/trial_number": self.trial.number,
             "optuna/study": self.trial.study.study_name,
         }
-        for key in ("val_acc", "val_loss", "best_epoch", "pruned_at_epoch", "fail_reason"):
+        for key in (schema.VAL_ACC, schema.VAL_LOSS, schema.BEST_EPOCH, schema.PRUNED_AT_EPOCH, schema.FAIL_REASON):
             if attrs.get(key) is not None:
                 summary[f"best/{key}" if key.startswith("val_") else key] = attrs[key]
         if isinstance(attrs.get(self.spec.metric), (int, float)):
@@ -325,26 +325,27 @@ class WandbTracker:
 
     def _identity(self, attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """(run name, run config) from the trial: the resolved configuration once objective set it."""
-        config = dict(attrs.get("config") or {})
+        config = dict(attrs.get(schema.CONFIG) or {})
         if self.spec.objective is None and config:
             # Only the settings this trial's model, optimizer and schedule read: an Adam run's
             # `momentum` or a dense model's `filters` would be constant, meaningless axes in W&B's
             # parallel coordinates and importance panels. The trial's user attrs keep them all.
-            from hpsearch.training.settings import used_config
+            # Imported here: it imports torch, which a user objective's worker never needs.
+            from hpsearch.training.used import used_config
 
             config = used_config(config)
-        name = str(attrs.get("name") or f"trial-{self.trial.number}")
+        name = str(attrs.get(schema.NAME) or f"trial-{self.trial.number}")
         if self.spec.repeats > 1 and "seed" in config:
             name = f"{name}_seed_{config['seed']}"  # repeats share a configuration; keep runs apart
         config.update({"trial_number": self.trial.number, "study": self.trial.study.study_name})
-        for key in ("config_id", "retry_of", "repeat_of"):
+        for key in (schema.CONFIG_ID, schema.RETRY_OF, schema.REPEAT_OF):
             if attrs.get(key) is not None:
                 config[key] = attrs[key]
         return name, config
 
     def _send_identity(self, attrs: dict[str, Any] | None = None) -> None:
         attrs = attrs if attrs is not None else self._attrs()
-        if "config" not in attrs:
+        if schema.CONFIG not in attrs:
             return
         name, config = self._identity(attrs)
         self.run.name = name

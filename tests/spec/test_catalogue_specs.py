@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli, start_worker, tiny_spec, unique, write_spec
-from hpsearch.queue import study
+from hpsearch.queue import plan as plan_mod
 from hpsearch.spec import catalog, space
-from hpsearch.spec.parse import SpecError, load_spec
+from hpsearch.spec.loading import load_spec
+from hpsearch.spec.model import SpecError
 from hpsearch.storage.backend import open_storage
 
 sys.path.insert(0, str(ROOT / "tests" / "plugins"))
@@ -83,7 +84,7 @@ def test_every_study_spec_runs_one_trial_on_tiny_data(tmp_path: Path, journal_ur
 def test_spec_plans_what_the_issue_asks(name: str) -> None:
     spec = load_spec(ROOT / "studies" / f"{name}.yaml")
     configurations, trials = PLANNED[name]
-    assert spec.name == name and study.planned_count(spec) == trials
+    assert spec.name == name and plan_mod.planned_count(spec) == trials
     if configurations is not None:
         assert spec.is_grid and len(space.grid(spec.space)) == configurations
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_spec, write_spec
 from hpsearch.spec import space
-from hpsearch.spec.parse import load_spec
+from hpsearch.spec.loading import load_spec
 
 
 def _spec(tmp_path: Path, **over: object):

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT, tiny_spec, write_spec
 from hpsearch.errors import HpsearchError
-from hpsearch.spec.parse import SpecError, load_spec
+from hpsearch.spec.loading import load_spec
+from hpsearch.spec.model import SpecError
 
 
 def _load(tmp_path: Path, spec: dict[str, Any]) -> Any:

@@ -4,6 +4,7 @@ guarantee of the worker holds for each member of a fused group."""
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,19 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
-from test_exactly_once import assert_exactly_once
-from test_faults import SLOW_TRAIN, Tail
 
-from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
-from hpsearch.spec.parse import SpecError, spec_from_dict
+from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from hpsearch.spec.model import SpecError
+from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
 from hpsearch.training import fused, objective
 from hpsearch.worker import loop as worker_mod
+
+# The queue's fault helpers live beside its tests (pytest puts only this folder on sys.path when
+# tests/training runs alone).
+sys.path.insert(0, str(ROOT / "tests" / "queue"))
+from test_exactly_once import assert_exactly_once  # noqa: E402
+from test_faults import SLOW_TRAIN, Tail  # noqa: E402
 
 CPU = torch.device("cpu")
 ARCH = {

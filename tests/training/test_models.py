@@ -16,6 +16,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.training import models
 from hpsearch.training import settings as config
 from hpsearch.training.models import MODELS, build_model
+from hpsearch.training.used import used_config
 
 sys.path.insert(0, str(ROOT / "tests" / "plugins"))
 
@@ -160,7 +161,7 @@ def test_unknown_model_lists_known_names() -> None:
 # ---------------------------------------------------------------- what each model reads
 #
 # The W&B config of a trial keeps only the settings its model, optimizer and schedule declare
-# (hpsearch.training.settings.used_keys); a declaration that missed a setting would hide it there, one that
+# (hpsearch.training.used.used_keys); a declaration that missed a setting would hide it there, one that
 # named an unread setting would add a meaningless axis.
 
 # A setting read only in some mode is probed in that mode too: (base, settings to change there).
@@ -202,15 +203,15 @@ def test_a_model_reads_exactly_the_settings_it_declares(model_name: str, one_thr
 
 def test_used_config_keeps_what_the_model_and_optimizer_read() -> None:
     cfg = {**config.defaults(), "model": "dense", "optimizer": "adam", "seed": 3, "dataset": {"name": "digits"}}
-    used = config.used_config(cfg)
+    used = used_config(cfg)
     assert {"hidden_size", "dropout", "lr", "betas", "eps", "epochs", "seed", "dataset"} <= set(used)
     assert not {"momentum", "alpha", "filters", "kernel_size", "fc_sizes", "step_size", "gamma", "stem"} & set(used)
     assert "widths" not in used  # None: not set
-    cnn_sgd = config.used_config({**cfg, "model": "cnn", "optimizer": "momentum", "schedule": "step"})
+    cnn_sgd = used_config({**cfg, "model": "cnn", "optimizer": "momentum", "schedule": "step"})
     assert {"filters", "kernel_size", "momentum", "step_size", "gamma"} <= set(cnn_sgd)
     assert not {"hidden_size", "betas", "eps", "alpha"} & set(cnn_sgd)
     # A plugin that does not declare what it reads keeps every setting (nothing used is hidden).
-    plugin = config.used_config({**cfg, "model": "hps_catalogue_plugins:tiny_model"})
+    plugin = used_config({**cfg, "model": "hps_catalogue_plugins:tiny_model"})
     assert {k for k, v in plugin.items() if v is not None} >= {k for k, v in cfg.items() if v is not None}
 
 
@@ -218,3 +219,11 @@ def test_reads_refuses_an_unknown_setting() -> None:
     assert config.declared_reads(config.reads("lr", "dropout")(lambda: None)) == {"lr", "dropout"}
     with pytest.raises(ValueError, match=r"must name training settings.*\['hidden_sise'\]"):
         config.reads("hidden_sise")
+
+
+def test_a_cnn_without_filters_takes_the_default_from_settings() -> None:
+    model = build_model({k: v for k, v in cfg(model="cnn").items() if k not in ("filters", "kernel_size")},
+                        (1, 8, 8), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == config.default("filters")
+    assert all(c.kernel_size == (config.default("kernel_size"),) * 2 for c in convs)

@@ -127,7 +127,7 @@ def test_schedules_shape() -> None:
 # ---------------------------------------------------------------- what each builder reads
 #
 # Only the settings an optimizer or schedule declares reach the trial's W&B config
-# (hpsearch.training.settings.used_keys): each must read exactly what it declares.
+# (hpsearch.training.used.used_keys): each must read exactly what it declares.
 
 
 def _optimizer_outcome(name: str) -> Any:
@@ -174,3 +174,17 @@ def test_a_schedule_reads_exactly_the_settings_it_declares(name: str) -> None:
     declared = config.declared_reads(SCHEDULES.get(name))
     assert declared is not None, f"schedule {name!r} must declare what it reads with @reads(...)"
     assert read_settings(_schedule_outcome(name), "schedule") == declared
+
+
+def test_a_configuration_without_a_setting_takes_its_default_from_settings() -> None:
+    """A user objective may build from a partial configuration: what it lacks is settings' default."""
+    partial = cfg(optimizer="rmsprop")
+    del partial["alpha"]
+    assert build_optimizer(nn.Linear(2, 2).parameters(), partial).param_groups[0]["alpha"] == config.default("alpha")
+    adam = build_optimizer(nn.Linear(2, 2).parameters(), cfg(optimizer="adam", betas=None))
+    assert adam.param_groups[0]["betas"] == tuple(config.default("betas"))
+    nag = build_optimizer(nn.Linear(2, 2).parameters(), cfg(optimizer="nag", momentum=0))
+    assert nag.param_groups[0]["momentum"] == config.default("momentum")
+    no_schedule = cfg()
+    del no_schedule["schedule"]
+    assert config.default("schedule") == "none" and build_schedule(adam, no_schedule) is None

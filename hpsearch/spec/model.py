@@ -1,0 +1,105 @@
+"""What a validated spec is: StudySpec and its searched Params, SpecError, and the bounds it keeps.
+
+The resolved spec (defaults filled, overrides applied) is a plain JSON-able dict: it is what
+create-study stores inside the study, hashes, and what workers rebuild a StudySpec from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpsearch.errors import HpsearchError
+
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding accept
+MAX_PLAN = 1_000_000  # planned trials (grid points x repeats, or a trial budget)
+MAX_FUSE = 64  # trials a worker trains as one fused model
+
+
+class SpecError(HpsearchError):
+    """All problems of one spec; str() is one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class Param:
+    """One searched parameter."""
+
+    name: str
+    choices: list[Any] | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    is_int: bool = False
+    when: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.choices is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        else:
+            d.update(low=self.low, high=self.high, log=self.log, type="int" if self.is_int else "float")
+            if self.step is not None:
+                d["step"] = self.step
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when.items()}
+        return d
+
+
+@dataclass
+class StudySpec:
+    name: str
+    metric: str
+    direction: str
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    repeats: int
+    seed: int
+    budget_trials: int | None
+    wall_clock: float | None
+    dataset: dict[str, Any]
+    train: dict[str, Any]
+    space: dict[str, Param]
+    objective: str | None
+    tracking: dict[str, Any] | None
+    description: str = ""
+    fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.training.fused); None: its default
+
+    @property
+    def is_grid(self) -> bool:
+        return self.sampler["name"] == "grid"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec: stored in the study and hashed."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "metric": self.metric,
+            "direction": self.direction,
+            "sampler": dict(self.sampler),
+            "pruner": dict(self.pruner),
+            "repeats": self.repeats,
+            "seed": self.seed,
+            "budget": {"trials": self.budget_trials, "wall_clock": self.wall_clock},
+            "dataset": dict(self.dataset),
+            "train": dict(self.train),
+            "space": {n: p.to_dict() for n, p in self.space.items()},
+            "objective": self.objective,
+            "tracking": self.tracking,
+            # Only when set: a spec without it keeps the hash it had before the field existed.
+            **({"fuse": self.fuse} if self.fuse is not None else {}),
+        }
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
