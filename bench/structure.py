@@ -1,6 +1,6 @@
 """The shape of the hpsearch package: import floors and cycles, Optuna-internal accesses, literals.
 
-    .venv/bin/python bench/structure.py [PACKAGE_DIR]      (default: hpsearch/ of this checkout)
+    .venv/bin/python bench/structure.py [PACKAGE_DIR [SCHEMA_FILE]]   (default: hpsearch/ of this checkout)
 
 Run it on two checkouts (e.g. `git worktree add /tmp/old <rev>`) to compare before and after.
 
@@ -194,6 +194,52 @@ def stored_keys(root: Path, found: dict[str, Path]) -> set[str]:
     return keys
 
 
+def _attrs_like(node: ast.AST) -> bool:
+    """`x.user_attrs`, `x.system_attrs`, `attrs`, `user_attrs`: something holding stored attributes."""
+    text = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+    return text.endswith("attrs")
+
+
+def attribute_literals(tree: ast.AST, keys: set[str]) -> list[ast.Constant]:
+    """String literals naming a stored key where an attribute is read or written: attrs.get("k"),
+    attrs["k"], set_user_attr("k", v), a dict literal given to set_user_attrs / user_attrs= /
+    system_attrs=, or "k" in attrs."""
+    out: list[ast.Constant] = []
+
+    def lit(n: ast.AST | None) -> None:
+        if isinstance(n, ast.Constant) and n.value in keys:
+            out.append(n)
+
+    def dict_keys(n: ast.AST) -> None:
+        if isinstance(n, ast.Dict):
+            for k in n.keys:
+                lit(k)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and _attrs_like(node.value):
+            lit(node.slice)
+        elif isinstance(node, ast.Compare) and any(_attrs_like(c) for c in node.comparators):
+            lit(node.left)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            fn = node.func.attr
+            if fn in ("get", "pop", "setdefault") and _attrs_like(node.func.value) and node.args:
+                lit(node.args[0])
+            elif re.fullmatch(r"set_(trial_)?(user|system)_attr", fn) and node.args:
+                lit(node.args[-2] if len(node.args) >= 2 else node.args[0])
+            elif re.fullmatch(r"set_(trial_)?(user|system)_attrs|set_study_attrs|set_attrs", fn):
+                for a in node.args:
+                    dict_keys(a)
+        if isinstance(node, ast.Call):
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if fn in ("set_user_attrs", "set_study_attrs"):
+                for a in node.args:
+                    dict_keys(a)
+            for kw in node.keywords:
+                if kw.arg in ("user_attrs", "system_attrs", "attrs"):
+                    dict_keys(kw.value)
+    return out
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "hpsearch").resolve()
     found = modules(root)
@@ -215,21 +261,20 @@ def main() -> None:
     print(f"Optuna-internal accesses: {sum(touched.values())} lines in {len(touched)} modules")
     for name, count in sorted(touched.items(), key=lambda kv: -kv[1]):
         print(f"  {count:4d}  {name}")
-    keys = stored_keys(root, found)
+    # A second argument names the schema to take the keys from (to count an older tree's literals
+    # against today's full list of keys).
+    keys = stored_keys(Path(sys.argv[2]).parent, {"x.schema": Path(sys.argv[2])}) if len(sys.argv) > 2 \
+        else stored_keys(root, found)
     literal_in: dict[str, int] = {}
     for name, path in found.items():
         if name.endswith(".schema") or name.endswith(".attrs"):
             continue
-        tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-        hits = sum(1 for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in keys
-                   and id(n) not in docstrings)
+        hits = len(attribute_literals(ast.parse(path.read_text()), keys))
         if hits:
             literal_in[name] = hits
-    print(f"stored attribute keys: {len(keys)}; as string literals outside the schema: "
-          f"{sum(literal_in.values())} in {len(literal_in)} modules")
+    print(f"stored attribute keys: {len(keys)}; written as string literals where an attribute is read or "
+          f"written: {sum(literal_in.values())} in {len(literal_in)} modules"
+          + "".join(f"\n  {count:4d}  {name}" for name, count in sorted(literal_in.items(), key=lambda kv: -kv[1])))
     longest = []
     for name, path in found.items():
         for node in ast.walk(ast.parse(path.read_text())):
