@@ -1,4 +1,4 @@
-"""Heartbeats, the stale-trial reaper, the study lock and fail-then-requeue.
+"""Heartbeats, the stale-trial reaper and fail-then-requeue (the study lock is hpsearch.queue.lock).
 
 PostgreSQL and SQLite use Optuna's heartbeat table (database clock); the journal file and the
 gRPC proxy record the heartbeat as a trial user attribute. A trial whose heartbeat is older than
@@ -9,24 +9,20 @@ lock makes that exactly once, and makes "nothing waits, nothing runs" a consiste
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 import time
-import zlib
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.queue.lock import StudyLock, study_key
 from hpsearch.queue.retries import max_retries, retry_template, retryable
-from hpsearch.queue.study import worker_id
 from hpsearch.schema import BEAT, BEAT_INTERVAL, FAIL_REASON, RETRY_EXHAUSTED, RETRY_HISTORY
-from hpsearch.storage import heartbeats, locks, optuna_internals
+from hpsearch.storage import heartbeats, optuna_internals
 from hpsearch.storage.backend import mask
 from hpsearch.storage.kinds import backend_of
-from hpsearch.storage.postgres import LeanRDBStorage
 from hpsearch.storage.reconnect import with_reconnect
 
 log = logging.getLogger("hpsearch.faults")
@@ -37,109 +33,6 @@ def grace(interval: float) -> float:
     is three missed beats, and with the reaper polling every interval/4 a killed worker's trial is
     re-queued within two intervals of its death."""
     return 1.5 * float(interval)
-
-
-# ---------------------------------------------------------------- study lock
-
-
-class StudyLock:
-    """A cross-process lock per study.
-
-    On PostgreSQL the queue's critical sections (hpsearch.storage.atomic) take the study's advisory lock
-    inside their own transaction, so entering this lock there only serialises threads of this
-    process (unless `purpose` names a separate lock, as `hpsearch repeat` does). On the journal
-    file and SQLite it is a lock file beside the storage, polled with a bounded wait.
-    """
-
-    _locks: dict[int, StudyLock] = {}
-
-    def __init__(self, study: optuna.Study, url: str | None = None, purpose: str = "") -> None:
-        self.study = study
-        self._thread_lock = threading.RLock()
-        self._depth = 0
-        self._conn: Any = None
-        self._fh: Any = None
-        backend = backend_of(study)
-        self.rdb = backend.rdb
-        self.postgres = backend.lean is not None
-        self.key = study_key(study.study_name + (f":{purpose}" if purpose else ""))
-        self.purpose = purpose
-        self.path: Path | None = backend.lock_path
-        if not purpose:
-            StudyLock._locks[optuna_internals.study_id(study)] = self
-
-    @property
-    def available(self) -> bool:
-        """False through the gRPC proxy: there, the proxy's keeper does what needs the lock."""
-        return self.path is not None or self.postgres
-
-    @classmethod
-    def of(cls, study: optuna.Study) -> StudyLock:
-        return cls._locks.get(optuna_internals.study_id(study)) or cls(study)
-
-    def __enter__(self) -> StudyLock:
-        self._thread_lock.acquire()
-        self._depth += 1
-        if self._depth == 1:
-            try:
-                if self.postgres and self.purpose:
-                    self._conn = with_reconnect(locks.advisory_xact_lock)(self.rdb.engine, self.key)  # type: ignore[union-attr]
-                elif self.path is not None:
-                    self._fh = _flock(self.path)
-            except BaseException:
-                self._depth -= 1
-                self._thread_lock.release()
-                raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            if self._depth == 1:
-                if self._conn is not None:
-                    try:
-                        self._conn.commit()
-                    except Exception:  # noqa: BLE001 - a dropped connection releases the lock anyway
-                        pass
-                    self._conn.close()
-                    self._conn = None
-                if self._fh is not None:
-                    fcntl.flock(self._fh, fcntl.LOCK_UN)
-                    self._fh.close()
-                    self._fh = None
-        finally:
-            self._depth -= 1
-            self._thread_lock.release()
-
-
-def study_key(name: str) -> int:
-    """The study's PostgreSQL advisory lock key."""
-    return (0x6870 << 32) | (zlib.crc32(name.encode()) & 0x7FFFFFFF)
-
-
-def _flock(path: Path) -> Any:
-    """The lock file, locked: polled, so a waiter can say who holds it and for how long."""
-    fh = open(path, "a+")  # noqa: SIM115 - held across __enter__/__exit__
-    waited, delay, said = 0.0, 0.01, False
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.5)
-            if waited > 30 and not said:
-                said = True
-                log.warning("the study lock %s has been held for %.0fs by another process (stopped?); waiting",
-                            path, waited)
-    try:  # who holds it, for a person looking; on a full disk the lock works without it
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{worker_id()}\n")
-        fh.flush()
-    except OSError:
-        pass
-    return fh
 
 
 # ---------------------------------------------------------------- fail and requeue
@@ -236,15 +129,16 @@ class Heartbeat:
         self.study = study
         self.trial_id = trial_id
         self.interval = float(interval)
-        self.rdb = backend_of(study).rdb
+        backend = backend_of(study)
+        self.rdb, self.ours = backend.rdb, backend.ours
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpsearch-heartbeat", daemon=True)
 
     def beat(self) -> None:
-        if isinstance(self.rdb, LeanRDBStorage):
+        if self.ours is not None:
             # Not through the reconnecting wrapper: its backoff (up to 15 s a try) would leave
             # beats unsent for long after the database is back. This loop retries on its own.
-            LeanRDBStorage.record_heartbeat(self.rdb, self.trial_id)
+            self.ours.record_heartbeat_once(self.trial_id)
         elif self.rdb is not None:
             self.rdb.record_heartbeat(self.trial_id)
         else:

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
-from hpsearch.queue.faults import StudyLock, study_key
+from hpsearch.queue.lock import StudyLock, study_key
 from hpsearch.schema import (
     ARTIFACTS_ATTR,
     CONFIG_ID,

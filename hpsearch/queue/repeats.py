@@ -47,7 +47,7 @@ def queue_repeats(study: optuna.Study, spec: StudySpec, top: int, seeds: int,
                   group_by: str | None = None) -> list[Queued]:
     if seeds < 1:
         raise HpsearchError(f"--seeds must be >= 1, but got {seeds=}")
-    from hpsearch.queue.faults import StudyLock
+    from hpsearch.queue.lock import StudyLock
 
     # Under the study lock, so two `repeat`s at once cannot hand out the same seeds.
     with StudyLock(study, purpose="repeat"):

@@ -44,7 +44,6 @@ from hpsearch.spec.model import StudySpec
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage import claims, optuna_internals
 from hpsearch.storage.kinds import backend_of
-from hpsearch.storage.postgres import LeanRDBStorage
 
 
 def worker_id() -> str:
@@ -72,8 +71,8 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Several trial attributes in one database statement (one round trip, not one per key)."""
-    rdb = backend_of(trial.study).rdb
-    if not isinstance(rdb, LeanRDBStorage):
+    rdb = backend_of(trial.study).ours
+    if rdb is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return

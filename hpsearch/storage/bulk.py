@@ -21,7 +21,6 @@ from optuna.trial import TrialState
 
 from hpsearch.storage import optuna_internals
 from hpsearch.storage.kinds import POSTGRES, backend_of
-from hpsearch.storage.postgres import LeanRDBStorage
 
 
 @dataclass
@@ -112,7 +111,7 @@ def full_trials(study: optuna.Study, states: Iterable[TrialState] | None = None)
     seconds instead of minutes at 50k trials.
     """
     wanted = tuple(states) if states is not None else None
-    rdb = backend_of(study).rdb
-    if not supported(study) or not isinstance(rdb, LeanRDBStorage):
+    rdb = backend_of(study).lean
+    if rdb is None:
         return study.get_trials(deepcopy=False, states=wanted)
     return sorted(rdb.bulk_trials(optuna_internals.study_id(study), wanted), key=lambda t: t.number)

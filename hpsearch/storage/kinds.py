@@ -36,9 +36,14 @@ class Backend:
     journal: Any = None  # the log backend under a JournalStorage
 
     @property
+    def ours(self) -> LeanRDBStorage | None:
+        """hpsearch's own database storage (any database; None for a plain Optuna RDBStorage)."""
+        return self.rdb if isinstance(self.rdb, LeanRDBStorage) else None
+
+    @property
     def lean(self) -> LeanRDBStorage | None:
         """hpsearch's own PostgreSQL storage, where every critical section is one transaction."""
-        return self.rdb if self.kind == POSTGRES and isinstance(self.rdb, LeanRDBStorage) else None
+        return self.ours if self.kind == POSTGRES else None
 
     @property
     def lock_path(self) -> Path | None:

@@ -8,7 +8,7 @@ costs. Here each of those calls is one guarded statement (INSERT ... SELECT FROM
 trial is still updatable ... ON CONFLICT ...) and get_trial is one query. When a guarded statement
 touches no row, the original ORM method runs instead, so every error (unknown trial, finished
 trial) is exactly Optuna's. Other databases (SQLite, MySQL) use Optuna's methods unchanged.
-tests/test_pglean.py replays the same operations on both and compares the stored trials.
+tests/storage/test_pglean.py replays the same operations on both and compares the stored trials.
 """
 
 from __future__ import annotations
@@ -283,6 +283,10 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         if not finished:  # unknown or already finished: Optuna's own method raises the right error
             return super().set_trial_state_values(trial_id, state, values)
         return True
+
+    def record_heartbeat_once(self, trial_id: int) -> None:
+        """One heartbeat, one attempt: never through a reconnecting wrapper (the caller retries on its own)."""
+        LeanRDBStorage.record_heartbeat(self, trial_id)
 
     def record_heartbeat(self, trial_id: int) -> None:
         if not self.lean:
