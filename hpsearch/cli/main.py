@@ -106,7 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "storage, stateless workers, reports.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # In this order in --help: a study's life (create, run, watch), then running it at scale.
+    _study_parsers(sub)
+    _reading_parsers(sub)
+    _launch_parser(sub)
+    _dashboard_parser(sub)
+    _extension_parsers(sub)
+    return parser
 
+
+def _study_parsers(sub: Any) -> None:
+    """create-study and worker: a study comes to exist, then workers run its trials."""
     p = sub.add_parser("create-study", help="validate a spec and create its study (idempotent)")
     p.add_argument("spec", help="YAML study spec")
     _storage_arg(p)
@@ -120,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run trials of a study until it is done")
     worker_arguments(p)
 
+
+def _reading_parsers(sub: Any) -> None:
+    """status, best and list: what the storage holds, read without changing it."""
     p = sub.add_parser("status", help="counts by state, best so far, throughput")
     p.add_argument("study")
     _storage_arg(p)
@@ -137,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--json", action="store_true", help="print the studies as JSON (keys in the README)")
 
+
+def _launch_parser(sub: Any) -> None:
     p = sub.add_parser("launch", help="start workers: local processes, or a SLURM/PBS job array")
     p.add_argument("target", choices=["local", "slurm", "pbs"])
     p.add_argument("--study", required=True)
@@ -162,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", "--queue", dest="partition", help="SLURM partition or PBS queue")
     p.add_argument("--account", help="SLURM account or PBS project (-A)")
 
+
+def _dashboard_parser(sub: Any) -> None:
     p = sub.add_parser("dashboard", help="optuna-dashboard on the storage (loopback by default)")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
@@ -172,9 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "Bearer', or @FILE holding either (keeps the secret out of ps and shell history); default: "
                    "$HPSEARCH_DASHBOARD_AUTH. Over plain HTTP the password travels in clear: put TLS (a reverse "
                    "proxy) or an SSH tunnel in front")
-
-    _extension_parsers(sub)
-    return parser
 
 
 def _version() -> str:
@@ -236,15 +250,15 @@ def _check_settings(args: argparse.Namespace) -> None:
             except argparse.ArgumentTypeError as exc:
                 raise HpsearchError(f"{env} {exc}") from None
     if hasattr(args, "storage"):
-        from hpsearch.storage.backend import _env_seconds
+        from hpsearch.storage.reconnect import env_seconds
 
         for env, default in (("HPSEARCH_DB_WAIT", 600.0), ("HPSEARCH_CONNECT_WAIT", 120.0)):
-            _env_seconds(env, default)
+            env_seconds(env, default)
         problem = userinfo_problem(args.storage or os.environ.get("HPSEARCH_STORAGE") or "")
         if problem:
             raise HpsearchError(problem)
     if args.command in ("create-study", "worker"):
-        from hpsearch.queue.study import issue_chunk
+        from hpsearch.queue.plan import issue_chunk
 
         issue_chunk()
 
@@ -271,9 +285,10 @@ def _setup_logging() -> None:
 
 @command("create-study")
 def _create_study(args: argparse.Namespace) -> int:
-    from hpsearch.queue import study as study_mod
-    from hpsearch.spec.parse import load_spec
-    from hpsearch.storage.backend import artifact_location, open_storage, resolve_url
+    from hpsearch.queue import plan as plan_mod
+    from hpsearch.spec.loading import load_spec
+    from hpsearch.storage.artifacts import artifact_location
+    from hpsearch.storage.backend import open_storage, resolve_url
 
     overrides = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
     spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
@@ -284,7 +299,7 @@ def _create_study(args: argparse.Namespace) -> int:
         load_plugin(spec.objective, "objective")
     url = resolve_url(args.storage)
     storage = open_storage(url, create=True)
-    _, message = study_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
+    _, message = plan_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
     print(message)
     print(f"run workers with: python worker.py --study {spec.name}" + _storage_hint(args.storage))
     return 0

@@ -183,7 +183,8 @@ def build_app(url: str, read_only: bool = False, credential: Credential | None =
               host: str = "127.0.0.1") -> WSGIApp:
     from optuna_dashboard import wsgi
 
-    from hpsearch.storage.backend import artifact_store, open_storage
+    from hpsearch.storage.artifacts import artifact_store
+    from hpsearch.storage.backend import open_storage
 
     storage = open_storage(url)
     store = artifact_store(url)
@@ -296,17 +297,13 @@ class ArtifactGuard:
 
     def _exists(self, m: re.Match[str]) -> bool:
         from optuna.artifacts.exceptions import ArtifactNotFound
-        from optuna_dashboard.artifact._backend import (
-            get_study_artifact_meta,
-            get_trial_artifact_meta,
-        )
+
+        from hpsearch.storage.optuna_internals import dashboard_artifact_meta
 
         study_id, artifact_id = int(m["study"]), m["artifact"]
+        trial_id = None if m["trial"] is None else int(m["trial"])
         try:
-            if m["trial"] is None:
-                meta = get_study_artifact_meta(self.storage, study_id, artifact_id)
-            else:
-                meta = get_trial_artifact_meta(self.storage, study_id, int(m["trial"]), artifact_id)
+            meta = dashboard_artifact_meta(self.storage, study_id, trial_id, artifact_id)
             if meta is None:
                 return False
             self.store.open_reader(artifact_id).close()

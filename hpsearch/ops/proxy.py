@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 
@@ -42,19 +43,20 @@ def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> Non
     """Issue the next chunk of every hpsearch study whose queue runs low, and reap stale trials."""
     import optuna
 
+    from hpsearch.queue import plan as plan_mod
     from hpsearch.queue import study as study_mod
-    from hpsearch.queue.faults import StudyLock
+    from hpsearch.queue.lock import StudyLock
 
     specs: dict[str, Any] = {}
-    chunk = study_mod.issue_chunk(storage) or 64
+    chunk = plan_mod.issue_chunk(storage) or 64
     while not stop.wait(period):
         try:
             for frozen in storage.get_all_studies():
                 attrs = frozen.user_attrs
-                if not attrs.get(study_mod.READY_ATTR):
+                if not attrs.get(schema.READY_ATTR):
                     continue
                 study = optuna.load_study(study_name=frozen.study_name, storage=storage)
-                if int(attrs.get(study_mod.ISSUED_ATTR, 0)) >= int(attrs.get(study_mod.PLANNED_ATTR, 0)):
+                if int(attrs.get(schema.ISSUED_ATTR, 0)) >= int(attrs.get(schema.PLANNED_ATTR, 0)):
                     reap(study)
                     continue
                 if frozen.study_name not in specs:
@@ -62,7 +64,7 @@ def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> Non
                 with StudyLock.of(study):
                     waiting, _ = study_mod.active_counts(study)
                     if waiting < chunk // 2:
-                        study_mod.top_up(study, specs[frozen.study_name], chunk)
+                        plan_mod.top_up(study, specs[frozen.study_name], chunk)
                 reap(study)
         except Exception as exc:  # noqa: BLE001 - the keeper must outlive database hiccups
             print(f"hpsearch proxy: keeper: {mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
@@ -71,14 +73,15 @@ def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> Non
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    import optuna
     from optuna.storages import run_grpc_proxy_server
+
+    from hpsearch.storage.optuna_internals import cached
 
     url = resolve_url(args.storage)
     if not url.startswith(("postgresql", "mysql", "sqlite")):
         raise HpsearchError(f"--storage must be a database URL (postgresql://...) for the proxy, but got {mask(url)!r}")
     rdb = open_storage(url, create=True, pool_size=args.pool)
-    storage = optuna.storages._CachedStorage(rdb)
+    storage = cached(rdb)  # Optuna's cache, as optuna.load_study would put around the storage
     stop = threading.Event()
     keeper = threading.Thread(target=keep_queues, args=(storage, stop), daemon=True, name="hpsearch-keeper")
     keeper.start()

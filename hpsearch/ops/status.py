@@ -28,10 +28,12 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.table import Table
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import study as study_mod
 from hpsearch.storage import bulk as fastread
 from hpsearch.storage.backend import mask, open_storage, resolve_url
+from hpsearch.storage.optuna_internals import trial_id
 
 STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
 RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
@@ -57,7 +59,7 @@ def snapshot(name: str, storage: str | None) -> dict[str, Any]:
 def state_of(trial: Any) -> str:
     """The state as `status` counts it: a failed trial handed back on preemption is not a failure."""
     if trial.state == TrialState.FAIL:
-        reason = str(trial.user_attrs.get(study_mod.FAIL_REASON) or "")
+        reason = str(trial.user_attrs.get(schema.FAIL_REASON) or "")
         return "handed back" if reason.startswith(HANDED_BACK) else "failed"
     return trial.state.name.lower()
 
@@ -66,14 +68,14 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
     """Everything `status` shows, gathered in one pass over the trials (rendering is separate)."""
     now = time.time() if now is None else now
     # Only the attributes shown (curves and configs of running trials only): fast at 50k trials.
-    trials = fastread.trials(study, keys=[study_mod.WORKER, "device", "duration_s", study_mod.RETRY_OF,
-                                          study_mod.FAIL_REASON, study_mod.REPEAT_OF],
-                             running_keys=["curve", "config"])
+    trials = fastread.trials(study, keys=[schema.WORKER, schema.DEVICE, schema.DURATION_S, schema.RETRY_OF,
+                                          schema.FAIL_REASON, schema.REPEAT_OF],
+                             running_keys=[schema.CURVE, schema.CONFIG])
     attrs = study.user_attrs
     counts: Counter[str] = Counter(state_of(t) for t in trials)
-    created = attrs.get(study_mod.CREATED_ATTR)
+    created = attrs.get(schema.CREATED_ATTR)
     finished = sum(counts[s] for s in ("complete", "pruned", "failed", "handed back"))
-    plan, issued = attrs.get(study_mod.PLANNED_ATTR), attrs.get(study_mod.ISSUED_ATTR)
+    plan, issued = attrs.get(schema.PLANNED_ATTR), attrs.get(schema.ISSUED_ATTR)
     not_issued = max(0, int(plan) - int(issued)) if plan is not None and issued is not None else 0
     more_seeds = _seeds_to_come(trials, spec, not_issued)
     remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
@@ -91,7 +93,7 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
         "upper_bound": more_seeds > 0, "stale": stale,
         "eta": remaining / per_hour * 3600 if remaining and per_hour > 0 else None,
         "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers,
-        "retried": sum(1 for t in trials if study_mod.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
+        "retried": sum(1 for t in trials if schema.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
     }
 
 
@@ -101,7 +103,7 @@ def _seeds_to_come(trials: list[Any], spec: Any, not_issued: int) -> int:
     if spec is None or spec.is_grid or spec.repeats <= 1:
         return 0
     first_seeds = sum(1 for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)
-                      and study_mod.REPEAT_OF not in t.user_attrs)
+                      and schema.REPEAT_OF not in t.user_attrs)
     return (first_seeds + not_issued) * (spec.repeats - 1)
 
 
@@ -113,14 +115,14 @@ def stale_trials(study: optuna.Study, trials: list[Any]) -> dict[int, tuple[floa
     """
     from hpsearch.queue.faults import _ages_and_intervals, grace
 
-    running = {t._trial_id: t.number for t in trials if t.state == TrialState.RUNNING}
+    running = {trial_id(t): t.number for t in trials if t.state == TrialState.RUNNING}
     if not running:
         return {}
     default = float(os.environ.get("HPSEARCH_HEARTBEAT") or 30)
     out = {}
-    for trial_id, (age, interval) in _ages_and_intervals(study, default).items():
-        if trial_id in running and age > grace(interval):
-            out[running[trial_id]] = (age, grace(interval))
+    for tid, (age, interval) in _ages_and_intervals(study, default).items():
+        if tid in running and age > grace(interval):
+            out[running[tid]] = (age, grace(interval))
     return out
 
 
@@ -162,19 +164,19 @@ def _workers(trials: list[Any], spec: Any, now: float,
     gpu_s = 0.0
     default_epochs = (spec.train.get("epochs") if spec is not None else None) or None
     for t in trials:
-        wid = t.user_attrs.get(study_mod.WORKER)
+        wid = t.user_attrs.get(schema.WORKER)
         if wid is None or t.datetime_start is None:
             continue
         w = workers.setdefault(str(wid), {"running": None, "epoch": None, "epochs": None, "done": 0,
                                           "last": None, "device": None, "since": None, "stale": None})
-        device = t.user_attrs.get("device")
+        device = t.user_attrs.get(schema.DEVICE)
         if device:
             w["device"] = str(device)
         start = t.datetime_start.timestamp()
         if t.state == TrialState.RUNNING:
-            curve = t.user_attrs.get("curve") or []
+            curve = t.user_attrs.get(schema.CURVE) or []
             w.update(running=t.number, since=start, epoch=len(curve) if curve else None,
-                     epochs=(t.user_attrs.get("config") or {}).get("epochs") or default_epochs,
+                     epochs=(t.user_attrs.get(schema.CONFIG) or {}).get("epochs") or default_epochs,
                      stale=stale.get(t.number))
             continue
         if t.datetime_complete is not None:
@@ -182,7 +184,7 @@ def _workers(trials: list[Any], spec: Any, now: float,
             w["done"] += 1
             w["last"] = max(w["last"] or 0.0, end)
             if str(device or "").startswith("cuda"):
-                gpu_s += float(t.user_attrs.get("duration_s") or end - start)
+                gpu_s += float(t.user_attrs.get(schema.DURATION_S) or end - start)
     for w in workers.values():  # a running trial uses the GPU its worker used for earlier trials
         if w["running"] is not None and w["stale"] is None and str(w["device"] or "").startswith("cuda"):
             gpu_s += now - w["since"]
@@ -255,7 +257,7 @@ def _summary_table(snap: dict[str, Any]) -> Table:
     best = snap["best"]
     if best is not None:
         metric = spec.metric if spec else "value"
-        extra = best.user_attrs.get("test_acc")
+        extra = best.user_attrs.get(schema.TEST_ACC)
         test = f", test_acc {extra:.4f}" if isinstance(extra, float) else ""
         table.add_row("best trial", f"{metric} {best.value:.4f} (trial {best.number}{test}; "
                       "`hpsearch best` ranks configurations over seeds)")
@@ -326,7 +328,7 @@ def status_record(snap: dict[str, Any]) -> dict[str, Any]:
         "stale": [{"trial": n, "heartbeat_age_seconds": age, "limit_seconds": limit}
                   for n, (age, limit) in sorted(snap["stale"].items())],
         "best_trial": None if best is None else {"number": best.number, "value": best.value,
-                                                 "params": best.params, "test_acc": best.user_attrs.get("test_acc")},
+                                                 "params": best.params, "test_acc": best.user_attrs.get(schema.TEST_ACC)},
         "workers": [{"worker": wid, "running_trial": w["running"], "epoch": w["epoch"], "epochs": w["epochs"],
                      "stale": w["stale"] is not None, "trials_done": w["done"], "last_finished": w["last"],
                      "device": w["device"]} for wid, w in sorted(snap["workers"].items())],

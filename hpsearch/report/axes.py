@@ -17,6 +17,8 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
+from hpsearch import schema
+
 LOG_SPAN = 100.0  # max/min of a positive numeric grid from which its axis is logarithmic
 INACTIVE = "inactive"
 
@@ -127,7 +129,7 @@ def parallel_axes(trials: Sequence[FrozenTrial], params: Sequence[str], metric: 
     """One axis per parameter, then the validation metric, then test accuracy when recorded."""
     axes = [param_axis(p, trials) for p in params if any(p in t.params for t in trials)]
     axes.append(metric_axis(metric, [float(t.value) for t in trials]))  # type: ignore[arg-type]
-    tests = [t.user_attrs.get("test_acc") for t in trials]
-    if metric != "test_acc" and all(_is_number(v) for v in tests):
-        axes.append(metric_axis("test_acc", [float(v) for v in tests]))  # type: ignore[arg-type]
+    tests = [t.user_attrs.get(schema.TEST_ACC) for t in trials]
+    if metric != schema.TEST_ACC and all(_is_number(v) for v in tests):
+        axes.append(metric_axis(schema.TEST_ACC, [float(v) for v in tests]))  # type: ignore[arg-type]
     return axes

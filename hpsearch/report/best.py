@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.queue import study as study_mod
+from hpsearch import schema
 from hpsearch.report.render import Para, Section, Table
 from hpsearch.report.stats import (
     NO_GROUP,
@@ -39,7 +39,7 @@ RULE = ("A configuration is clean when every seed it ran completed. Clean config
 
 def _metric_columns(snap: Snapshot) -> list[str]:
     cols = [snap.metric]
-    for m in ("val_acc", "test_acc"):
+    for m in (schema.VAL_ACC, schema.TEST_ACC):
         if m not in cols and any(c.metrics.get(m) is not None for c in snap.configs):
             cols.append(m)
     return cols
@@ -116,14 +116,14 @@ def _config_rows(snap: Snapshot, cols: list[str], groups: list[tuple[Any, list[C
 
 
 def _baseline_rows(snap: Snapshot, cols: list[str]) -> list[list[str]]:
-    counts = snap.attrs.get(study_mod.CLASS_COUNTS_ATTR)
+    counts = snap.attrs.get(schema.CLASS_COUNTS_ATTR)
     if not counts or not counts.get("train"):
         return []
     rows = []
     for b in baselines(counts):
         row = ["-", *(["baseline"] if snap.opts.group_by else []), b.name, "-"]
         for m in cols:
-            acc = {"val_acc": b.val_acc, "test_acc": b.test_acc}
+            acc = {schema.VAL_ACC: b.val_acc, schema.TEST_ACC: b.test_acc}
             row += [_f(acc.get(m)), "exact" if m in acc else "-"]
         rows.append([*row, "-"])
     return rows
@@ -185,8 +185,8 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     if top < 1:
         raise HpsearchError(f"--top must be >= 1, but got {top=}")
     # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
-    trials = fastread.trials(study, keys=[study_mod.CONFIG_ID, "name", *METRICS, study_mod.SEED,
-                                          study_mod.RETRY_OF], with_params=True)
+    trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED,
+                                          schema.RETRY_OF], with_params=True)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     rows = summarize(trials, maximize, level)
     aside = [c for _, cs in set_aside(rows, None, top) for c in cs]
@@ -252,7 +252,7 @@ def _print_tables(data: dict[str, Any]) -> None:
 def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col: str) -> Any:
     from rich.table import Table as RichTable
 
-    extra = [m for m in ("val_acc", "test_acc") if m != metric]  # the metric column already shows val_acc
+    extra = [m for m in (schema.VAL_ACC, schema.TEST_ACC) if m != metric]  # the metric column already shows val_acc
     table = RichTable(title=title)
     for col in (rank_col, metric, "seeds", *extra, "trials", "parameters"):
         table.add_column(col, justify="right" if col not in ("parameters", "trials", "seeds") else "left")

@@ -21,7 +21,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.queue import study as study_mod
+from hpsearch import schema
 from hpsearch.report.curves import divergence_reason
 from hpsearch.report.export import state_name
 
@@ -49,13 +49,13 @@ class Cost:
 
 
 def _configured_epochs(t: FrozenTrial, default: int | None) -> int | None:
-    epochs = (t.user_attrs.get("config") or {}).get("epochs", default)
+    epochs = (t.user_attrs.get(schema.CONFIG) or {}).get("epochs", default)
     return int(epochs) if isinstance(epochs, (int, float)) else None
 
 
 def _duration(t: FrozenTrial, now: float) -> float:
-    if isinstance(t.user_attrs.get("duration_s"), (int, float)):
-        return float(t.user_attrs["duration_s"])
+    if isinstance(t.user_attrs.get(schema.DURATION_S), (int, float)):
+        return float(t.user_attrs[schema.DURATION_S])
     if t.datetime_start is None:
         return 0.0
     end = t.datetime_complete.timestamp() if t.datetime_complete else now
@@ -70,16 +70,16 @@ def cost(trials: Sequence[FrozenTrial], default_epochs: int | None = None, now: 
     c.still_running = bool(states.get("running") or states.get("waiting"))
     for t in trials:
         attrs = t.user_attrs
-        c.repeats += bool(attrs.get(study_mod.IS_REPEAT))
-        c.retries += study_mod.RETRY_OF in attrs and t.state != TrialState.WAITING
+        c.repeats += bool(attrs.get(schema.IS_REPEAT))
+        c.retries += schema.RETRY_OF in attrs and t.state != TrialState.WAITING
         c.divergent += t.state != TrialState.WAITING and divergence_reason(t) is not None
-        c.epochs_trained += int(attrs.get("epochs_trained") or len(attrs.get("curve") or []))
+        c.epochs_trained += int(attrs.get(schema.EPOCHS_TRAINED) or len(attrs.get(schema.CURVE) or []))
         _add_pruning(c, t, default_epochs)
         if t.state == TrialState.WAITING:
             continue
         seconds = _duration(t, now)
         c.compute_s += seconds
-        if str(attrs.get("device") or "").startswith("cuda"):
+        if str(attrs.get(schema.DEVICE) or "").startswith("cuda"):
             c.gpu_hours += seconds / 3600
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
@@ -94,7 +94,7 @@ def cost(trials: Sequence[FrozenTrial], default_epochs: int | None = None, now: 
 def _add_pruning(c: Cost, t: FrozenTrial, default_epochs: int | None) -> None:
     if t.state != TrialState.PRUNED:
         return
-    at: Any = t.user_attrs.get("pruned_at_epoch") or max(t.intermediate_values, default=None)
+    at: Any = t.user_attrs.get(schema.PRUNED_AT_EPOCH) or max(t.intermediate_values, default=None)
     planned = _configured_epochs(t, default_epochs)
     if at is None or planned is None:
         return

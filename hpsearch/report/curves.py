@@ -21,6 +21,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import schema
 from hpsearch.report.export import state_name, trial_name
 
 CURVE_KEYS = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -38,7 +39,7 @@ class Flag:
 
 def curve(trial: FrozenTrial) -> list[dict[str, Any]]:
     """The per-epoch records of a trial, ordered by epoch (empty for objectives that keep none)."""
-    raw = trial.user_attrs.get("curve") or []
+    raw = trial.user_attrs.get(schema.CURVE) or []
     return sorted((r for r in raw if isinstance(r, dict) and "epoch" in r), key=lambda r: r["epoch"])
 
 
@@ -79,8 +80,8 @@ def _not_finite(v: Any) -> bool:
 
 
 def divergence_reason(trial: FrozenTrial) -> str | None:
-    if trial.user_attrs.get("divergent"):
-        why = trial.user_attrs.get("fail_reason")
+    if trial.user_attrs.get(schema.DIVERGENT):
+        why = trial.user_attrs.get(schema.FAIL_REASON)
         return "marked divergent by the worker" + (f" ({why})" if why else "")
     records = curve(trial)
     for r in records:

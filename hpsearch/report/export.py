@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
-from hpsearch.queue import study as study_mod
 from hpsearch.spec import space as space_mod
 
 if TYPE_CHECKING:
@@ -33,15 +33,15 @@ if TYPE_CHECKING:
 PARAM_PREFIX = "params_"
 FORMATS = ("csv", "parquet", "json")
 BINARY_TO_STDOUT = "--format parquet is binary: give --out FILE to write it to a file"
-METRICS = ("val_acc", "val_loss", "test_acc", "test_loss")
-# Trial user attrs copied as they are (missing -> empty); see the storage contract in study.py.
-ATTRS = ("best_epoch", "epochs_trained", "pruned_at_epoch", "duration_s", "train_time_s", "device", "worker",
-         "fail_reason", "retry_of")
+METRICS = schema.METRICS
+# Trial user attrs copied as they are (missing -> empty); see hpsearch.schema.
+ATTRS = (schema.BEST_EPOCH, schema.EPOCHS_TRAINED, schema.PRUNED_AT_EPOCH, schema.DURATION_S, schema.TRAIN_TIME_S,
+         schema.DEVICE, schema.WORKER, schema.FAIL_REASON, schema.RETRY_OF)
 # The configuration's seed runs by outcome (see the module docstring), on every row of the configuration.
 CONFIG_COLUMNS = ("config_seeds", "config_complete", "config_pruned", "config_failed", "config_pending",
                   "config_clean")
-INT_COLUMNS = ("number", "seed", "repeat_of", "best_epoch", "epochs_trained", "pruned_at_epoch", "retry_of",
-               *CONFIG_COLUMNS[:-1])
+INT_COLUMNS = ("number", schema.SEED, schema.REPEAT_OF, schema.BEST_EPOCH, schema.EPOCHS_TRAINED,
+               schema.PRUNED_AT_EPOCH, schema.RETRY_OF, *CONFIG_COLUMNS[:-1])
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 
@@ -52,17 +52,17 @@ def state_name(trial: FrozenTrial) -> str:
 
 def params_of(trial: FrozenTrial) -> dict[str, Any]:
     """The trial's parameters; for a queued trial, the fixed ones it will run with."""
-    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    return dict(trial.params) or dict(trial.system_attrs.get(schema.FIXED_PARAMS, {}))
 
 
 def config_id(trial: FrozenTrial) -> str:
     """The worker's config id; recomputed from the params for trials that never got one (plain optuna)."""
-    cid = trial.user_attrs.get(study_mod.CONFIG_ID)
+    cid = trial.user_attrs.get(schema.CONFIG_ID)
     return str(cid) if cid else space_mod.config_id(params_of(trial))
 
 
 def trial_name(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("name") or space_mod.short_name(params_of(trial)) or f"trial {trial.number}")
+    return str(trial.user_attrs.get(schema.NAME) or space_mod.short_name(params_of(trial)) or f"trial {trial.number}")
 
 
 # ---------------------------------------------------------------- seed runs
@@ -110,7 +110,7 @@ def seed_outcome(trial: Any) -> str:
 
 def _known_config(trial: Any) -> bool:
     # A parameterless ticket (random/TPE) has no configuration until a worker samples it.
-    return (bool(trial.user_attrs.get(study_mod.CONFIG_ID)) or bool(params_of(trial))
+    return (bool(trial.user_attrs.get(schema.CONFIG_ID)) or bool(params_of(trial))
             or trial.state == TrialState.COMPLETE)
 
 
@@ -120,7 +120,7 @@ def seed_runs(trials: Sequence[Any]) -> dict[str, SeedRuns]:
     for t in trials:
         if not _known_config(t):
             continue
-        root = t.user_attrs.get(study_mod.RETRY_OF)
+        root = t.user_attrs.get(schema.RETRY_OF)
         key = (config_id(t), int(root) if isinstance(root, int) else t.number)
         if key not in newest or t.number > newest[key].number:
             newest[key] = t
@@ -140,12 +140,12 @@ def trial_record(trial: FrozenTrial, runs: SeedRuns | None = None) -> dict[str, 
         "number": trial.number,
         "state": state_name(trial),
         "value": trial.value,
-        "name": trial_name(trial),
-        "config_id": config_id(trial),
-        "seed": attrs.get(study_mod.SEED),
-        "is_repeat": bool(attrs.get(study_mod.IS_REPEAT, False)),
-        "repeat_of": attrs.get(study_mod.REPEAT_OF),
-        "divergent": bool(attrs.get("divergent", False)),
+        schema.NAME: trial_name(trial),
+        schema.CONFIG_ID: config_id(trial),
+        schema.SEED: attrs.get(schema.SEED),
+        schema.IS_REPEAT: bool(attrs.get(schema.IS_REPEAT, False)),
+        schema.REPEAT_OF: attrs.get(schema.REPEAT_OF),
+        schema.DIVERGENT: bool(attrs.get(schema.DIVERGENT, False)),
     }
     for key in (*METRICS, *ATTRS):
         record[key] = attrs.get(key)
@@ -179,8 +179,8 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
 
 
 def trial_record_columns() -> list[str]:
-    return ["number", "state", "value", "name", "config_id", "seed", "is_repeat", "repeat_of", "divergent",
-            *METRICS, *ATTRS, "datetime_start", "datetime_complete", *CONFIG_COLUMNS]
+    return ["number", "state", "value", schema.NAME, schema.CONFIG_ID, schema.SEED, schema.IS_REPEAT, schema.REPEAT_OF,
+            schema.DIVERGENT, *METRICS, *ATTRS, "datetime_start", "datetime_complete", *CONFIG_COLUMNS]
 
 
 def param_columns(frame: pd.DataFrame) -> list[str]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import TrialState
 
-from hpsearch.queue import study as study_mod
+from hpsearch import schema
 from hpsearch.report import interactive as live
 from hpsearch.report import plots
 from hpsearch.report.render import Para, Section, Table
@@ -44,7 +44,7 @@ def meta(snap: Snapshot) -> list[str]:
         lines.append(f"Search: {s.sampler['name']} sampler, {s.pruner['name']} pruner, {s.direction} {s.metric} "
                      f"(validation), {s.repeats} seed(s) per configuration, dataset {s.dataset.get('name')}.")
     states = snap.frame["state"].value_counts().to_dict() if len(snap.frame) else {}
-    planned, issued = snap.attrs.get(study_mod.PLANNED_ATTR), snap.attrs.get(study_mod.ISSUED_ATTR)
+    planned, issued = snap.attrs.get(schema.PLANNED_ATTR), snap.attrs.get(schema.ISSUED_ATTR)
     unissued = max(0, int(planned) - int(issued)) if planned is not None and issued is not None else 0
     if states.get("running") or states.get("waiting") or unissued:
         later = f", {unissued} planned but not queued yet" if unissued else ""
@@ -58,7 +58,7 @@ def meta(snap: Snapshot) -> list[str]:
 
 def dataset(snap: Snapshot) -> Section:
     sec = Section("Dataset and baselines", "dataset")
-    counts = snap.attrs.get(study_mod.CLASS_COUNTS_ATTR)
+    counts = snap.attrs.get(schema.CLASS_COUNTS_ATTR)
     if not counts or not counts.get("train"):
         return sec.add(Para("Class counts are not recorded: no worker has loaded the dataset yet, or the study "
                             "uses its own objective. Baselines need them.", "note"))
@@ -184,7 +184,7 @@ def curves(snap: Snapshot) -> Section:
     if snap.configs:
         flags |= {n: "best configuration" for n in snap.configs[0].trials if n not in flags}
     drawn = [t for t in snap.trials if t.state != TrialState.WAITING and (t.intermediate_values
-                                                                          or t.user_attrs.get("curve"))]
+                                                                          or t.user_attrs.get(schema.CURVE))]
     drawn, hidden = _curves_to_draw(drawn, flags, snap)
     if hidden:
         sec.add(Para(f"{hidden} curves not drawn: at most {snap.opts.max_curves} flagged and "
@@ -234,13 +234,13 @@ def confusion(snap: Snapshot) -> Section:
         return sec.add(Para("No complete trial yet.", "note"))
     top = snap.configs[0]
     by_number = {t.number: t for t in snap.complete}
-    mats = [by_number[n].user_attrs.get("confusion_matrix") for n in top.trials]
+    mats = [by_number[n].user_attrs.get(schema.CONFUSION_MATRIX) for n in top.trials]
     mats = [m for m in mats if m]
     if not mats:
         return sec.add(Para(f"Configuration {top.name} recorded no confusion matrix (user objective?).", "note"))
     k = len(mats[0])
     pooled = [[sum(m[i][j] for m in mats) for j in range(k)] for i in range(k)]
-    counts = snap.attrs.get(study_mod.CLASS_COUNTS_ATTR) or {}
+    counts = snap.attrs.get(schema.CLASS_COUNTS_ATTR) or {}
     classes = [str(c) for c in counts.get("classes") or range(k)]
     classes = classes if len(classes) == k else [str(i) for i in range(k)]
     title = f"{top.name}: test set, {len(mats)} seed(s) pooled"

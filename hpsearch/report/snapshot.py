@@ -17,7 +17,7 @@ from hpsearch.report.curves import DEFAULT_MIN_GAIN, DEFAULT_WINDOW
 from hpsearch.report.export import PARAM_PREFIX, trials_frame
 from hpsearch.report.render import Figure
 from hpsearch.report.stats import ConfigSummary, check_group_by, check_level, summarize
-from hpsearch.spec.parse import StudySpec
+from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk as fastread
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
-from hpsearch.queue import study as study_mod
 from hpsearch.report.export import METRICS, SeedRuns, config_id, seed_runs, trial_name
 
 NO_GROUP = "all configurations"
@@ -119,7 +119,7 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9) -> list
         best = (max if maximize else min)(ts, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
         rows.append(ConfigSummary(
             config_id=cid, name=trial_name(ts[0]), params=dict(ts[0].params), trials=[t.number for t in ts],
-            seeds=[int(t.user_attrs.get(study_mod.SEED, 0)) for t in ts], value=value,
+            seeds=[int(t.user_attrs.get(schema.SEED, 0)) for t in ts], value=value,
             metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level) for m in METRICS},
             representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)),
         ))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.report.export import PARAM_PREFIX
 
@@ -32,10 +33,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # Columns a filter may name besides the parameters (a whitelist: nothing else is reachable).
-COLUMNS = ("number", "state", "value", "name", "config_id", "seed", "is_repeat", "repeat_of", "divergent",
-           "val_acc", "val_loss", "test_acc", "test_loss", "best_epoch", "epochs_trained", "pruned_at_epoch",
-           "duration_s", "train_time_s", "device", "worker", "config_seeds", "config_complete", "config_pruned",
-           "config_failed", "config_pending", "config_clean")
+# Most are trial attributes (hpsearch.schema), as hpsearch.report.export names its columns.
+COLUMNS = ("number", "state", "value", schema.NAME, schema.CONFIG_ID, schema.SEED, schema.IS_REPEAT, schema.REPEAT_OF,
+           schema.DIVERGENT, schema.VAL_ACC, schema.VAL_LOSS, schema.TEST_ACC, schema.TEST_LOSS, schema.BEST_EPOCH,
+           schema.EPOCHS_TRAINED, schema.PRUNED_AT_EPOCH, schema.DURATION_S, schema.TRAIN_TIME_S, schema.DEVICE,
+           schema.WORKER, "config_seeds", "config_complete", "config_pruned", "config_failed", "config_pending",
+           "config_clean")
 
 _TOKEN = re.compile(r"""\s*(?:
     (?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_]))

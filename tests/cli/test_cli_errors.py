@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from conftest import cli_env, run_cli, tiny_spec, unique, write_spec
-from hpsearch.queue import study as study_mod
-from hpsearch.spec.parse import load_spec
+from hpsearch.queue import plan as plan_mod
+from hpsearch.spec.loading import load_spec
 from hpsearch.storage.backend import open_storage
 from pgcluster import free_port
 
@@ -75,7 +75,7 @@ def test_bad_spec_is_one_line_and_changes_nothing(backend: str, case: str, chang
                                                   request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = request.getfixturevalue("pg_session_db") if backend == "postgres" else f"journal:{tmp_path / 'j.log'}"
     # A study already in the storage, which a bad create-study must leave exactly as it is.
-    study_mod.create(load_spec(write_spec(tmp_path, tiny_spec(unique("keep")))), open_storage(url, create=True))
+    plan_mod.create(load_spec(write_spec(tmp_path, tiny_spec(unique("keep")))), open_storage(url, create=True))
     before = _fingerprint(url)
     if isinstance(change, str):
         path = tmp_path / "bad.yaml"
@@ -186,7 +186,7 @@ def kept(pg_session_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     name = unique("kept")
     urls = {"journal": f"journal:{tmp / 'j.log'}", "postgres": pg_session_db}
     for url in urls.values():
-        study_mod.create(load_spec(write_spec(tmp, tiny_spec(name))), open_storage(url, create=True))
+        plan_mod.create(load_spec(write_spec(tmp, tiny_spec(name))), open_storage(url, create=True))
     return {**urls, "name": name}
 
 

@@ -147,13 +147,13 @@ def test_a_packed_slurm_task_gives_each_worker_a_gpu_and_forwards_usr2_to_all(tm
                                                                             journal_url: str) -> None:
     # Many epochs so the signal arrives mid-trial in both workers; one trial per worker (fuse: 1),
     # so each of them has one to hand back.
-    from hpsearch.queue import study as study_mod
+    from hpsearch.queue import plan as plan_mod
     from hpsearch.spec.parse import spec_from_dict
 
     name = unique("pack")  # created and rendered in this process: the CLI's part is tested above
     spec = tiny_spec(name, train={"epochs": 200, "batch_size": 16, "model": "dense", "hidden_size": 64,
                                   "hidden_layers": 1}, space={"lr": {"choices": [0.01, 0.02]}}, fuse=1)
-    study_mod.create(spec_from_dict(spec), _open(journal_url, create=True))
+    plan_mod.create(spec_from_dict(spec), _open(journal_url, create=True))
     script = tmp_path / "job.sbatch"
     script.write_text(deploy.render("slurm", deploy.Job(
         study=name, workers=2, gpus_per_task=2, heartbeat=5, storage_default=journal_url, workdir=str(tmp_path),

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
 from hpsearch.ops import launch, status
+from hpsearch.queue import claim as claim_mod
+from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
@@ -85,12 +87,12 @@ def test_visible_gpus_follow_cuda_visible_devices(value: str, expected: list[str
 def _grid_study(journal_url: str, n: int = 6) -> tuple[optuna.Study, Any]:
     spec = spec_from_dict(tiny_spec(unique("st"), space={"lr": {"choices": [0.001 * (i + 1) for i in range(n)]}}))
     storage = open_storage(journal_url, create=True)
-    study, _ = study_mod.create(spec, storage)
+    study, _ = plan_mod.create(spec, storage)
     return study, spec
 
 
 def _run(study: optuna.Study, worker: str, device: str, seconds: float, value: float | None) -> optuna.Trial:
-    trial = study_mod.claim(study)
+    trial = claim_mod.claim(study)
     assert trial is not None
     trial.set_user_attr(study_mod.WORKER, worker)
     trial.set_user_attr("device", device)

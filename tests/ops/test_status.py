@@ -18,6 +18,8 @@ from rich.console import Console
 
 from conftest import run_cli, start_worker, tiny_spec, unique
 from hpsearch.ops import status
+from hpsearch.queue import claim as claim_mod
+from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.spec import space as space_mod
 from hpsearch.spec.parse import parse_spec
@@ -47,18 +49,18 @@ def _add(study: optuna.Study, state: TrialState, value: float | None = None, sta
 def test_progress_counts_trials_and_adds_up_for_a_sampled_study_with_repeats(journal_url: str) -> None:
     # The case: a random budget of 3 configurations x 2 seeds once read "6 finished of 3 planned".
     raw = tiny_spec(unique("units"), sampler="random", budget=3, repeats=2, space={"lr": {"low": 0.01, "high": 0.1}})
-    study, _ = study_mod.create(parse_spec(raw, "test"), open_storage(journal_url, create=True))
+    study, _ = plan_mod.create(parse_spec(raw, "test"), open_storage(journal_url, create=True))
     spec = study_mod.stored_spec(study)
 
     def run_next(prune: bool = False) -> None:
-        trial = study_mod.claim(study)
+        trial = claim_mod.claim(study)
         assert trial is not None
         params = space_mod.suggest(trial, spec.space)
         if prune:
             study.tell(trial, state=TrialState.PRUNED)  # a pruned first seed queues no other seed
             return
         if study_mod.REPEAT_OF not in trial.user_attrs:
-            study_mod.enqueue_repeats(study, trial, spec, params, [1])  # what the worker does on completion
+            plan_mod.enqueue_repeats(study, trial, spec, params, [1])  # what the worker does on completion
         study.tell(trial, 0.5)
 
     run_next()
@@ -114,7 +116,7 @@ def test_status_after_sigkill_of_the_only_worker_shows_its_trial_stale(tmp_path:
     name, url = unique("killed"), f"journal:{tmp_path / 'journal.log'}"
     spec = tiny_spec(name, train={"epochs": 500, "batch_size": 128, "model": "dense", "hidden_size": 16,
                                   "hidden_layers": 1})
-    study_mod.create(parse_spec(spec, "test"), open_storage(url, create=True))
+    plan_mod.create(parse_spec(spec, "test"), open_storage(url, create=True))
     proc = start_worker(name, url, "--device", "cpu", "--heartbeat", "1", "--quiet", log=tmp_path / "w.log")
     try:
         storage = open_storage(url)

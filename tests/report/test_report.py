@@ -20,6 +20,7 @@ from scipy import stats
 from test_report_data import CONFIGS, DISTS, build
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.report.build import ReportOptions, write_report
 from hpsearch.report.export import trials_frame
@@ -338,7 +339,7 @@ def test_readings_state_a_direction_only_where_the_test_is_significant(tmp_path:
 
 
 def test_real_study_with_pruned_seeds_ranks_them_apart_and_repeats_run_unpruned(tmp_path: Path) -> None:
-    from hpsearch.spec.parse import load_spec
+    from hpsearch.spec.loading import load_spec
 
     name, url = unique("pruned"), f"journal:{tmp_path / 'journal.log'}"
     spec = tiny_spec(name, sampler="random", budget=8, repeats=2, seed=6,
@@ -346,14 +347,14 @@ def test_real_study_with_pruned_seeds_ranks_them_apart_and_repeats_run_unpruned(
                      train={"epochs": 3, "batch_size": 64, "model": "dense", "hidden_layers": 1},
                      space={"lr": {"low": 1e-3, "high": 0.3, "log": True}, "optimizer": {"choices": ["sgd", "adam"]},
                             "hidden_size": {"choices": [2, 3, 4]}, "dropout": {"choices": [0.0, 0.5]}})
-    study, _ = study_mod.create(load_spec(str(write_spec(tmp_path, spec)), {}, []), open_storage(url, create=True))
+    study, _ = plan_mod.create(load_spec(str(write_spec(tmp_path, spec)), {}, []), open_storage(url, create=True))
     # After the plan (the journal keeps queue order): one configuration at chance level after
     # epoch 1, once as an ordinary trial (the pruner judges it) and once as `hpsearch repeat` queues it.
     bad = {"lr": 0.001, "optimizer": "sgd", "hidden_size": 2, "dropout": 0.5}
     stored = study_mod.stored_spec(study)
     source = study.get_trials(deepcopy=False)[0]
-    study_mod.enqueue_repeats(study, source, stored, bad, [101])
-    study_mod.enqueue_repeats(study, source, stored, bad, [100], mark_repeat=True)
+    plan_mod.enqueue_repeats(study, source, stored, bad, [101])
+    plan_mod.enqueue_repeats(study, source, stored, bad, [100], mark_repeat=True)
     _run_worker(name, url, tmp_path / "w.log")
 
     trials = _trials(name, url)

@@ -1,0 +1,42 @@
+"""Bookkeeping a worker records beside a trial's result, without letting it hide the result.
+
+A failed write of a trial's reason or of the study's class counts is a warning: the trial's own
+outcome (told, handed back or dropped) is what must reach the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from hpsearch import schema
+from hpsearch.storage.backend import mask
+
+log = logging.getLogger("hpsearch.worker")
+
+# ctx key: the study's class counts are known to be stored (read once at the worker's start, or
+# written by this worker), so later trials neither read the study's attributes nor write them again.
+CLASS_COUNTS_STORED = "class_counts_stored"
+
+
+def safe(fn: Any, *args: Any) -> bool:
+    """Call fn(*args); False (and a warning) when it failed."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not hide the trial's real outcome
+        log.warning("could not record %s: %s", args[:1], mask(str(exc)))
+        return False
+    return True
+
+
+def record_class_counts(study: optuna.Study, data: Any, ctx: dict[str, Any]) -> None:
+    """The dataset's class histograms on the study (the report's baselines), by the first trial that loads it."""
+    if ctx.get(CLASS_COUNTS_STORED):
+        return
+    stored = schema.CLASS_COUNTS_ATTR in study.user_attrs
+    if not stored:
+        stored = safe(study.set_user_attr, schema.CLASS_COUNTS_ATTR,
+                      {**data.class_counts(), "classes": data.class_names})
+    ctx[CLASS_COUNTS_STORED] = stored
