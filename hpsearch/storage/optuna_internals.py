@@ -1,8 +1,9 @@
 """Every use of Optuna's (and optuna-dashboard's) private names, behind named functions.
 
 hpsearch needs a few things Optuna does not expose: a trial's and a study's storage ids, the
-storage under a study, suggesting from a prebuilt distribution, the cache around an RDB storage,
-its session factory and ORM models, the journal backend's lock, the dashboard's artifact lookup.
+storage under a study, suggesting from a prebuilt distribution, the cache around an RDB storage
+(unwrapping it, telling it about a claimed trial), the RDB storage's session factory, row building,
+base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup.
 They are reached here and nowhere else, so a new Optuna release is checked against one file, and
 the version is checked when hpsearch first touches storage: a different Optuna stops with one
 line instead of failing somewhere deep inside a trial.
@@ -53,6 +54,16 @@ def study_trials(study: optuna.Study, deepcopy: bool, states: Any, use_cache: bo
     return study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
 
 
+def forget_trials_cache(study: optuna.Study) -> None:
+    """Drop the study's per-thread copy of all trials (a claim changed them behind its back)."""
+    study._thread_local.cached_all_trials = None
+
+
+def cached_frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The FrozenTrial a live Trial reads its attributes back from."""
+    return trial._cached_frozen_trial
+
+
 # --- artifacts ------------------------------------------------------------------------------------
 def file_store_path(store: Any) -> str | None:
     """The directory of a FileSystemArtifactStore (None for other stores)."""
@@ -69,7 +80,7 @@ def dashboard_artifact_meta(storage: Any, study_id: int, trial_id: int | None, a
     return get_trial_artifact_meta(storage, study_id, trial_id, artifact_id)
 
 
-# --- storages -------------------------------------------------------------------------------------
+# --- Optuna's cache around an RDB storage ------------------------------------------------------
 def cached(rdb: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
     """An RDB storage behind Optuna's cache, as optuna.load_study would wrap it."""
     return optuna.storages._CachedStorage(rdb)
@@ -78,16 +89,6 @@ def cached(rdb: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
 def unwrap_cached(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
     """The storage under Optuna's _CachedStorage (which optuna.load_study puts around an RDB storage)."""
     return storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
-
-
-def forget_trials_cache(study: optuna.Study) -> None:
-    """Drop the study's per-thread copy of all trials (a claim changed them behind its back)."""
-    study._thread_local.cached_all_trials = None
-
-
-def cached_frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-    """The FrozenTrial a live Trial reads its attributes back from."""
-    return trial._cached_frozen_trial
 
 
 def cache_claimed(cached: optuna.storages.BaseStorage, study_id: int, frozen: optuna.trial.FrozenTrial) -> None:
