@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.schema import FIXED_PARAMS
 from hpsearch.storage import claims, optuna_internals
 from hpsearch.storage.kinds import GRPC, backend_of
 
@@ -112,4 +113,4 @@ def claim_group(study: optuna.Study, first: optuna.Trial, k: int,
 
 def _waiting_template(fixed_params: dict[str, Any]) -> FrozenTrial:
     """What a fusion key reads of a waiting trial, without loading the whole trial."""
-    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": fixed_params})
+    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={FIXED_PARAMS: fixed_params})

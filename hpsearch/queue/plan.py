@@ -23,6 +23,7 @@ from hpsearch.schema import (
     ARTIFACTS_ATTR,
     CONFIG_ID,
     CREATED_ATTR,
+    FIXED_PARAMS,
     HASH_ATTR,
     IS_REPEAT,
     ISSUED_ATTR,
@@ -254,7 +255,7 @@ def top_up(study: optuna.Study, spec: StudySpec, chunk: int) -> int:
 
 
 def _template(params: dict[str, Any], user_attrs: dict[str, Any]) -> FrozenTrial:
-    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
+    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={FIXED_PARAMS: params},
                                      user_attrs=user_attrs)
 
 

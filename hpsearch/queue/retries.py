@@ -9,12 +9,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
 from hpsearch.schema import (
+    BEAT,
     CRASHES,
     FAIL_REASON,
+    FAILED_TRIAL,
+    FIXED_PARAMS,
     RETRY_EXHAUSTED,
     RETRY_HISTORY,
     RETRY_OF,
     RETRY_REASON,
+    SYSTEM_RETRY_HISTORY,
     WORKER,
 )
 
@@ -48,14 +52,14 @@ def retry_template(trial: FrozenTrial, reason: str) -> FrozenTrial | None:
     if crashes > max_retries():
         return None
     history = list(trial.user_attrs.get(RETRY_HISTORY, [])) + [trial.number]
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith("hpsearch:beat")}
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith(BEAT)}
     for key in (FAIL_REASON, WORKER, RETRY_EXHAUSTED):
         user_attrs.pop(key, None)
     user_attrs.update({RETRY_OF: history[0], RETRY_HISTORY: history, RETRY_REASON: reason, CRASHES: crashes})
-    fixed = dict(trial.system_attrs.get("fixed_params", {}))
+    fixed = dict(trial.system_attrs.get(FIXED_PARAMS, {}))
     fixed.update(trial.params)
     return optuna.trial.create_trial(
         state=TrialState.WAITING,
-        system_attrs={"fixed_params": fixed, "failed_trial": history[0], "retry_history": history},
+        system_attrs={FIXED_PARAMS: fixed, FAILED_TRIAL: history[0], SYSTEM_RETRY_HISTORY: history},
         user_attrs=user_attrs,
     )
