@@ -16,6 +16,8 @@ from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch 
    journal file: wall time with HPSEARCH_FUSE=1 against HPSEARCH_FUSE=--study-k.
 3. Peak resident memory per member (a fresh process per measurement): training K members fused,
    (peak - peak before training) / K, against one trial alone.
+1c. One optimizer step (SGD, momentum, Adam) over the MLP's parameters: torch's default
+   implementation against hpsearch's (fused kernels where torch has them, CPU and CUDA).
 On CUDA (when present) part 1 is printed again on the GPU.
 """
 
@@ -192,6 +194,45 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
     return statistics.median(times["alone"]), statistics.median(times["fused"])
 
 
+def optimizer_steps(device: Any, segments: int) -> None:
+    """One optimizer step over the seed grid's MLP parameters: torch's default implementation
+    (on CPU its per-tensor loop) against what hpsearch's optimizers use (training/optim.py's _fast)."""
+    import statistics
+
+    import torch
+
+    from hpsearch.training.optim import build_optimizer
+
+    print(f"\n1c. one optimizer step over the MLP 784-256-128-10's parameters, {device}: torch's default "
+          f"implementation vs hpsearch's (fused kernels); median of {segments} segments of 20 steps")
+    print(f"{'optimizer':<12} {'default ms':>11} {'hpsearch ms':>12} {'ratio':>6}")
+    torch.manual_seed(0)
+    shapes = [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)]
+    cfg = {"lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9, "eps": 1e-8, "betas": [0.9, 0.999]}
+    plain = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.01, weight_decay=1e-4),
+             "momentum": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, weight_decay=1e-4),
+             "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=1e-4)}
+    for name, make in plain.items():
+        times: dict[str, list[float]] = {"default": [], "hpsearch": []}
+        opts = {}
+        for how in times:
+            ps = [torch.randn(s, device=device, requires_grad=True) for s in shapes]
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opts[how] = make(ps) if how == "default" else build_optimizer(ps, {**cfg, "optimizer": name})
+            opts[how].step()
+        for _ in range(segments):
+            for how, opt in opts.items():
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[how].append((time.perf_counter() - t0) / 20 * 1000)
+        a, b = statistics.median(times["default"]), statistics.median(times["hpsearch"])
+        print(f"{name:<12} {a:>11.3f} {b:>12.3f} {a / b:>5.2f}x", flush=True)
+
+
 def study_wall_time(samples: int, k: int, tmp: Path) -> None:
     import yaml
 
@@ -292,6 +333,7 @@ def main() -> None:
     for device in [] if args.skip_throughput else devices:
         throughput(device, args.ks, args.samples * (5 if device.type == "cuda" else 1), args.epochs, args.rounds)
         step_ratio(device, [k for k in args.ks if k > 1], args.segments)
+        optimizer_steps(device, args.segments)
     if not args.skip_study:
         with tempfile.TemporaryDirectory() as tmp:
             study_wall_time(args.study_samples, args.study_k, Path(tmp))

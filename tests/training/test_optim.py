@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
@@ -188,3 +189,38 @@ def test_a_configuration_without_a_setting_takes_its_default_from_settings() -> 
     no_schedule = cfg()
     del no_schedule["schedule"]
     assert config.default("schedule") == "none" and build_schedule(adam, no_schedule) is None
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nag", "adam", "adamw", "rmsprop", "nadam"])
+def test_optimizers_take_torch_s_quickest_implementation_with_the_same_arithmetic(name: str) -> None:
+    """Fused kernels where torch has them (SGD, Adam, AdamW), the multi-tensor loop elsewhere; after
+    50 steps the weights equal those of torch's default implementation up to rounding."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 20), torch.randint(0, 4, (32,))
+    cfg = {"optimizer": name, "lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9, "eps": 1e-8,
+           "betas": [0.9, 0.999], "alpha": 0.99}
+    weights = []
+    for ours in (True, False):
+        model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+        model.load_state_dict(base.state_dict())
+        opt = build_optimizer(model.parameters(), cfg)
+        if ours:
+            assert opt.defaults.get("fused" if name in ("sgd", "momentum", "nag", "adam", "adamw") else "foreach")
+        else:  # the same optimizer and settings, torch's default implementation
+            accepted = inspect.signature(type(opt)).parameters
+            opt = type(opt)(model.parameters(), **{k: v for k, v in opt.defaults.items()
+                                                   if k in accepted and k not in ("fused", "foreach")})
+        for _ in range(50):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_groups_keep_torch_s_default_implementation() -> None:
+    model = nn.Linear(3, 2)
+    opt = build_optimizer([{"params": list(model.parameters())}], {"optimizer": "adam", "lr": 0.01,
+                                                                  "weight_decay": 0.0, "eps": 1e-8})
+    assert opt.defaults.get("fused") is None and opt.defaults.get("foreach") is None
