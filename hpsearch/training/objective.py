@@ -25,16 +25,11 @@ from hpsearch.errors import Preempted
 from hpsearch.queue.study import set_user_attrs
 from hpsearch.spec import space as space_mod
 from hpsearch.spec.model import StudySpec
-from hpsearch.training import checkpoints, settings
+from hpsearch.training import settings
 from hpsearch.training.checkpoints import load_checkpoint, save_checkpoint, snapshot
 from hpsearch.training.data import loading as data_mod
 from hpsearch.training.models import build_model, count_parameters
 from hpsearch.training.optim import build_loss, build_optimizer, build_schedule
-
-# Only until tests/storage/test_artifacts_journal.py reaches them in hpsearch.training.checkpoints
-# and hpsearch.schema (its owner moves it): the names it used here. Nothing else uses them.
-discard_checkpoint = checkpoints.discard_checkpoint
-CHECKPOINT = schema.CHECKPOINT
 
 
 class Divergent(Exception):

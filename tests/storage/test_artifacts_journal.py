@@ -367,8 +367,9 @@ def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path
     import boto3
     import torch
 
+    from hpsearch import schema
     from hpsearch.storage.artifacts import artifact_store
-    from hpsearch.training import objective
+    from hpsearch.training import checkpoints, objective
 
     store = artifact_store(f"journal:{tmp_path / 'journal.log'}")
     keys = lambda: [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(  # noqa: E731
@@ -381,15 +382,15 @@ def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path
     gen = torch.Generator().manual_seed(1)
     for epoch in (1, 2):
         state = {"epoch": epoch, "curve": [], "best": None, "best_epoch": None, "stale": 0}
-        objective.save_checkpoint(ctx, trial, model, optimizer, None, gen, state, None)
-    artifact_id = trial.user_attrs[objective.CHECKPOINT]
+        checkpoints.save_checkpoint(ctx, trial, model, optimizer, None, gen, state, None)
+    artifact_id = trial.user_attrs[schema.CHECKPOINT]
     assert keys() == [artifact_id]  # the newest only: epoch 1's was removed
-    ck = objective.load_checkpoint(store, artifact_id, trial.number)
+    ck = checkpoints.load_checkpoint(store, artifact_id, trial.number)
     assert ck is not None and ck["state"]["epoch"] == 2
     assert torch.equal(ck["model"]["weight"], model.state_dict()["weight"])
-    objective.discard_checkpoint(store, trial.user_attrs)
+    checkpoints.discard_checkpoint(store, trial.user_attrs)
     assert keys() == []
-    objective.discard_checkpoint(store, trial.user_attrs)  # already gone: still no error
+    checkpoints.discard_checkpoint(store, trial.user_attrs)  # already gone: still no error
 
 
 def test_s3_without_boto3_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
