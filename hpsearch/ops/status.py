@@ -113,17 +113,13 @@ def stale_trials(study: optuna.Study, trials: list[Any]) -> dict[int, tuple[floa
     The same judgement as the reaper's (hpsearch.queue.faults): a live worker's reaper re-queues them soon;
     with no worker left, they stay running in the storage until one starts.
     """
-    from hpsearch.queue.faults import _ages_and_intervals, grace
+    from hpsearch.queue import faults
 
     running = {trial_id(t): t.number for t in trials if t.state == TrialState.RUNNING}
     if not running:
         return {}
     default = float(os.environ.get("HPSEARCH_HEARTBEAT") or 30)
-    out = {}
-    for tid, (age, interval) in _ages_and_intervals(study, default).items():
-        if tid in running and age > grace(interval):
-            out[running[tid]] = (age, grace(interval))
-    return out
+    return {running[tid]: (age, limit) for tid, age, limit in faults.stale_trials(study, default) if tid in running}
 
 
 def recent_throughput(trials: list[Any], now: float, stale: Iterable[int] = ()) -> tuple[float, int, float]:
