@@ -8,7 +8,7 @@ from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch 
 1. Trials per hour for the seed grid's two shapes, the dense MLP 784-256-128-10 and the two-block
    CNN (32-64 conv, 128 fc), SGD and Adam members with dropout 0..0.5 as in studies/mnist-grid.yaml:
    K trials trained one after another (objective.run, what a worker does without fusion) against
-   the same K trials fused (hpsearch.training.fused.run_group). Alone and fused runs alternate for --rounds
+   the same K trials fused (hpsearch.worker.fused.run_group). Alone and fused runs alternate for --rounds
    rounds and the fastest round of each counts, so load from other processes on a shared machine
    hits both alike. Ratio = alone time / fused time = trials/hour fused / trials/hour alone.
 2. The whole studies/mnist-grid.yaml shape (80 configurations x 5 seeds = 400 trials, 2 epochs)
@@ -93,7 +93,7 @@ def time_alone(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
 
 
 def time_fused(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
-    from hpsearch.training import fused
+    from hpsearch.worker import fused
     from hpsearch.worker.loop import Options
 
     study = _study(members)

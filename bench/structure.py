@@ -131,6 +131,18 @@ def floors(graph: dict[str, set[str]], comps: list[list[str]]) -> int:
     return max(height(c) for c in range(len(comps)))
 
 
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    """The longest import chain (the graph has no cycles when this is asked)."""
+    memo: dict[str, list[str]] = {}
+
+    def chain(v: str) -> list[str]:
+        if v not in memo:
+            memo[v] = [v] + max((chain(w) for w in graph[v]), key=len, default=[])
+        return memo[v]
+
+    return max((chain(v) for v in graph), key=len)
+
+
 def optuna_private_names() -> set[str]:
     import optuna
 
@@ -249,6 +261,8 @@ def main() -> None:
     print(f"{root}: {len(found)} modules in {len({p.parent for p in found.values()})} folders, "
           f"{sum(len(p.read_text().splitlines()) for p in found.values())} lines")
     print(f"import floors: {floors(graph, comps)}")
+    if not cycles:
+        print("  longest chain: " + " -> ".join(m.removeprefix("hpsearch.") for m in longest_chain(graph)))
     print(f"import cycles (any import, also inside functions): {len(cycles)}"
           + "".join(f"\n  {' <-> '.join(c)}" for c in cycles))
     top = {name: imports(name, path, found, top_level=True) for name, path in found.items()}

@@ -28,7 +28,7 @@ _PUBLIC = {
     "spec_from_dict": "hpsearch.spec.parse",
     "StudySpec": "hpsearch.spec.model",
     "SpecError": "hpsearch.spec.model",
-    "should_stop": "hpsearch.worker.loop",
+    "should_stop": "hpsearch.worker.stopping",
     "Preempted": "hpsearch.errors",
     "HpsearchError": "hpsearch.errors",
     "StudyNotFound": "hpsearch.errors",

@@ -20,5 +20,5 @@ class StorageUnavailable(HpsearchError):
 class Preempted(Exception):  # noqa: N818 - an event, not an error
     """The worker was asked to stop (SIGTERM/SIGINT): the trial is handed back and resumed elsewhere.
 
-    User objectives raise it when `hpsearch.worker.loop.should_stop()` turns True.
+    User objectives raise it when `hpsearch.should_stop()` turns True.
     """

@@ -13,33 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError, StudyNotFound
-
-# The attribute keys live in hpsearch.schema; these names are kept here while callers move over.
-from hpsearch.schema import (  # noqa: E402,F401
-    ARTIFACTS_ATTR,
-    BEAT,
-    BEAT_INTERVAL,
-    CLASS_COUNTS_ATTR,
-    CONFIG_ID,
-    CRASHES,
-    CREATED_ATTR,
-    FAIL_REASON,
-    HASH_ATTR,
-    IS_REPEAT,
-    ISSUED_ATTR,
-    PLAN_INDEX,
-    PLANNED_ATTR,
-    READY_ATTR,
-    REPEAT_OF,
-    REPEATS_ENQUEUED,
-    RETRY_EXHAUSTED,
-    RETRY_HISTORY,
-    RETRY_OF,
-    SEED,
-    SPEC_ATTR,
-    WORKER,
-)
 from hpsearch.spec.model import StudySpec
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage import claims, optuna_internals
@@ -63,7 +38,7 @@ def load(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.sample
 
 def stored_spec(study: optuna.Study) -> StudySpec:
     attrs = study.user_attrs
-    raw = attrs.get(SPEC_ATTR)
+    raw = attrs.get(schema.SPEC_ATTR)
     if raw is None:
         raise HpsearchError(f"study {study.study_name!r} has no hpsearch spec; create it with hpsearch create-study")
     return spec_from_dict(raw, source=f"study {study.study_name}")

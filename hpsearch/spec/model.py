@@ -73,7 +73,7 @@ class StudySpec:
     objective: str | None
     tracking: dict[str, Any] | None
     description: str = ""
-    fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.training.fused); None: its default
+    fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.worker.fused); None: its default
 
     @property
     def is_grid(self) -> bool:

@@ -100,7 +100,7 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
 class TrialRun:
     """One trial's training in progress: what start() built and what each epoch updates.
 
-    The fused path (hpsearch.training.fused) holds one per member and calls the same start/end_epoch/finish,
+    The fused path (hpsearch.worker.fused) holds one per member and calls the same start/end_epoch/finish,
     so a fused member reports, prunes, checkpoints and tests exactly as a trial trained alone.
     """
 

@@ -203,7 +203,7 @@ class WandbTracker:
             run = wandb.init(
                 project=s.project, entity=s.entity, group=self.trial.study.study_name, job_type="trial",
                 name=name, id=run_id, resume="allow", config=config, tags=["hpsearch", *s.tags], dir=s.dir,
-                # create_new: a worker training fused trials (hpsearch.training.fused) has one run open per
+                # create_new: a worker training fused trials (hpsearch.worker.fused) has one run open per
                 # member at once; finish_previous would end the other members' runs.
                 mode=mode, reinit="create_new",
                 # console off: the worker's output interleaves trials; silent: one line per worker, not per trial.

@@ -35,20 +35,13 @@ from hpsearch.search.samplers import build_pruner, build_sampler
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 from hpsearch.storage.optuna_internals import storage_of, study_id
-from hpsearch.worker import stopping, train
+from hpsearch.worker import stopping
 from hpsearch.worker import trial as trial_mod
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import CLASS_COUNTS_STORED
 
-# What hpsearch.training.fused (and tests, user objectives) reach through this module.
+# User objectives of earlier releases import should_stop from here (hpsearch.should_stop is public).
 should_stop = stopping.should_stop
-_STOP = stopping.STOP
-_CURRENT = stopping.CURRENT
-_begin = trial_mod.begin
-_ended = trial_mod.ended
-_completed = trial_mod.completed
-_dropped = trial_mod.dropped
-_trainer_context = train.trainer_context
 
 __all__ = ["Options", "Summary", "pick_device", "run_worker", "should_stop"]
 
@@ -80,7 +73,7 @@ class Worker:
     study: optuna.Study
     spec: StudySpec
     ctx: dict[str, Any] = field(default_factory=dict)
-    fuse: Any = None  # hpsearch.training.fused.Fusion, or None: one trial at a time
+    fuse: Any = None  # hpsearch.worker.fused.Fusion, or None: one trial at a time
     deadline: float | None = None  # the study's wall-clock budget ends (unix time)
     my_deadline: float | None = None  # this worker's --timeout ends (monotonic)
     chunk: int = 1
@@ -194,8 +187,8 @@ def _context(spec: StudySpec, opts: Options, url: str, recorded: str | None = No
 
 
 def _fusion(spec: StudySpec, opts: Options, device: Any, out: Any) -> Any:
-    """The built-in trainer's fusion (hpsearch.training.fused.Fusion), or None when it trains one trial at a time."""
-    from hpsearch.training import fused
+    """The built-in trainer's fusion (hpsearch.worker.fused.Fusion), or None when it trains one trial at a time."""
+    from hpsearch.worker import fused
 
     k = fused.group_size(spec, opts.fuse, device)
     if k <= 1:

@@ -18,7 +18,7 @@ from hpsearch.storage.optuna_internals import trial_id
 STOP = threading.Event()
 
 # The trials this worker is running now (every member of a fused group), by trial id: what a
-# hard exit hands back. hpsearch.training.fused adds and removes its members here too.
+# hard exit hands back. hpsearch.worker.fused adds and removes its members here too.
 CURRENT: dict[int, Any] = {}
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)

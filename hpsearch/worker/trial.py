@@ -1,6 +1,6 @@
 """One claimed trial, from start to end: marked as this worker's, trained, then told, handed back or dropped.
 
-The worker runs a trial alone here; hpsearch.training.fused runs a fused group's members through
+The worker runs a trial alone here; hpsearch.worker.fused runs a fused group's members through
 the same begin / ended / completed, so each member ends exactly as it would alone. A trial another
 worker took over meanwhile (this one was presumed dead) is "dropped": its retry counts instead.
 """

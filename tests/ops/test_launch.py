@@ -12,10 +12,10 @@ import optuna
 import pytest
 
 from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
+from hpsearch import schema
 from hpsearch.ops import launch, status
 from hpsearch.queue import claim as claim_mod
 from hpsearch.queue import plan as plan_mod
-from hpsearch.queue import study as study_mod
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
 
@@ -94,7 +94,7 @@ def _grid_study(journal_url: str, n: int = 6) -> tuple[optuna.Study, Any]:
 def _run(study: optuna.Study, worker: str, device: str, seconds: float, value: float | None) -> optuna.Trial:
     trial = claim_mod.claim(study)
     assert trial is not None
-    trial.set_user_attr(study_mod.WORKER, worker)
+    trial.set_user_attr(schema.WORKER, worker)
     trial.set_user_attr("device", device)
     if value is not None:
         trial.set_user_attr("duration_s", seconds)

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from conftest import run_cli, start_worker, tiny_spec, unique
+from hpsearch import schema
 from hpsearch.ops import status
 from hpsearch.queue import claim as claim_mod
 from hpsearch.queue import plan as plan_mod
@@ -59,7 +60,7 @@ def test_progress_counts_trials_and_adds_up_for_a_sampled_study_with_repeats(jou
         if prune:
             study.tell(trial, state=TrialState.PRUNED)  # a pruned first seed queues no other seed
             return
-        if study_mod.REPEAT_OF not in trial.user_attrs:
+        if schema.REPEAT_OF not in trial.user_attrs:
             plan_mod.enqueue_repeats(study, trial, spec, params, [1])  # what the worker does on completion
         study.tell(trial, 0.5)
 
@@ -90,10 +91,10 @@ def test_stale_running_trials_are_marked_and_hand_backs_are_not_failures(journal
                                 direction="maximize")
     now = time.time()
     curve = [{"epoch": e} for e in range(1, 15)]
-    dead = _add(study, TrialState.RUNNING, **{study_mod.WORKER: "node1:11", study_mod.BEAT: now - 100,
-                                              study_mod.BEAT_INTERVAL: 10, "curve": curve, "config": {"epochs": 30}})
-    live = _add(study, TrialState.RUNNING, **{study_mod.WORKER: "node2:22", study_mod.BEAT: now,
-                                              study_mod.BEAT_INTERVAL: 30})
+    dead = _add(study, TrialState.RUNNING, **{schema.WORKER: "node1:11", schema.BEAT: now - 100,
+                                              schema.BEAT_INTERVAL: 10, "curve": curve, "config": {"epochs": 30}})
+    live = _add(study, TrialState.RUNNING, **{schema.WORKER: "node2:22", schema.BEAT: now,
+                                              schema.BEAT_INTERVAL: 30})
     _add(study, TrialState.FAIL, fail_reason="preempted: stopped during epoch 3; resumes from epoch 2")
     _add(study, TrialState.FAIL, fail_reason="RuntimeError: CUDA error: an illegal memory access")
     _add(study, TrialState.COMPLETE, 0.9)
@@ -152,7 +153,7 @@ def test_eta_comes_from_the_recent_busy_pace_not_the_studys_whole_life(journal_u
     for i in range(25):  # the last 500 s: one 15 s trial every 20 s
         end = now - 500 + 20 * i
         _add(study, TrialState.COMPLETE, 1.0, start=end - 15, end=end)
-    _add(study, TrialState.RUNNING, start=now - 10, **{study_mod.BEAT: now, study_mod.BEAT_INTERVAL: 30})
+    _add(study, TrialState.RUNNING, start=now - 10, **{schema.BEAT: now, schema.BEAT_INTERVAL: 30})
     for _ in range(50):
         _add(study, TrialState.WAITING)
 

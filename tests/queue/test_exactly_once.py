@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,9 +22,9 @@ import optuna
 import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
-from test_faults import SLOW_TRAIN, Tail
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
 from hpsearch.storage.backend import open_storage
 from pgcluster import Cluster
 
@@ -77,23 +76,6 @@ def _create(tmp_path: Path, url: str, name: str, env: dict[str, str] | None = No
 
 def _study(name: str, url: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url))
-
-
-def assert_exactly_once(study: optuna.Study, planned: int) -> None:
-    """The invariant: every planned (configuration, seed) ends in exactly one COMPLETE/PRUNED trial;
-    nothing waits or runs; every FAIL is either retried (it has a successor) or not retryable."""
-    trials = study.get_trials(deepcopy=False)
-    done = Counter((t.user_attrs.get("config_id"), t.user_attrs.get("seed")) for t in trials
-                   if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(done) == planned, f"{planned - len(done)} planned point(s) never ran: {sorted(done)}"
-    assert set(done.values()) == {1}, f"run twice: {[k for k, v in done.items() if v > 1]}"
-    assert not [t.number for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
-    retried = {n for t in trials for n in t.user_attrs.get("retry_history", [])}
-    for t in trials:  # a failure of the worker is retried; a failure of the trial says why
-        if t.state == TrialState.FAIL and t.number not in retried:
-            reason = str(t.user_attrs.get("fail_reason", ""))
-            assert reason and (t.user_attrs.get("retry_exhausted") or not reason.startswith(
-                ("stale", "preempted", "worker interrupted"))), (t.number, t.user_attrs)
 
 
 def _finish(name: str, url: str, tmp_path: Path, log: str, *extra: str, env: dict[str, str] | None = None) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import queue
 import signal
-import subprocess
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,41 +11,9 @@ import optuna
 from optuna.trial import TrialState
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from faultkit import SLOW_TRAIN, Tail
 from hpsearch.storage.backend import open_storage
 from pgcluster import Cluster
-
-# Slow enough epochs (~0.3 s) to stop a worker in the middle of a trial.
-SLOW_TRAIN = {"epochs": 8, "batch_size": 4, "model": "dense", "hidden_size": 256, "hidden_layers": 2,
-              "optimizer": "sgd"}
-
-
-class Tail:
-    """Reads a worker's output line by line in the background so a test can wait for an epoch."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._q: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            self._q.put(line)
-
-    def wait_for(self, text: str, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._q.get(timeout=0.5)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if text in line:
-                return line
-        raise AssertionError(f"{text!r} not seen; output:\n{''.join(self.lines)}")
 
 
 def _study(name: str, url: str) -> optuna.Study:

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from conftest import unique
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import study as study_mod
 from hpsearch.queue.repeats import queue_repeats
@@ -109,8 +110,8 @@ def build(url: str) -> Built:
     storage = open_storage(url, create=True)
     study = optuna.create_study(storage=storage, study_name=unique("constructed"), direction="maximize")
     spec = parse_spec(dict(SPEC), "test")
-    study.set_user_attr(study_mod.SPEC_ATTR, spec.to_dict())
-    study.set_user_attr(study_mod.CLASS_COUNTS_ATTR, COUNTS)
+    study.set_user_attr(schema.SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(schema.CLASS_COUNTS_ATTR, COUNTS)
     b = Built(study, url)
     for key, (params, vals, tests) in CONFIGS.items():
         for seed, (v, t) in enumerate(zip(vals, tests, strict=True)):

@@ -40,6 +40,9 @@ from hpsearch.training import objective
 from hpsearch.training.data import loading as data_mod
 from hpsearch.training.fused_model import FusedModel, fusable, leaves
 from hpsearch.training.models import build_model
+from hpsearch.worker import train
+from hpsearch.worker import trial as trial_mod
+from hpsearch.worker.stopping import CURRENT
 
 # Models whose forward is their layers in order (what FusedModel runs); plugins may branch.
 SEQUENTIAL_MODELS = ("dense", "cnn", "tabular")
@@ -146,7 +149,6 @@ class Member:
 def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, ctx: dict[str, Any], opts: Any,
               out: Any) -> list[str]:
     """Train `trials` fused; each ends as it would alone. Returns each member's end state."""
-    from hpsearch.worker import loop as w
 
     out(f"fused: trials {', '.join(str(t.number) for t in trials)}")
     members: list[Member] = []
@@ -154,13 +156,13 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
         try:
             # --- start: each member's heartbeat, W&B run, configuration, build, resume ----------
             for trial in trials:
-                timing = w._begin(study, trial, ctx, opts)
+                timing = trial_mod.begin(study, trial, ctx, opts)
                 beat = Heartbeat(study, trial_id(trial), opts.heartbeat)
                 m = Member(trial, timing, beat)
                 members.append(m)
                 beat.__enter__()
                 stack.callback(beat.__exit__, None, None, None)
-                m.ctx = w._trainer_context(trial, spec, ctx, opts, lambda msg, m=m: out(f"[{m.label}] {msg}"))
+                m.ctx = train.trainer_context(trial, spec, ctx, opts, lambda msg, m=m: out(f"[{m.label}] {msg}"))
                 try:
                     m.run = objective.start(trial, spec, m.ctx)
                     # Right away: the next member's start() reseeds torch's global generator.
@@ -278,25 +280,24 @@ def _dropout_generator(r: objective.TrialRun, device: Any) -> torch.Generator:
 def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: dict[str, Any], out: Any,
          value: float | None = None, exc: BaseException | None = None) -> None:
     """End one member as the worker ends a trial alone: W&B run, then tell/hand back, heartbeat."""
-    from hpsearch.worker import loop as w
 
     tracker = m.ctx.tracker if m.ctx is not None else None
     if exc is not None:
         if tracker is not None:
             tracker.finish_error(exc)
         try:
-            m.state = w._ended(study, m.trial, exc, m.timing, ctx, out)
+            m.state = trial_mod.ended(study, m.trial, exc, m.timing, ctx, out)
         except optuna.exceptions.UpdateFinishedTrialError:
-            m.state = w._dropped(m.label, out)
+            m.state = trial_mod.dropped(m.label, out)
         finally:
-            w._CURRENT.pop(trial_id(m.trial), None)
+            CURRENT.pop(trial_id(m.trial), None)
             m.heartbeat.__exit__(None, None, None)
         return
     if tracker is not None:
         tracker.finish("complete")
-    w._CURRENT.pop(trial_id(m.trial), None)
+    CURRENT.pop(trial_id(m.trial), None)
     m.heartbeat.__exit__(None, None, None)
-    m.state = w._completed(study, m.trial, spec, float(value), m.timing, ctx, out)  # type: ignore[arg-type]
+    m.state = trial_mod.completed(study, m.trial, spec, float(value), m.timing, ctx, out)  # type: ignore[arg-type]
 
 
 def _end_all(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dict[str, Any], out: Any,

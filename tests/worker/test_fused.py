@@ -4,7 +4,6 @@ guarantee of the worker holds for each member of a fused group."""
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,14 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
 from hpsearch.spec.model import SpecError
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
-from hpsearch.training import fused, objective
+from hpsearch.training import objective
+from hpsearch.worker import fused, stopping
 from hpsearch.worker import loop as worker_mod
-
-# The queue's fault helpers live beside its tests (pytest puts only this folder on sys.path when
-# tests/training runs alone).
-sys.path.insert(0, str(ROOT / "tests" / "queue"))
-from test_exactly_once import assert_exactly_once  # noqa: E402
-from test_faults import SLOW_TRAIN, Tail  # noqa: E402
 
 CPU = torch.device("cpu")
 ARCH = {
@@ -117,12 +112,12 @@ def test_a_fused_checkpoint_resumes_alone_on_the_same_curve(tmp_path: Path) -> N
 
     def out(msg: str) -> None:
         if "epoch 2/4" in msg:
-            worker_mod._STOP.set()  # what SIGTERM does
+            stopping.STOP.set()  # what SIGTERM does
 
     try:
         assert _fused(spec, study, len(members), out, artifacts=store, checkpoint_every=0) == ["preempted"] * 3
     finally:
-        worker_mod._STOP.clear()
+        stopping.STOP.clear()
     retries = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
     assert len(retries) == 3 and all(t.user_attrs["checkpoint_epoch"] == 2 for t in retries)
     for a, _ in zip(alone, retries, strict=True):
