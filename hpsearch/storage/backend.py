@@ -19,7 +19,6 @@ import optuna
 
 from hpsearch import redact
 from hpsearch.errors import HpsearchError, StorageUnavailable
-from hpsearch.storage import kinds
 from hpsearch.storage.reconnect import ResilientRDBStorage, causes, env_seconds, reason
 
 log = logging.getLogger("hpsearch")
@@ -85,7 +84,7 @@ def open_storage(
 ) -> optuna.storages.BaseStorage:
     """Open the storage; `create` allows creating a journal file or database tables.
 
-    What it opened is recorded (hpsearch.storage.kinds), so nothing downstream probes it again.
+    Which backend it is, backend_of() (hpsearch.storage.kinds) tells from the storage itself.
     """
     url = resolve_url(url)
     k = kind(url)
@@ -94,14 +93,10 @@ def open_storage(
     try:
         if k == "journal":
             storage: optuna.storages.BaseStorage = _open_journal(url, create)
-            kinds.record(storage, kinds.JOURNAL)
         elif k == "grpc":
             storage = _open_grpc(url)
-            kinds.record(storage, kinds.GRPC)
         else:
-            rdb = _open_rdb(url, create, heartbeat, retry_callback, pool_size)
-            kinds.record(rdb, str(rdb.engine.dialect.name))
-            storage = rdb
+            storage = _open_rdb(url, create, heartbeat, retry_callback, pool_size)
         return storage
     except HpsearchError:
         raise

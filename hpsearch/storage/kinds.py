@@ -2,14 +2,13 @@
 
 The queue takes a different path per backend: one SQL transaction on PostgreSQL, a lock file and
 the storage's own compare-and-set on the journal file and SQLite, the proxy's keeper behind gRPC.
-open_storage records the kind of what it opens; a storage made some other way (a test, a user
-calling optuna directly, the cache optuna.load_study puts around an RDB storage) is probed once,
-the first time it is asked about, and remembered while it lives.
+backend_of() is the one place that tells them apart, for storages open_storage opened and for any
+other (a test, a user calling optuna directly, the cache optuna.load_study puts around an RDB
+storage): the type of the storage under Optuna's cache says it, so there is nothing to remember.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ JOURNAL = "journal"
 GRPC = "grpc"
 OTHER = "other"  # Optuna's in-memory storage, or a storage hpsearch does not know
 # Any other database is its SQLAlchemy dialect's name ("mysql", ...).
-
-_KINDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -59,30 +56,16 @@ class Backend:
         return optuna_internals.journal_lock(self.journal) if self.journal is not None else None
 
 
-def record(storage: optuna.storages.BaseStorage, kind: str) -> None:
-    """open_storage says what it opened, so nobody has to probe it."""
-    try:
-        _KINDS[storage] = kind
-    except TypeError:  # not weak-referenceable: probed on each use instead
-        pass
-
-
 def backend_of(study_or_storage: optuna.Study | optuna.storages.BaseStorage) -> Backend:
     """The backend of a study's storage (or of a storage), the one answer every backend test uses."""
     storage = (optuna_internals.storage_of(study_or_storage) if isinstance(study_or_storage, optuna.Study)
                else study_or_storage)
     inner = optuna_internals.unwrap_cached(storage)
-    kind = _KINDS.get(storage) or _KINDS.get(inner)
-    if kind is None:
-        kind = _probe(inner)
-        record(inner, kind)
-    if inner is not storage and storage not in _KINDS:
-        record(storage, kind)
     rdb = inner if isinstance(inner, optuna.storages.RDBStorage) else None
-    return Backend(kind, rdb, optuna_internals.journal_backend(inner))
+    return Backend(_kind(inner), rdb, optuna_internals.journal_backend(inner))
 
 
-def _probe(storage: optuna.storages.BaseStorage) -> str:
+def _kind(storage: optuna.storages.BaseStorage) -> str:
     if isinstance(storage, optuna.storages.RDBStorage):
         return str(storage.engine.dialect.name)
     if isinstance(storage, optuna.storages.GrpcStorageProxy):
