@@ -17,7 +17,8 @@ from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch 
 3. Peak resident memory per member (a fresh process per measurement): training K members fused,
    (peak - peak before training) / K, against one trial alone.
 1c. One optimizer step (SGD, momentum, Adam) over the MLP's parameters: torch's default
-   implementation against hpsearch's (fused kernels where torch has them, CPU and CUDA).
+   implementation against hpsearch's (fused kernels where torch has them, CPU and CUDA), and
+   hpsearch's called directly as a fused epoch steps its members (training/fused_steps.py).
 On CUDA (when present) part 1 is printed again on the GPU.
 """
 
@@ -149,6 +150,7 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
 
     from hpsearch.training import objective
     from hpsearch.training.fused_model import FusedModel
+    from hpsearch.training.fused_steps import Steps
     from hpsearch.training.optim import build_loss, build_optimizer
 
     def members() -> list[tuple[Any, Any, Any]]:
@@ -173,13 +175,15 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
             loss_fn(model(x[i]), y[i]).backward()
             opt.step()
 
-    def fused_step() -> None:
+    steps = Steps([opt for _, opt, _ in group])
+
+    def fused_step() -> None:  # what hpsearch.worker.fused._fused_epoch does per batch
         net.zero_grad()
         out = net.forward(x)
         torch.stack([loss_fn(out[i], y[i]) for i, (_, _, loss_fn) in enumerate(group)]).sum().backward()
         net.share_grads()
-        for _, opt, _ in group:
-            opt.step()
+        for i in range(len(group)):
+            steps.step(i)
 
     times: dict[str, list[float]] = {"alone": [], "fused": []}
     for _ in range(segments):
@@ -201,11 +205,13 @@ def optimizer_steps(device: Any, segments: int) -> None:
 
     import torch
 
+    from hpsearch.training.fused_steps import Steps
     from hpsearch.training.optim import build_optimizer
 
     print(f"\n1c. one optimizer step over the MLP 784-256-128-10's parameters, {device}: torch's default "
-          f"implementation vs hpsearch's (fused kernels); median of {segments} segments of 20 steps")
-    print(f"{'optimizer':<12} {'default ms':>11} {'hpsearch ms':>12} {'ratio':>6}")
+          f"implementation vs hpsearch's (fused kernels) through step(), and the same called directly as a fused\n"
+          f"    epoch does (training/fused_steps.py); median of {segments} segments of 20 steps")
+    print(f"{'optimizer':<12} {'default ms':>11} {'hpsearch ms':>12} {'ratio':>6} {'direct ms':>10} {'ratio':>6}")
     torch.manual_seed(0)
     shapes = [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)]
     cfg = {"lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9, "eps": 1e-8, "betas": [0.9, 0.999]}
@@ -213,24 +219,26 @@ def optimizer_steps(device: Any, segments: int) -> None:
              "momentum": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, weight_decay=1e-4),
              "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=1e-4)}
     for name, make in plain.items():
-        times: dict[str, list[float]] = {"default": [], "hpsearch": []}
-        opts = {}
+        times: dict[str, list[float]] = {"default": [], "hpsearch": [], "direct": []}
+        steps = {}
         for how in times:
             ps = [torch.randn(s, device=device, requires_grad=True) for s in shapes]
             for p in ps:
                 p.grad = torch.randn_like(p)
-            opts[how] = make(ps) if how == "default" else build_optimizer(ps, {**cfg, "optimizer": name})
-            opts[how].step()
+            opt = make(ps) if how == "default" else build_optimizer(ps, {**cfg, "optimizer": name})
+            direct = Steps([opt])
+            steps[how] = (lambda d=direct: d.step(0)) if how == "direct" else opt.step
+            steps[how]()
         for _ in range(segments):
-            for how, opt in opts.items():
+            for how, step in steps.items():
                 t0 = time.perf_counter()
                 for _ in range(20):
-                    opt.step()
+                    step()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[how].append((time.perf_counter() - t0) / 20 * 1000)
-        a, b = statistics.median(times["default"]), statistics.median(times["hpsearch"])
-        print(f"{name:<12} {a:>11.3f} {b:>12.3f} {a / b:>5.2f}x", flush=True)
+        a, b, c = (statistics.median(times[how]) for how in ("default", "hpsearch", "direct"))
+        print(f"{name:<12} {a:>11.3f} {b:>12.3f} {a / b:>5.2f}x {c:>10.3f} {b / c:>5.2f}x", flush=True)
 
 
 def study_wall_time(samples: int, k: int, tmp: Path) -> None:
@@ -318,11 +326,14 @@ def main() -> None:
     parser.add_argument("--study-samples", type=int, default=1200)
     parser.add_argument("--segments", type=int, default=15, help="alternating step segments in part 1b")
     parser.add_argument("--study-k", type=int, default=8, help="K of the fused study run")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--probe", nargs=3, metavar=("SHAPE", "K", "HOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for shape in set(SHAPES) - set(args.shapes):
+        del SHAPES[shape]
     os.environ.setdefault("HPSEARCH_TRACKING", "off")
     import torch
 

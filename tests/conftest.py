@@ -18,6 +18,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Workers train one trial at a time in the tests, as user objectives and sampled trials always
+# do; tests/worker/test_fused.py turns fusion (the CPU default for grid points) on where it tests it.
+os.environ.setdefault("HPSEARCH_FUSE", "1")
 PG_ADMIN = os.environ.get("HPSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 os.environ.setdefault("WANDB_MODE", "offline")

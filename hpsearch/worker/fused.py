@@ -39,6 +39,7 @@ from hpsearch.storage.optuna_internals import trial_id
 from hpsearch.training import objective
 from hpsearch.training.data import loading as data_mod
 from hpsearch.training.fused_model import FusedModel, fusable, leaves
+from hpsearch.training.fused_steps import Steps
 from hpsearch.training.models import build_model
 from hpsearch.worker import train
 from hpsearch.worker import trial as trial_mod
@@ -47,11 +48,12 @@ from hpsearch.worker.stopping import CURRENT
 # Models whose forward is their layers in order (what FusedModel runs); plugins may branch.
 SEQUENTIAL_MODELS = ("dense", "cnn", "tabular")
 # Default group size of the built-in trainer per device type, chosen by bench/fusion.py (README,
-# "Fused trials"). On the 2-core CPUs here a fused step of the seed grid's MLP is 1.0x/1.1x/1.4x
-# faster at K=4/8/16, the CNN's ~1.05x, and the whole grid with 2 workers did not finish sooner:
-# off on CPU (--fuse/HPSEARCH_FUSE/`fuse:` turn it on). On a GPU one such trial uses a few percent
-# of the device and the fused step costs about one trial's kernel launches: on (not measured here).
-DEFAULT_K = {"cpu": 1, "cuda": 16}
+# "Fused trials"). On the 2-core CPUs here, K=8 of the seed grid's MLP trained 1.2-1.45x the
+# trials per hour of one at a time with 2 threads and 1.1x with 1 thread, its CNN 1.07-1.1x, and
+# the whole mnist-grid shape with 2 one-thread workers finished 1.1x sooner; K=16 gave no more on
+# CPU. On a GPU one such trial uses a few percent of the device and a fused step costs about one
+# trial's kernel launches: 16 there (not measured here: no GPU).
+DEFAULT_K = {"cpu": 8, "cuda": 16}
 
 
 def group_size(spec: StudySpec, requested: int | None, device: Any) -> int:
@@ -227,27 +229,26 @@ def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod
     """One epoch for every member: each its own batches (its generator), one fused step per batch."""
     device = data.x_train.device
     k = len(runs)
-    streams = [data_mod.batches(data.x_train, data.y_train, runs[0].batch_size, r.gen) for r in runs]
+    steps = Steps([r.optimizer for r in runs])
     tr_loss = torch.zeros(k, device=device)
     tr_correct = torch.zeros(k, dtype=torch.long, device=device)
     seen = 0
-    for batch in zip(*streams, strict=True):  # same data and batch size: the same number of steps
+    # Each member's own batch order (its generator), one gather for all: same data and batch size.
+    for x, y in data_mod.stacked_batches(data.x_train, data.y_train, runs[0].batch_size, [r.gen for r in runs]):
         if runs[0].ctx.should_stop():
             raise _Stop()
-        xs, ys = [], []
-        for r, (xb, yb) in zip(runs, batch, strict=True):
-            xs.append(data_mod.augment(xb, r.gen, r.cfg["augment"]) if r.cfg.get("augment") else xb)
-            ys.append(yb)
-        x, y = torch.stack(xs), torch.stack(ys)
+        if any(r.cfg.get("augment") for r in runs):
+            x = torch.stack([data_mod.augment(xb, r.gen, r.cfg["augment"]) if r.cfg.get("augment") else xb
+                             for r, xb in zip(runs, x, strict=True)])
         net.zero_grad()
         out = net.forward(x)
         losses = torch.stack([r.loss_fn(out[i], y[i]) for i, r in enumerate(runs)])
         losses.sum().backward()  # d(sum)/d(loss_i) = 1: member i's gradient is its own loss's
         net.share_grads()
-        for r in runs:
+        for i, r in enumerate(runs):
             if r.cfg.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(r.model.parameters(), float(r.cfg["grad_clip"]))
-            r.optimizer.step()
+            steps.step(i)
         tr_loss += losses.detach() * len(y[0])
         tr_correct += (out.detach().argmax(2) == y).sum(1)
         seen += len(y[0])

@@ -149,6 +149,20 @@ def test_batches_cover_every_example_in_a_seeded_order() -> None:
     assert [len(yb) for _, yb in data.batches(x[:9], y[:9], 4, torch.Generator().manual_seed(0))] == [4, 4]
 
 
+@pytest.mark.parametrize("n", [10, 9, 3])
+def test_stacked_batches_are_each_members_own_batches(n: int) -> None:
+    """A fused group gathers K members' batches at once; row k is what member k alone would get."""
+    x, y = torch.randn(n, 1, 2, 2), torch.arange(n)
+    seeds = [3, 4, 3, 11]
+    alone = [list(data.batches(x, y, 4, torch.Generator().manual_seed(s))) for s in seeds]
+    stacked = list(data.stacked_batches(x, y, 4, [torch.Generator().manual_seed(s) for s in seeds]))
+    assert len(stacked) == len(alone[0])
+    for step, (xs, ys) in enumerate(stacked):
+        assert xs.shape == (len(seeds), *alone[0][step][0].shape)
+        for k in range(len(seeds)):
+            assert torch.equal(xs[k], alone[k][step][0]) and torch.equal(ys[k], alone[k][step][1])
+
+
 def test_augment_crops_each_image_on_its_own_and_keeps_shapes() -> None:
     x = torch.randn(64, 3, 32, 32)
     gen = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
+from hpsearch.errors import HpsearchError
 from hpsearch.spec.model import SpecError
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
@@ -72,12 +73,19 @@ def _fused(spec: Any, study: optuna.Study, n: int, out: Any = None, artifacts: A
 
 
 def _assert_same_curve(alone: dict[str, Any], member: dict[str, Any]) -> None:
+    """Accuracies (counts of samples) and the best epoch exactly; losses within float32 rounding
+    as it grows over a few hundred steps. The fused linear layers' products are K-batched (bmm):
+    for the tiny 10-wide output layer its kernel rounds differently from the single mm alone by
+    ~1e-9 per step, which Adam's normalised steps carry to ~1e-4 of a loss by epoch 3 (measured:
+    most members agree to 3e-7, one Adam CNN member to 1.4e-4)."""
     assert len(alone["curve"]) == len(member["curve"])
     for a, b in zip(alone["curve"], member["curve"], strict=True):
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (key, a, b)
+        for key in ("train_acc", "val_acc"):
+            assert b[key] == pytest.approx(a[key], abs=1e-9), (key, a, b)
+        for key in ("train_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (key, a, b)
     assert member["test_acc"] == pytest.approx(alone["test_acc"], abs=1e-9)
-    assert member["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-5, abs=1e-5)
+    assert member["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-3, abs=1e-6)
     assert member["best_epoch"] == alone["best_epoch"]
 
 
@@ -169,6 +177,22 @@ def test_the_key_fuses_what_shares_shapes_and_nothing_else() -> None:
     assert key(lr=0.1, optimizer="sgd", dropout=0.0, model="cnn") not in (None, base)
 
 
+def test_the_group_size_comes_from_the_worker_the_environment_the_spec_or_the_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPSEARCH_FUSE", raising=False)
+    spec = spec_from_dict(tiny_spec("f"))
+    assert fused.group_size(spec, None, "cpu") == 8 and fused.group_size(spec, None, "cuda:0") == 16
+    assert fused.group_size(spec_from_dict(tiny_spec("f", fuse=3)), None, "cpu") == 3
+    monkeypatch.setenv("HPSEARCH_FUSE", "2")
+    assert fused.group_size(spec_from_dict(tiny_spec("f", fuse=3)), None, "cpu") == 2
+    assert fused.group_size(spec_from_dict(tiny_spec("f", fuse=3)), 5, "cpu") == 5
+    user = spec_from_dict(tiny_spec("f", objective="hps_objectives:quadratic"))
+    assert fused.group_size(user, 5, "cpu") == 1  # a user objective is never fused
+    monkeypatch.setenv("HPSEARCH_FUSE", "many")
+    with pytest.raises(HpsearchError, match="HPSEARCH_FUSE must be an integer"):
+        fused.group_size(spec, None, "cpu")
+
+
 def test_fuse_in_the_spec_valid_and_invalid() -> None:
     assert spec_from_dict(tiny_spec("f", fuse=8)).fuse == 8
     assert "fuse" not in spec_from_dict(tiny_spec("f")).to_dict()  # old specs keep their hash
@@ -191,27 +215,31 @@ def _load(name: str, url: str) -> optuna.Study:
 
 
 FUSE4 = cli_env(HPSEARCH_FUSE="4")
+# The fault tests' slow epochs, fewer of them: what is checked happens by epoch 3.
+FAULT_TRAIN = {**SLOW_TRAIN, "epochs": 5}
 
 
 def test_two_fused_workers_run_a_grid_of_seeds_exactly_once(pg_session_db: str, tmp_path: Path) -> None:
     url, name = pg_session_db, unique("fused-grid")
     _create(tmp_path, url, name, repeats=3, space={"lr": {"choices": [0.01, 0.1]}, "optimizer": {"choices": ["sgd", "adam"]}})
-    workers = [start_worker(name, url, "--device", "cpu", "--heartbeat", "2", "--fuse", "4", log=tmp_path / f"w{i}.log")
-               for i in range(2)]
+    default = {k: v for k, v in cli_env().items() if k != "HPSEARCH_FUSE"}  # CPU's default K
+    workers = [start_worker(name, url, "--device", "cpu", "--heartbeat", "2", *fuse, env=env, log=tmp_path / f"w{i}.log")
+               for i, (fuse, env) in enumerate([((), default), (("--fuse", "4"), None)])]
     for i, w in enumerate(workers):
         assert w.wait(timeout=180) == 0, (tmp_path / f"w{i}.log").read_text()
-    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
-    assert "fused: trials" in logs and "Traceback" not in logs
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    assert "fusing up to 8 compatible trials" in logs[0] and "fusing up to 4 compatible trials" in logs[1]
+    assert "fused: trials" in "".join(logs) and "Traceback" not in "".join(logs)
     assert_exactly_once(_load(name, url), planned=12)
 
 
 def _fused_worker_at(url: str, name: str, tmp_path: Path, epoch: int, heartbeat: int) -> tuple[Any, Tail]:
     """A worker training 2 configurations x 2 seeds as one fused group, once it reaches `epoch`."""
-    _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train=SLOW_TRAIN)
+    _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train=FAULT_TRAIN)
     w = start_worker(name, url, "--device", "cpu", "--heartbeat", str(heartbeat), "--checkpoint-every", "0", env=FUSE4)
     tail = Tail(w)
     tail.wait_for("fused: trials 0, 1, 2, 3", timeout=60)
-    tail.wait_for(f"epoch {epoch}/8")
+    tail.wait_for(f"epoch {epoch}/{FAULT_TRAIN['epochs']}")
     return w, tail
 
 
@@ -229,7 +257,7 @@ def test_sigterm_hands_back_every_member_and_a_later_worker_resumes_them(pg_sess
     assert later.wait(timeout=180) == 0, (tmp_path / "later.log").read_text()
     retries = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert len(retries) == 4 and all(t.user_attrs["resumed_from_epoch"] >= 2 for t in retries)
-    assert all([r["epoch"] for r in t.user_attrs["curve"]] == list(range(1, 9)) for t in retries)
+    assert all([r["epoch"] for r in t.user_attrs["curve"]] == list(range(1, 6)) for t in retries)
     assert_exactly_once(study, planned=4)
 
 

@@ -138,12 +138,29 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
             yield x[i : i + batch_size], y[i : i + batch_size]
         return
     order = torch.randperm(n, generator=generator).to(x.device)
+    for i, j in _spans(n, batch_size):
+        idx = order[i:j]
+        yield x.index_select(0, idx), y.index_select(0, idx)
+
+
+def stacked_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                    generators: list[torch.Generator]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """K members' shuffled batches at once, (K, B, ...) and (K, B): row k holds the batch that
+    batches(x, y, batch_size, generators[k]) yields, gathered by one index instead of K."""
+    n = len(x)
+    orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(x.device)
+    for i, j in _spans(n, batch_size):
+        idx = orders[:, i:j].reshape(-1)  # index_select: quicker than advanced indexing on CPU
+        yield x.index_select(0, idx).view(len(generators), j - i, *x.shape[1:]), \
+            y.index_select(0, idx).view(len(generators), j - i)
+
+
+def _spans(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
     stop = n
     if batch_size > 1 and n > batch_size and n % batch_size == 1:
         stop = n - 1  # a trailing batch of one breaks batch norm; it is reshuffled next epoch
     for i in range(0, stop, batch_size):
-        idx = order[i : min(i + batch_size, stop)]
-        yield x.index_select(0, idx), y.index_select(0, idx)
+        yield i, min(i + batch_size, stop)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, mode: bool | str = True) -> torch.Tensor:

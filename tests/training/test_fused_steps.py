@@ -1,0 +1,92 @@
+"""A fused epoch's direct optimizer steps: bitwise what step() does, and step() where they do not apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hpsearch.training import settings
+from hpsearch.training.fused_steps import Steps
+from hpsearch.training.optim import build_optimizer, build_schedule
+
+DIRECT = ["sgd", "momentum", "nag", "adam", "adamw"]
+
+
+def _pair(optimizer: str, **over: Any) -> list[tuple[nn.Module, torch.optim.Optimizer, Any]]:
+    cfg = {**settings.defaults(), "lr": 0.05, "optimizer": optimizer, "weight_decay": 0.01, "schedule": "step",
+           "step_size": 1, "gamma": 0.5, **over}
+    out = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        opt = build_optimizer(model.parameters(), cfg)
+        out.append((model, opt, build_schedule(opt, cfg)))
+    return out
+
+
+def _train(pair: list[tuple[nn.Module, torch.optim.Optimizer, Any]], steps: Steps, epochs: int = 3,
+           per_epoch: int = 4) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(epochs):
+        for _ in range(per_epoch):
+            x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+            for i, (model, opt, _) in enumerate(pair):
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x), y).backward()
+                if i == 0:
+                    opt.step()
+                else:
+                    steps.step(0)
+        for _, _, schedule in pair:
+            schedule.step()
+
+
+@pytest.mark.parametrize("optimizer", DIRECT)
+def test_direct_steps_are_bitwise_step_and_see_the_schedule(optimizer: str) -> None:
+    pair = _pair(optimizer)
+    steps = Steps([pair[1][1]])
+    _train(pair, steps)
+    assert steps._direct[0] is not None  # the direct call did the steps after the first
+    (a, opt_a, _), (b, opt_b, _) = pair
+    assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        for name, value in sa[key].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[key][name])), (key, name)
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "nadam"])
+def test_optimizers_without_a_direct_call_step_through_step(optimizer: str) -> None:
+    pair = _pair(optimizer)
+    steps = Steps([pair[1][1]])
+    _train(pair, steps)
+    assert steps._direct[0] is None
+    for pa, pb in zip(pair[0][0].parameters(), pair[1][0].parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_a_step_hook_or_a_missing_gradient_goes_back_to_step() -> None:
+    pair = _pair("adam")
+    calls = []
+    pair[1][1].register_step_post_hook(lambda *a: calls.append(1))
+    steps = Steps([pair[1][1]])
+    _train(pair, steps, epochs=1)
+    assert steps._direct[0] is None and len(calls) == 4  # every step ran the hook
+
+    pair = _pair("momentum")
+    steps = Steps([pair[0][1]])
+    model, opt, _ = pair[0]
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    steps.step(0)
+    assert steps._direct[0] is not None
+    model[2].bias.grad = None  # step() skips a parameter without a gradient; so must the step
+    before = model[2].bias.detach().clone()
+    steps.step(0)
+    assert steps._direct[0] is None and torch.equal(model[2].bias, before)
