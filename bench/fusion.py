@@ -182,8 +182,7 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
         out = net.forward(x)
         torch.stack([loss_fn(out[i], y[i]) for i, (_, _, loss_fn) in enumerate(group)]).sum().backward()
         net.share_grads()
-        for i in range(len(group)):
-            steps.step(i)
+        steps.step_all()
 
     times: dict[str, list[float]] = {"alone": [], "fused": []}
     for _ in range(segments):

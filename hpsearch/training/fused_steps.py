@@ -1,44 +1,59 @@
-"""The members' optimizer steps of a fused epoch, without torch's per-call machinery.
+"""The members' optimizer steps of a fused epoch: grouped, without torch's per-call machinery.
 
-A fused step of K members calls K optimizers. torch.optim.Optimizer.step() spends about 0.2 ms
+A fused step of K members steps K optimizers. torch.optim.Optimizer.step() spends about 0.1 ms
 of Python per call around the kernel (the step wrapper's hooks and profiler record, _init_group's
-walk over every parameter's state): for the seed grid's MLP that was a fifth of a fused epoch on
-CPU, more than the fused Adam/SGD kernels themselves (bench/fusion.py, part 1c).
+walk over every parameter's state): about as much as the fused Adam kernel itself for the seed
+grid's MLP on CPU (bench/fusion.py, part 1c).
 
-For the optimizers hpsearch builds itself (torch's Adam, AdamW and SGD, one parameter group, no
-step hooks, no AMP scaler attached), a member's first step of an epoch goes through step(), which
-creates its state; its later steps call the very functional torch's step() calls
+For the optimizers hpsearch builds itself (torch's Adam, AdamW and SGD with fused kernels, one
+parameter group, no step hooks, no AMP scaler attached), a member's first step goes through
+step(), which creates its state. Later steps call the very functional torch's step() calls
 (torch.optim.adam.adam, torch.optim.sgd.sgd) with the arguments step() passes, read from the
-param group on every call, so a schedule's learning rate is seen: the same kernels and the same
-arithmetic, bitwise. Any other optimizer (a plugin's, RMSprop, a parameter without a gradient)
-steps through step().
+param group on every step, so a schedule's learning rate is seen. Members whose settings are
+equal that step (a grid point's seeds) go in one call over all their tensors: the kernels are
+elementwise and each tensor keeps its own state and step count, so every member gets the same
+arithmetic, bitwise, as its own step() (tests/training/test_fused_steps.py); on a GPU that is one
+multi-tensor kernel launch for the group instead of one per member. Any other optimizer (a
+plugin's, RMSprop, NAdam, a parameter without a gradient that step) steps through step().
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-Step = Callable[[], None]
-
 
 class Steps:
-    """Steps a fixed list of optimizers, each directly once step() has made its state."""
+    """Steps a fixed list of optimizers: step(i) one of them, step_all() every one."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         self.optimizers = list(optimizers)
-        self._direct: list[Step | None] = [None] * len(self.optimizers)
+        self._direct: list[_Direct | None] = [None] * len(self.optimizers)
         self._started = [False] * len(self.optimizers)
 
     def step(self, i: int) -> None:
-        direct = self._direct[i]
-        if direct is not None:
-            try:
-                direct()
-                return
-            except _Undirect:  # a parameter without a gradient this step: step() skips it
-                self._direct[i] = None
+        self.step_all([i])
+
+    def step_all(self, indices: list[int] | None = None) -> None:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i in range(len(self.optimizers)) if indices is None else indices:
+            direct = self._direct[i]
+            if direct is None:
+                self._through_step(i)
+            else:
+                groups.setdefault(direct.key(), []).append(i)
+        for members in groups.values():
+            directs = [self._direct[i] for i in members]
+            if any(g is None for d in directs for g in d.grads()):  # type: ignore[union-attr]
+                for i in members:  # step() skips a parameter without a gradient: let it
+                    self._direct[i] = None
+                    self._through_step(i)
+                continue
+            _run(directs)  # type: ignore[arg-type]
+
+    def _through_step(self, i: int) -> None:
         opt = self.optimizers[i]
         opt.step()
         if not self._started[i]:
@@ -46,12 +61,34 @@ class Steps:
             self._direct[i] = direct_step(opt)
 
 
-class _Undirect(Exception):
-    """The direct call does not apply this step (raised before anything was changed)."""
+@dataclass
+class _Direct:
+    """One optimizer's tensors and param group, for the functional call step() would make."""
+
+    kind: str  # "adam" (Adam, AdamW) or "sgd"
+    group: dict[str, Any]
+    params: list[torch.Tensor]
+    state: dict[str, list[Any]] = field(default_factory=dict)
+
+    def grads(self) -> list[torch.Tensor | None]:
+        return [p.grad for p in self.params]
+
+    def key(self) -> tuple[Any, ...]:
+        """What one call shares: the kind and every setting of the group, as this step reads them."""
+        g = self.group
+        if self.kind == "adam":
+            return ("adam", _num(g["lr"]), tuple(_num(b) for b in g["betas"]), g["weight_decay"], g["eps"],
+                    g["amsgrad"], g["maximize"], g["foreach"], g["decoupled_weight_decay"])
+        return ("sgd", _num(g["lr"]), g["weight_decay"], g["momentum"], g["dampening"], g["nesterov"],
+                g["maximize"], g["foreach"])
 
 
-def direct_step(opt: torch.optim.Optimizer) -> Step | None:
-    """A call that does what opt.step() does next, or None where step() must be called."""
+def _num(x: Any) -> Any:
+    return float(x) if isinstance(x, torch.Tensor) and x.numel() == 1 else x
+
+
+def direct_step(opt: torch.optim.Optimizer) -> _Direct | None:
+    """What opt.step() does next as a direct call, or None where step() must be called."""
     if len(opt.param_groups) != 1 or getattr(opt, "grad_scale", None) is not None \
             or getattr(opt, "found_inf", None) is not None or _hooked(opt):
         return None
@@ -63,9 +100,15 @@ def direct_step(opt: torch.optim.Optimizer) -> Step | None:
         return None
     state = [opt.state.get(p, {}) for p in params]
     if type(opt) in (torch.optim.Adam, torch.optim.AdamW):
-        return _adam(params, group, state)
+        names = ["exp_avg", "exp_avg_sq", "step"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        if not all(n in s for s in state for n in names):
+            return None
+        return _Direct("adam", group, params, {n: [s[n] for s in state] for n in names})
     if type(opt) is torch.optim.SGD:
-        return _sgd(params, group, state)
+        buffers = [s.get("momentum_buffer") for s in state]
+        if group["momentum"] != 0 and any(b is None for b in buffers):
+            return None
+        return _Direct("sgd", group, params, {"momentum_buffer": buffers})
     return None
 
 
@@ -81,47 +124,27 @@ def _hooked(opt: torch.optim.Optimizer) -> bool:
     return False
 
 
-def _adam(params: list[torch.Tensor], group: dict, state: list[dict]) -> Step | None:
-    from torch.optim.adam import adam
+def _run(directs: list[_Direct]) -> None:
+    """One functional call for optimizers of one key: their tensors concatenated, in order."""
+    params = [p for d in directs for p in d.params]
+    grads = [p.grad for p in params]
+    g = directs[0].group
 
-    if not all("exp_avg" in s and "exp_avg_sq" in s and "step" in s for s in state):
-        return None
-    amsgrad = bool(group["amsgrad"])
-    if amsgrad and not all("max_exp_avg_sq" in s for s in state):
-        return None
-    exp_avgs = [s["exp_avg"] for s in state]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in state]
-    max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in state] if amsgrad else []
-    steps = [s["step"] for s in state]
+    def cat(name: str) -> list[Any]:
+        return [t for d in directs for t in d.state.get(name, [])]
 
-    def step() -> None:
-        grads = [p.grad for p in params]
-        if any(g is None for g in grads):
-            raise _Undirect
-        beta1, beta2 = group["betas"]
-        adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-             amsgrad=group["amsgrad"], has_complex=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-             weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-             foreach=group["foreach"], capturable=False, differentiable=False, fused=True,
-             grad_scale=None, found_inf=None, decoupled_weight_decay=group["decoupled_weight_decay"])
+    if directs[0].kind == "adam":
+        from torch.optim.adam import adam
 
-    return step
-
-
-def _sgd(params: list[torch.Tensor], group: dict, state: list[dict]) -> Step | None:
+        beta1, beta2 = g["betas"]
+        adam(params, grads, cat("exp_avg"), cat("exp_avg_sq"), cat("max_exp_avg_sq"), cat("step"),
+             amsgrad=g["amsgrad"], has_complex=False, beta1=beta1, beta2=beta2, lr=g["lr"],
+             weight_decay=g["weight_decay"], eps=g["eps"], maximize=g["maximize"], foreach=g["foreach"],
+             capturable=False, differentiable=False, fused=True, grad_scale=None, found_inf=None,
+             decoupled_weight_decay=g["decoupled_weight_decay"])
+        return
     from torch.optim.sgd import sgd
 
-    buffers = [s.get("momentum_buffer") for s in state]
-    if group["momentum"] != 0 and any(b is None for b in buffers):
-        return None
-
-    def step() -> None:
-        grads = [p.grad for p in params]
-        if any(g is None for g in grads):
-            raise _Undirect
-        sgd(params, grads, buffers, weight_decay=group["weight_decay"],
-            momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
-            maximize=group["maximize"], has_sparse_grad=False, foreach=group["foreach"], fused=True,
-            grad_scale=None, found_inf=None)
-
-    return step
+    sgd(params, grads, cat("momentum_buffer"), weight_decay=g["weight_decay"], momentum=g["momentum"], lr=g["lr"],
+        dampening=g["dampening"], nesterov=g["nesterov"], maximize=g["maximize"], has_sparse_grad=False,
+        foreach=g["foreach"], fused=True, grad_scale=None, found_inf=None)

@@ -245,10 +245,10 @@ def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod
         losses = torch.stack([r.loss_fn(out[i], y[i]) for i, r in enumerate(runs)])
         losses.sum().backward()  # d(sum)/d(loss_i) = 1: member i's gradient is its own loss's
         net.share_grads()
-        for i, r in enumerate(runs):
+        for r in runs:
             if r.cfg.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(r.model.parameters(), float(r.cfg["grad_clip"]))
-            steps.step(i)
+        steps.step_all()
         tr_loss += losses.detach() * len(y[0])
         tr_correct += (out.detach().argmax(2) == y).sum(1)
         seen += len(y[0])

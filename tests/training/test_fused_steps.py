@@ -1,4 +1,5 @@
-"""A fused epoch's direct optimizer steps: bitwise what step() does, and step() where they do not apply."""
+"""A fused epoch's direct optimizer steps: bitwise what step() does, grouped or not, and step() where they
+do not apply."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch.training import settings
+from hpsearch.training import fused_steps, settings
 from hpsearch.training.fused_steps import Steps
 from hpsearch.training.optim import build_optimizer, build_schedule
 
@@ -90,3 +91,28 @@ def test_a_step_hook_or_a_missing_gradient_goes_back_to_step() -> None:
     before = model[2].bias.detach().clone()
     steps.step(0)
     assert steps._direct[0] is None and torch.equal(model[2].bias, before)
+
+
+def test_members_with_equal_settings_step_in_one_call_each_as_its_own_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four Adam members, two sharing every setting, one with another lr, one with another beta:
+    stepped together (grouped calls) each ends bitwise where its own step() takes it alone."""
+    overs = [{}, {}, {"lr": 0.01}, {"betas": [0.8, 0.99]}]
+    alone = [_pair("adam", **o)[0] for o in overs]
+    together = [_pair("adam", **o)[0] for o in overs]
+    steps = Steps([opt for _, opt, _ in together])
+    calls: list[int] = []
+    real = fused_steps._run
+    monkeypatch.setattr(fused_steps, "_run", lambda directs: (calls.append(len(directs)), real(directs))[1])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+        for (model, opt, _), (model2, opt2, _) in zip(alone, together, strict=True):
+            for m, o in ((model, opt), (model2, opt2)):
+                o.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+        steps.step_all()
+    assert calls == [2, 1, 1] * 4  # after the first step: the equal pair in one call, the others alone
+    for (a, _, _), (b, _, _) in zip(alone, together, strict=True):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(pa, pb)
