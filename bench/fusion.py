@@ -1,10 +1,13 @@
 """Fused trials vs one trial at a time: trials per hour, a whole grid study, peak memory per member.
 
-    .venv/bin/python bench/fusion.py [--ks 1 4 8 16] [--samples 2000] [--epochs 1] [--rounds 4]
+    .venv/bin/python bench/fusion.py [--ks 1 4 8 16] [--samples 2000] [--epochs 1] [--rounds 4] [--shapes dense cnn]
                                      [--study-samples 1200] [--study-k 8] [--skip-throughput|study|memory]
 
 Synthetic MNIST-sized data (1x28x28 images, 10 classes; --samples training images, scaled down
-from 60,000 so the bench runs in minutes: the ratios do not depend on the epoch length).
+from 60,000 so the bench runs in minutes). A trial's fixed costs (building it, its test, its
+bookkeeping) weigh more on a short epoch, so part 1 at 2,000 images understates the ratio of
+longer epochs: run the dense shape with --samples 10000 to see it (--shapes dense).
+
 1. Trials per hour for the seed grid's two shapes, the dense MLP 784-256-128-10 and the two-block
    CNN (32-64 conv, 128 fc), SGD and Adam members with dropout 0..0.5 as in studies/mnist-grid.yaml:
    K trials trained one after another (objective.run, what a worker does without fusion) against
