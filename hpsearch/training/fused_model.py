@@ -12,11 +12,12 @@ slice (`p.data = stacked[k]`). That one move gives the rest for free:
   its state_dict is the single-trial format, so a retry resumes fused or alone.
 
 Linear layers run as one baddbmm over the stack (on CPU bitwise equal, slice by slice, to
-F.linear). Convolutions run as one grouped convolution on GPUs, and member by member on CPU,
+F.linear), with a written-out backward. Convolutions run as one grouped convolution on GPUs, and member by member on CPU,
 where oneDNN's grouped kernels measured slower than K separate ones (2-25x at K >= 8 for the seed
 grid's CNN, bench/fusion.py) and the per-member call is bitwise the one alone. Dropout draws
 each member's mask with the member's own generator in the shape the member alone would draw it,
-so masks are the ones the trial alone would use (on CPU). Members may differ in dropout rate.
+so masks are the ones the trial alone would use (on CPU); where kernel launches bound the step (a
+GPU) all members' masks are one draw instead. Members may differ in dropout rate.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ class _Op:
 class FusedModel:
     """The members' models stacked. Inputs are (K, B, ...): member k's batch in row k."""
 
-    def __init__(self, models: list[nn.Module], generators: list[torch.Generator], grouped_conv: bool = False) -> None:
-        self.grouped_conv = grouped_conv
+    def __init__(self, models: list[nn.Module], generators: list[torch.Generator], grouped_conv: bool = False,
+                 one_draw: bool = False) -> None:
+        """`grouped_conv`: one grouped convolution for all members (else member by member).
+        `one_draw`: every member's dropout mask in one draw from the first member's generator (else
+        each from its own generator in the shape it draws alone: the masks of the trial alone)."""
+        self.grouped_conv, self.one_draw = grouped_conv, one_draw
         # --- the shared skeleton: every member's layers but dropout, which may differ ----------
         per_member = [leaves(m) for m in models]
         skeletons = [[m for m in ls if not isinstance(m, nn.Dropout)] for ls in per_member]
@@ -146,6 +151,11 @@ class FusedModel:
             return [t * _mask(t.shape, t, p, gen) if p > 0 else t
                     for t, p, gen in zip(h, rates, self.generators, strict=True)]
         shape = (h.shape[0], h.shape[1] // k, *h.shape[2:]) if layout == "grouped" else tuple(h.shape[1:])
+        if self.one_draw:  # three kernels for K members, not 2K + 1
+            keep = torch.tensor([1 - p for p in rates], dtype=h.dtype, device=h.device).view(k, *[1] * len(shape))
+            masks = torch.empty((k, *shape), dtype=h.dtype, device=h.device)
+            masks.bernoulli_(keep, generator=self.generators[0]).div_(keep)  # a rate of 0 keeps all: ones
+            return h * (masks.transpose(0, 1).flatten(1, 2) if layout == "grouped" else masks)
         # One (K, *shape) buffer, each member's mask drawn straight into its row (a contiguous
         # slice draws what a fresh tensor of that shape would): no per-member tensors to stack.
         masks = torch.empty((k, *shape), dtype=h.dtype, device=h.device)

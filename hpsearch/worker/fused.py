@@ -184,8 +184,10 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
     device = ctx["device"]
     for m in members:
         m.epoch = m.run.start_epoch  # type: ignore[union-attr]
+    launch_bound = _launch_bound(device)
     net = FusedModel([m.run.model for m in members], [m.dropout for m in members],  # type: ignore[union-attr,misc]
-                     grouped_conv=torch.device(device).type != "cpu")
+                     grouped_conv=launch_bound, one_draw=launch_bound)
+    batched_loss = launch_bound and all(_plain_cross_entropy(m.run.loss_fn) for m in members)  # type: ignore[union-attr]
     data = members[0].run.data  # type: ignore[union-attr]
 
     while members:
@@ -195,7 +197,7 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
         for m in members:
             m.epoch += 1
         # --- one epoch of every member, fused ---------------------------------------------
-        sums = _fused_epoch(net, runs, data)  # type: ignore[arg-type]
+        sums = _fused_epoch(net, runs, data, batched_loss)  # type: ignore[arg-type]
         # --- each member's epoch end, as alone: validate, report, prune, checkpoint --------
         leaving: list[tuple[Member, BaseException | None]] = []
         for (loss, correct, seen), m in zip(sums, members, strict=True):
@@ -225,8 +227,24 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
                 _end(study, m, spec, ctx, out, exc=exc)
 
 
-def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod.Data) -> list[tuple[float, int, int]]:
-    """One epoch for every member: each its own batches (its generator), one fused step per batch."""
+def _launch_bound(device: Any) -> bool:
+    """Whether kernel launches, not arithmetic, bound a small model's fused step: on a GPU. There
+    convolutions are one grouped kernel, dropout masks one draw and cross-entropy one call for all
+    members. On CPU each member's convolution, masks (its own generator: the masks it draws alone)
+    and loss stay its own, so it trains as it would alone."""
+    return torch.device(device).type != "cpu"
+
+
+def _plain_cross_entropy(loss_fn: Any) -> bool:
+    """torch's cross-entropy with its defaults: the mean over a member's batch of per-example losses."""
+    return (type(loss_fn) is torch.nn.CrossEntropyLoss and loss_fn.weight is None and loss_fn.reduction == "mean"
+            and loss_fn.ignore_index == -100 and loss_fn.label_smoothing == 0.0)
+
+
+def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod.Data,
+                 batched_loss: bool = False) -> list[tuple[float, int, int]]:
+    """One epoch for every member: each its own batches (its generator), one fused step per batch.
+    `batched_loss`: every member's cross-entropy in one call (the members' losses are all plain)."""
     device = data.x_train.device
     k = len(runs)
     steps = Steps([r.optimizer for r in runs])
@@ -242,7 +260,10 @@ def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod
                              for r, xb in zip(runs, x, strict=True)])
         net.zero_grad()
         out = net.forward(x)
-        losses = torch.stack([r.loss_fn(out[i], y[i]) for i, r in enumerate(runs)])
+        if batched_loss:
+            losses = torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+        else:
+            losses = torch.stack([r.loss_fn(out[i], y[i]) for i, r in enumerate(runs)])
         losses.sum().backward()  # d(sum)/d(loss_i) = 1: member i's gradient is its own loss's
         net.share_grads()
         for r in runs:

@@ -108,6 +108,36 @@ def test_a_fused_member_trains_as_it_would_alone(model: str) -> None:
         assert member["config"] == a["config"]
 
 
+@pytest.mark.parametrize("model", ["dense", "cnn"])
+def test_the_gpu_step_trains_as_alone_too(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where kernel launches bound the step (a GPU) the group runs one grouped convolution, one
+    dropout draw and one cross-entropy call for all members. Forced here on CPU: without dropout
+    (one draw of rate 0 keeps everything) each member still trains as it would alone."""
+    monkeypatch.setattr(fused, "_launch_bound", lambda device: True)
+    members = [dict(m, dropout=0.0) for m in MEMBERS[::2]] + [{"lr": 0.01, "optimizer": "adam", "dropout": 0.0}]
+    spec = _spec(model)
+    alone = _alone(spec, members)
+    study = _study(members)
+    assert _fused(spec, study, len(members)) == ["complete"] * len(members)
+    for a, t in zip(alone, study.get_trials(deepcopy=False), strict=True):
+        _assert_same_curve(a, t.user_attrs)
+
+
+def test_one_draw_masks_keep_each_members_rate() -> None:
+    from hpsearch.training.fused_model import FusedModel
+
+    models = [torch.nn.Sequential(torch.nn.Linear(4, 50), torch.nn.Dropout(p)) for p in (0.0, 0.5, 0.2)]
+    net = FusedModel(models, [torch.Generator().manual_seed(i) for i in range(3)], one_draw=True)
+    out = net.forward(torch.ones(3, 4000, 4), train=True)
+    plain = net.forward(torch.ones(3, 4000, 4), train=False)
+    masks = out / plain
+    assert torch.equal(masks[0], torch.ones_like(masks[0]))  # rate 0: every unit kept, unscaled
+    for k, p in ((1, 0.5), (2, 0.2)):
+        values = masks[k].round(decimals=4).unique().tolist()
+        assert values == [0.0, round(1 / (1 - p), 4)]
+        assert (masks[k] == 0).float().mean().item() == pytest.approx(p, abs=0.01)
+
+
 def test_a_fused_checkpoint_resumes_alone_on_the_same_curve(tmp_path: Path) -> None:
     """Stopped mid-way, each member is handed back with a checkpoint in the single-trial format;
     its retry trained alone resumes from it and ends on the curve of an uninterrupted run."""
