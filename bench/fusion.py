@@ -229,7 +229,7 @@ def optimizer_steps(device: Any, segments: int) -> None:
                 p.grad = torch.randn_like(p)
             opt = make(ps) if how == "default" else build_optimizer(ps, {**cfg, "optimizer": name})
             direct = Steps([opt])
-            steps[how] = (lambda d=direct: d.step(0)) if how == "direct" else opt.step
+            steps[how] = (lambda d=direct: d.step_all([0])) if how == "direct" else opt.step
             steps[how]()
         for _ in range(segments):
             for how, step in steps.items():

@@ -12,8 +12,8 @@ slice (`p.data = stacked[k]`). That one move gives the rest for free:
   its state_dict is the single-trial format, so a retry resumes fused or alone.
 
 Linear layers run as one baddbmm over the stack (on CPU bitwise equal, slice by slice, to
-F.linear), with a written-out backward. Convolutions run as one grouped convolution on GPUs, and member by member on CPU,
-where oneDNN's grouped kernels measured slower than K separate ones (2-25x at K >= 8 for the seed
+F.linear), with a written-out backward. Convolutions run as one grouped convolution on GPUs, and
+member by member on CPU, where oneDNN's grouped kernels measured slower than K separate ones (2-25x at K >= 8 for the seed
 grid's CNN, bench/fusion.py) and the per-member call is bitwise the one alone. Dropout draws
 each member's mask with the member's own generator in the shape the member alone would draw it,
 so masks are the ones the trial alone would use (on CPU); where kernel launches bound the step (a
@@ -148,22 +148,19 @@ class FusedModel:
         without dropout draws nothing (alone it has no dropout layer)."""
         k = self.k
         if layout == "list":
-            return [t * _mask(t.shape, t, p, gen) if p > 0 else t
+            return [t * _draw(torch.empty_like(t), p, gen) if p > 0 else t
                     for t, p, gen in zip(h, rates, self.generators, strict=True)]
         shape = (h.shape[0], h.shape[1] // k, *h.shape[2:]) if layout == "grouped" else tuple(h.shape[1:])
-        if self.one_draw:  # three kernels for K members, not 2K + 1
-            keep = torch.tensor([1 - p for p in rates], dtype=h.dtype, device=h.device).view(k, *[1] * len(shape))
-            masks = torch.empty((k, *shape), dtype=h.dtype, device=h.device)
-            masks.bernoulli_(keep, generator=self.generators[0]).div_(keep)  # a rate of 0 keeps all: ones
-            return h * (masks.transpose(0, 1).flatten(1, 2) if layout == "grouped" else masks)
-        # One (K, *shape) buffer, each member's mask drawn straight into its row (a contiguous
-        # slice draws what a fresh tensor of that shape would): no per-member tensors to stack.
         masks = torch.empty((k, *shape), dtype=h.dtype, device=h.device)
-        for row, p, gen in zip(masks, rates, self.generators, strict=True):
-            if p > 0:
-                row.bernoulli_(1 - p, generator=gen).div_(1 - p)
-            else:
-                row.fill_(1)
+        if self.one_draw:  # three kernels for K members, not 2K + 1; a rate of 0 keeps all: ones
+            keep = torch.tensor([1 - p for p in rates], dtype=h.dtype, device=h.device).view(k, *[1] * len(shape))
+            masks.bernoulli_(keep, generator=self.generators[0]).div_(keep)
+        else:  # each member's mask straight into its row: a contiguous slice draws what a fresh tensor would
+            for row, p, gen in zip(masks, rates, self.generators, strict=True):
+                if p > 0:
+                    _draw(row, p, gen)
+                else:
+                    row.fill_(1)
         return h * (masks.transpose(0, 1).flatten(1, 2) if layout == "grouped" else masks)
 
     # --- after backward ------------------------------------------------------------------
@@ -227,8 +224,9 @@ def _signature(m: nn.Module) -> tuple[object, ...]:
     return (type(m).__name__, *[tuple(p.shape) for p in m.parameters(recurse=False)], repr(m))
 
 
-def _mask(shape: Any, like: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p, generator=gen).div_(1 - p)
+def _draw(out: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A dropout mask of rate p into `out`, as F.dropout draws it on CPU: bernoulli(1 - p) / (1 - p)."""
+    return out.bernoulli_(1 - p, generator=gen).div_(1 - p)
 
 
 def _per_image(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -6,8 +6,8 @@ walk over every parameter's state): about as much as the fused Adam kernel itsel
 grid's MLP on CPU (bench/fusion.py, part 1c).
 
 For the optimizers hpsearch builds itself (torch's Adam, AdamW and SGD with fused kernels, one
-parameter group, no step hooks, no AMP scaler attached), a member's first step goes through
-step(), which creates its state. Later steps call the very functional torch's step() calls
+parameter group, no step hooks, no AMP scaler attached), a member's first step in a Steps (a
+fused epoch makes one) goes through step(), which creates its state. Later steps call the very functional torch's step() calls
 (torch.optim.adam.adam, torch.optim.sgd.sgd) with the arguments step() passes, read from the
 param group on every step, so a schedule's learning rate is seen. Members whose settings are
 equal that step (a grid point's seeds) go in one call over all their tensors: the kernels are
@@ -26,15 +26,12 @@ import torch
 
 
 class Steps:
-    """Steps a fixed list of optimizers: step(i) one of them, step_all() every one."""
+    """Steps a fixed list of optimizers (a fused epoch makes one): step_all() every one, or some."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         self.optimizers = list(optimizers)
         self._direct: list[_Direct | None] = [None] * len(self.optimizers)
         self._started = [False] * len(self.optimizers)
-
-    def step(self, i: int) -> None:
-        self.step_all([i])
 
     def step_all(self, indices: list[int] | None = None) -> None:
         groups: dict[tuple[Any, ...], list[int]] = {}

@@ -187,7 +187,8 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
     launch_bound = _launch_bound(device)
     net = FusedModel([m.run.model for m in members], [m.dropout for m in members],  # type: ignore[union-attr,misc]
                      grouped_conv=launch_bound, one_draw=launch_bound)
-    batched_loss = launch_bound and all(_plain_cross_entropy(m.run.loss_fn) for m in members)  # type: ignore[union-attr]
+    # The registry's cross_entropy (losses take no plugins): every member's loss in one call.
+    batched_loss = launch_bound and all(m.run.cfg["loss"] == "cross_entropy" for m in members)  # type: ignore[union-attr]
     data = members[0].run.data  # type: ignore[union-attr]
 
     while members:
@@ -235,16 +236,10 @@ def _launch_bound(device: Any) -> bool:
     return torch.device(device).type != "cpu"
 
 
-def _plain_cross_entropy(loss_fn: Any) -> bool:
-    """torch's cross-entropy with its defaults: the mean over a member's batch of per-example losses."""
-    return (type(loss_fn) is torch.nn.CrossEntropyLoss and loss_fn.weight is None and loss_fn.reduction == "mean"
-            and loss_fn.ignore_index == -100 and loss_fn.label_smoothing == 0.0)
-
-
 def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod.Data,
                  batched_loss: bool = False) -> list[tuple[float, int, int]]:
     """One epoch for every member: each its own batches (its generator), one fused step per batch.
-    `batched_loss`: every member's cross-entropy in one call (the members' losses are all plain)."""
+    `batched_loss`: every member's cross-entropy in one call (every member's loss is cross_entropy)."""
     device = data.x_train.device
     k = len(runs)
     steps = Steps([r.optimizer for r in runs])
@@ -261,7 +256,8 @@ def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod
         net.zero_grad()
         out = net.forward(x)
         if batched_loss:
-            losses = torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+            per_example = torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+            losses = per_example.view(k, -1).mean(1)
         else:
             losses = torch.stack([r.loss_fn(out[i], y[i]) for i, r in enumerate(runs)])
         losses.sum().backward()  # d(sum)/d(loss_i) = 1: member i's gradient is its own loss's

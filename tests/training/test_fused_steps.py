@@ -40,17 +40,20 @@ def _train(pair: list[tuple[nn.Module, torch.optim.Optimizer, Any]], steps: Step
                 if i == 0:
                     opt.step()
                 else:
-                    steps.step(0)
+                    steps.step_all([0])
         for _, _, schedule in pair:
             schedule.step()
 
 
 @pytest.mark.parametrize("optimizer", DIRECT)
-def test_direct_steps_are_bitwise_step_and_see_the_schedule(optimizer: str) -> None:
+def test_direct_steps_are_bitwise_step_and_see_the_schedule(optimizer: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pair = _pair(optimizer)
     steps = Steps([pair[1][1]])
+    calls: list[int] = []
+    real = fused_steps._run
+    monkeypatch.setattr(fused_steps, "_run", lambda directs: (calls.append(len(directs)), real(directs))[1])
     _train(pair, steps)
-    assert steps._direct[0] is not None  # the direct call did the steps after the first
+    assert steps._direct[0] is not None and calls == [1] * 11  # the direct call did the 11 steps after the first
     (a, opt_a, _), (b, opt_b, _) = pair
     assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -85,11 +88,11 @@ def test_a_step_hook_or_a_missing_gradient_goes_back_to_step() -> None:
     model, opt, _ = pair[0]
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     nn.functional.cross_entropy(model(x), y).backward()
-    steps.step(0)
+    steps.step_all([0])
     assert steps._direct[0] is not None
     model[2].bias.grad = None  # step() skips a parameter without a gradient; so must the step
     before = model[2].bias.detach().clone()
-    steps.step(0)
+    steps.step_all([0])
     assert steps._direct[0] is None and torch.equal(model[2].bias, before)
 
 
