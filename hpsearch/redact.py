@@ -16,11 +16,15 @@ from pathlib import Path
 # itself hold a raw "@" (Azure's user@server). Over-masking a token is harmless; under-masking is not.
 _PASSWORD_RE = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/\s]*:)(?P<pw>\S*)(?P<at>@)")
 _QUERY_PW_RE = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
+# The proxy's token belongs in the password slot (grpc://:TOKEN@host:port); one put where a user
+# name goes (grpc://TOKEN@host:port) is hidden too.
+_GRPC_USER_RE = re.compile(r"(?P<pre>\bgrpcs?://)(?P<pw>[^:/@\s]+)(?P<at>@)", re.IGNORECASE)
 
 
 def mask(text: str) -> str:
-    """Hide the password of every URL in `text` (messages, logs, reprs)."""
+    """Hide the password of every URL in `text` (messages, logs, reprs), and the proxy token of a grpc:// URL."""
     text = _PASSWORD_RE.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
+    text = _GRPC_USER_RE.sub(lambda m: f"{m['pre']}***{m['at']}", text)
     return _QUERY_PW_RE.sub(lambda m: f"{m['pre']}***", text)
 
 

@@ -54,7 +54,7 @@ def resolve_url(url: str | None) -> str:
 def kind(url: str) -> str:
     if url.startswith("journal:"):
         return "journal"
-    if url.startswith("grpc://"):
+    if url.startswith(("grpc://", "grpcs://")):
         return "grpc"
     if url.startswith("sqlite"):
         return "sqlite"
@@ -116,12 +116,9 @@ def _open_journal(url: str, create: bool) -> optuna.storages.JournalStorage:
 
 
 def _open_grpc(url: str) -> optuna.storages.GrpcStorageProxy:
-    host, _, port = url[len("grpc://"):].rstrip("/").rpartition(":")
-    if not port.isdigit():
-        raise HpsearchError(f"storage {url!r} must be grpc://host:port")
-    storage = optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
-    storage.wait_server_ready(timeout=30)
-    return storage
+    from hpsearch.storage.grpc_proxy import open_proxy
+
+    return open_proxy(url)  # with the token (hpsearch.storage.token), over TLS for grpcs://
 
 
 def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:

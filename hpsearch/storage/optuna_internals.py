@@ -3,7 +3,8 @@
 hpsearch needs a few things Optuna does not expose: a trial's and a study's storage ids, the
 storage under a study, suggesting from a prebuilt distribution, the cache around an RDB storage
 (unwrapping it, telling it about a claimed trial), the RDB storage's session factory, row building,
-base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup.
+base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup, the gRPC proxy's
+client channel and service.
 They are reached here and nowhere else, so a new Optuna release is checked against one file, and
 the version is checked when hpsearch first touches storage: a different Optuna stops with one
 line instead of failing somewhere deep inside a trial.
@@ -11,6 +12,7 @@ line instead of failing somewhere deep inside a trial.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -169,3 +171,45 @@ def journal_file_path(backend: Any) -> str | None:
 def journal_lock(backend: Any) -> Any:
     """The lock a JournalFileBackend takes around every append (None for other backends)."""
     return getattr(backend, "_lock", None)
+
+
+# --- the gRPC proxy -------------------------------------------------------------------------------
+class _ChanneledGrpcProxy(optuna.storages.GrpcStorageProxy):
+    """Optuna's gRPC client on a channel hpsearch makes (TLS, the token on every call).
+
+    Optuna 5.0's client takes no channel or credentials: it opens an insecure channel in _setup()
+    (also after unpickling), the one place to hand it another.
+    """
+
+    def __init__(self, *, host: str, port: int, make_channel: Callable[[], Any]) -> None:
+        self._make_channel = make_channel
+        super().__init__(host=host, port=port)
+
+    def _setup(self) -> None:
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = self._make_channel()
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+
+    def wait_server_ready(self, timeout: float | None = None) -> None:
+        import grpc
+
+        try:  # on this channel: Optuna's own would try plain gRPC against a TLS server
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as e:
+            raise ConnectionError("GRPC connection timeout") from e
+
+
+def grpc_proxy_on(make_channel: Callable[[], Any], host: str, port: int) -> optuna.storages.GrpcStorageProxy:
+    """Optuna's GrpcStorageProxy talking through the channel make_channel() returns."""
+    return _ChanneledGrpcProxy(host=host, port=port, make_channel=make_channel)
+
+
+def add_grpc_storage_service(server: Any, storage: optuna.storages.BaseStorage) -> None:
+    """Optuna's storage service on a gRPC server hpsearch made (run_grpc_proxy_server takes no interceptors)."""
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
