@@ -39,6 +39,7 @@ STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
 RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
 RECENT_SECONDS = 600.0  # ... or all of the last 10 minutes when more than 20 finished in them
 HANDED_BACK = "preempted"  # how the worker's fail_reason of a hand-back starts
+MAX_REASONS = 5  # distinct failure reasons shown in the table (--json has them all)
 
 
 def open_study(name: str, storage: str | None) -> tuple[optuna.Study, Any]:
@@ -92,9 +93,16 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
         "plan": plan, "issued": issued, "planned": finished + remaining, "remaining": remaining,
         "upper_bound": more_seeds > 0, "stale": stale,
         "eta": remaining / per_hour * 3600 if remaining and per_hour > 0 else None,
-        "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers,
+        "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers, "failures": failure_reasons(trials),
         "retried": sum(1 for t in trials if schema.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
     }
+
+
+def failure_reasons(trials: list[Any]) -> list[tuple[str, int]]:
+    """(reason, trials) of failed trials (not handed back), the most frequent first: why they failed."""
+    reasons = Counter(str(t.user_attrs.get(schema.FAIL_REASON) or "no reason recorded") for t in trials
+                      if state_of(t) == "failed")
+    return sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def _seeds_to_come(trials: list[Any], spec: Any, not_issued: int) -> int:
@@ -246,6 +254,10 @@ def _summary_table(snap: dict[str, Any]) -> Table:
     for number, (age, limit) in sorted(snap["stale"].items()):
         table.add_row("stale", f"trial {number}: no heartbeat for {_fmt_time(age)} (limit {limit:.0f}s): its worker "
                       "is presumed dead; a running worker re-queues it")
+    for reason, n in snap["failures"][:MAX_REASONS]:
+        table.add_row("failed", f"{n} × {reason}")
+    if len(snap["failures"]) > MAX_REASONS:
+        table.add_row("failed", f"... {len(snap['failures']) - MAX_REASONS} other reasons (`hpsearch export` lists each)")
     if snap["gpu_hours"]:
         table.add_row("gpu-hours", f"{snap['gpu_hours']:.2f}")
     if snap["retried"]:
@@ -321,6 +333,7 @@ def status_record(snap: dict[str, Any]) -> dict[str, Any]:
                        "busy_seconds": snap["window_s"]},
         "eta_seconds": snap["eta"], "elapsed_seconds": snap["elapsed"], "gpu_hours": snap["gpu_hours"],
         "retried": snap["retried"],
+        "failures": [{"reason": reason, "trials": n} for reason, n in snap["failures"]],
         "stale": [{"trial": n, "heartbeat_age_seconds": age, "limit_seconds": limit}
                   for n, (age, limit) in sorted(snap["stale"].items())],
         "best_trial": None if best is None else {"number": best.number, "value": best.value,

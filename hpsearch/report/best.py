@@ -186,7 +186,8 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
         raise HpsearchError(f"--top must be >= 1, but got {top=}")
     # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
     trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED,
-                                          schema.RETRY_OF], with_params=True)
+                                          schema.RETRY_OF, schema.RETRY_HISTORY, schema.FAIL_REASON],
+                             with_params=True)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     rows = summarize(trials, maximize, level)
     aside = [c for _, cs in set_aside(rows, None, top) for c in cs]
@@ -196,7 +197,21 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
         "n_configurations": len(rows), "n_flagged": sum(1 for r in rows if not r.clean),
         "configurations": [config_record(r) for r in rows[:top]],
         "set_aside": [config_record(r) for r in aside],
+        "failures": _failures(trials),
     }
+
+
+def _failures(trials: list[Any]) -> list[dict[str, Any]]:
+    """Failed trials that no retry follows, by reason (most first): what is not ranked, and why."""
+    from optuna.trial import TrialState
+
+    retried = {n for t in trials for n in t.user_attrs.get(schema.RETRY_HISTORY) or []}
+    by_reason: dict[str, list[int]] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number not in retried:
+            reason = str(t.user_attrs.get(schema.FAIL_REASON) or "no reason recorded")
+            by_reason.setdefault(reason, []).append(t.number)
+    return [{"reason": r, "trials": ns} for r, ns in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
 
 
 def config_record(r: ConfigSummary) -> dict[str, Any]:
@@ -232,6 +247,7 @@ def _print_tables(data: dict[str, Any]) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if not data["configurations"]:
         console.print(f"study {data['study']}: no complete trial yet")
+        _print_failures(console, data["failures"])
         return
     metric, level = data["metric"], data["level"]
     title = (f"best configurations of {data['study']} ({data['direction']} {metric}, mean ± {level:.0%} "
@@ -247,6 +263,19 @@ def _print_tables(data: dict[str, Any]) -> None:
     if not data["configurations"][0]["clean"]:
         console.print(f"every one of the {data['n_configurations']} configurations has a pruned or failed seed, so "
                       "there is no clean winner: the values above are over surviving seeds only")
+    _print_failures(console, data["failures"])
+
+
+def _print_failures(console: Any, failures: list[dict[str, Any]]) -> None:
+    if not failures:
+        return
+    n = sum(len(f["trials"]) for f in failures)
+    console.print(f"{n} trial{'s' if n > 1 else ''} failed (not retried) and {'are' if n > 1 else 'is'} not ranked:",
+                  highlight=False)
+    for f in failures[:5]:
+        console.print(f"  {_trial_list(f['trials'])}: {f['reason']}", highlight=False, markup=False)
+    if len(failures) > 5:
+        console.print(f"  ... {len(failures) - 5} other reasons (`hpsearch best --json` lists each)", highlight=False)
 
 
 def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col: str) -> Any:

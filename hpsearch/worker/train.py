@@ -12,6 +12,7 @@ from hpsearch.queue import study as study_mod
 from hpsearch.spec.model import StudySpec
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import record_class_counts
+from hpsearch.worker.result import checked
 from hpsearch.worker.stopping import should_stop
 
 
@@ -24,7 +25,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: O
     c = trainer_context(trial, spec, ctx, opts, progress)
     tracker = c.tracker
     try:
-        value = trainer.run(trial, spec, c)
+        # Checked here, so a bad result ends the W&B run as failed, not complete.
+        value = checked(trainer.run(trial, spec, c), spec.metric)
     except BaseException as exc:
         if tracker is not None:
             tracker.finish_error(exc)
@@ -47,8 +49,7 @@ def _user_objective(trial: optuna.Trial, spec: StudySpec) -> float:
     study_mod.set_user_attrs(trial, {schema.CONFIG_ID: space_mod.config_id(params),
                                      schema.NAME: space_mod.short_name(params),
                                      schema.CONFIG: {**spec.train, **params, "seed": seed}})
-    value = fn(trial, spec.to_dict())
-    return float(value)
+    return checked(fn(trial, spec.to_dict()), spec.metric)
 
 
 def trainer_context(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> Any:

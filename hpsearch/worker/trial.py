@@ -26,6 +26,7 @@ from hpsearch.storage.backend import mask
 from hpsearch.storage.optuna_internals import storage_of, trial_id
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import safe
+from hpsearch.worker.result import BadResult, checked
 from hpsearch.worker.stopping import CURRENT
 from hpsearch.worker.train import objective
 
@@ -83,7 +84,7 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
         if not _tell(study, trial, state=TrialState.PRUNED):
             return dropped(label, out)
         _discard(ctx, trial)
-        out(f"[{label}] {exc or 'pruned'}")
+        out(f"[{label}] {_pruned_text(study, trial, exc)}")
         return "pruned"
     if isinstance(exc, Preempted):
         CURRENT.pop(trial_id(trial), None)
@@ -101,10 +102,26 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
     return _failed(study, trial, exc, label, out)
 
 
+def _pruned_text(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> str:
+    """The built-in trainer says where it was pruned; a bare `raise optuna.TrialPruned()` gets its last report."""
+    text = str(exc).strip()
+    if text:
+        return text if text.startswith("pruned") else f"pruned: {text}"
+    try:
+        reports = storage_of(study).get_trial(trial_id(trial)).intermediate_values
+    except Exception:  # noqa: BLE001 - only the message's detail is lost
+        reports = {}
+    if not reports:
+        return "pruned before its first report"
+    step = max(reports)
+    return f"pruned at step {step} (reported {reports[step]:.4g})"
+
+
 def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, label: str, out: Any) -> str:
     """A trial's failure must not take the worker down: why, recorded on the trial, then FAIL."""
     reason = _reason(exc)
-    divergent = type(exc).__name__ == "Divergent"
+    # The built-in trainer's non-finite loss (Divergent) and a non-finite result (BadResult) alike.
+    divergent = type(exc).__name__ == "Divergent" or getattr(exc, "divergent", False) is True
     safe(trial.set_user_attr, schema.FAIL_REASON, reason)
     safe(trial.set_user_attr, schema.DIVERGENT, divergent)
     safe(trial.set_user_attr, schema.TRACEBACK, "".join(traceback.format_exception(exc))[-4000:])
@@ -118,6 +135,10 @@ def completed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, value: 
               ctx: dict[str, Any], out: Any) -> str:
     """A trial that trained to the end: its timing, its repeats (once), its value; then its checkpoint goes."""
     label = f"trial {trial.number}"
+    try:
+        value = checked(value, spec.metric)  # only a finite number is told (Optuna stores inf as COMPLETE)
+    except BadResult as exc:
+        return _failed(study, trial, exc, label, out)
     try:
         study_mod.set_user_attrs(trial, timing())
         if not _maybe_enqueue_repeats(study, trial, spec) or not _tell(study, trial, value=value):
@@ -176,6 +197,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, 
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BadResult):
+        return str(exc)  # already says what it is, masked
     if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
         # Optuna's wrapper guesses "e.g. exceeding max length" for every failed commit, outages
         # included: the driver's own message says what happened.

@@ -68,3 +68,17 @@ def suicidal(trial: optuna.Trial, spec: dict[str, Any]) -> float:
     if x < 0.5:
         os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+# What `returns` gives back for its `result` parameter: every kind of result that is not a number.
+RESULTS: dict[str, Any] = {"ok": 0.25, "nan": math.nan, "inf": math.inf, "-inf": -math.inf, "abc": "abc",
+                           "none": None, "tuple": (0.1, 0.2)}
+
+
+def returns(trial: optuna.Trial, spec: dict[str, Any]) -> Any:
+    """Reports, then returns what its `result` parameter names; "pruned" is pruned after two reports."""
+    for step in (1, 2):
+        trial.report(0.5, step)
+    if trial.params["result"] == "pruned":
+        raise optuna.TrialPruned()  # bare, as optuna's examples do
+    return RESULTS[trial.params["result"]]
