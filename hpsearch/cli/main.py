@@ -179,7 +179,7 @@ def _launch_parser(sub: Any) -> None:
 
 
 def _dashboard_parser(sub: Any) -> None:
-    p = sub.add_parser("dashboard", help="optuna-dashboard on the storage (loopback by default)")
+    p = sub.add_parser("dashboard", help="optuna-dashboard on the storage (loopback and a token by default)")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=PORT, default=8080)
@@ -188,7 +188,10 @@ def _dashboard_parser(sub: Any) -> None:
     p.add_argument("--auth", help="USER:PASSWORD for basic auth, a bare token (8+ characters) for 'Authorization: "
                    "Bearer', or @FILE holding either (keeps the secret out of ps and shell history); default: "
                    "$HPSEARCH_DASHBOARD_AUTH. Over plain HTTP the password travels in clear: put TLS (a reverse "
-                   "proxy) or an SSH tunnel in front")
+                   "proxy) or an SSH tunnel in front. Without either: hpsearch's token ($HPSEARCH_TOKEN, else "
+                   "~/.config/hpsearch/token, created when missing): open http://HOST:PORT/?token=TOKEN once")
+    p.add_argument("--no-auth", action="store_true", help="DANGEROUS: no credential at all; every local user can read "
+                   "(and unless --read-only, change and delete) the studies. For a machine with one user")
 
 
 def _version() -> str:
@@ -370,7 +373,8 @@ def _launch(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from hpsearch.ops import dashboard
 
-    return dashboard.serve(args.storage, args.host, args.port, read_only=args.read_only, auth=args.auth)
+    return dashboard.serve(args.storage, args.host, args.port, read_only=args.read_only, auth=args.auth,
+                           no_auth=args.no_auth)
 
 
 if __name__ == "__main__":
