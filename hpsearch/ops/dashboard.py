@@ -3,11 +3,15 @@
 optuna-dashboard has no authentication, and its API deletes studies, tells trials and edits
 notes. So its WSGI app is served behind a small guard:
 
+- a token by default, on loopback too (as Jupyter's): hpsearch's server token (hpsearch.storage.token:
+  $HPSEARCH_TOKEN, else the user-only ~/.config/hpsearch/token, created when missing), taken once
+  from `?token=...` and then kept in an HttpOnly cookie, or sent as `Authorization: Bearer`, or as
+  the password of the browser's basic-auth prompt; `--no-auth` drops it (one user on the machine);
 - read-only mode refuses every write request (anything but GET/HEAD/OPTIONS) with 403, and says
   so in the page: a banner, and the delete/rename/create/edit/upload controls hidden (the page
   would otherwise offer them, and a click would end in "Failed to delete study");
-- a credential (`USER:PASSWORD` for basic auth, or a bare token for `Authorization: Bearer`, which
-  browsers may also send as the basic-auth password) is checked in constant time;
+- a credential of the user's own instead (`--auth`: `USER:PASSWORD` for basic auth, or a bare token
+  used like the default one); every credential is checked in constant time;
 - on loopback, requests must name a loopback host (a DNS-rebinding page cannot reach the API);
 - writes from another origin are refused (a page elsewhere cannot post with the user's login).
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -26,11 +31,13 @@ import os
 import re
 import socket
 import socketserver
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from hpsearch.errors import HpsearchError
@@ -80,6 +87,10 @@ class Credential:
         # Both comparisons always run: the time taken must not tell which part was wrong.
         user_ok = self.user is None or _same(user, self.user)
         return _same(password, self.secret) and user_ok
+
+    def cookie(self) -> str:
+        """What the login cookie holds: derived from the secret, so the cookie store never holds the secret."""
+        return hmac.new(self.secret.encode("utf-8"), b"hpsearch dashboard login", hashlib.sha256).hexdigest()
 
 
 def _same(a: str, b: str) -> bool:
@@ -145,9 +156,14 @@ class Guard:
         host = _hostname(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""))
         if self.allowed_hosts is not None and host not in self.allowed_hosts:
             return _refuse(start_response, "403 Forbidden", f"host {host!r} is not served here")
-        if self.credential is not None and not self.credential.accepts(environ.get("HTTP_AUTHORIZATION", "")):
-            return _refuse(start_response, "401 Unauthorized", "authentication required",
-                           [("WWW-Authenticate", 'Basic realm="hpsearch dashboard", charset="UTF-8"')])
+        if self.credential is not None:
+            verdict = self._authenticate(environ)
+            if verdict == "login":
+                return self._login(environ, start_response)
+            if verdict != "ok":
+                return _refuse(start_response, "401 Unauthorized", "missing or wrong token", [
+                    ("WWW-Authenticate", 'Basic realm="hpsearch dashboard", charset="UTF-8"')],
+                    logged=verdict == "wrong", peer=environ.get("REMOTE_ADDR", "?"))
         if method not in SAFE_METHODS:
             if self.read_only:
                 return _refuse(start_response, "403 Forbidden",
@@ -158,6 +174,54 @@ class Guard:
         return self.app(environ, start_response)
 
 
+    def _authenticate(self, environ: dict[str, Any]) -> str:
+        """"ok", "login" (a right ?token=), "wrong" (something was sent, and it is wrong) or "none"."""
+        assert self.credential is not None
+        sent = False
+        token = dict(parse_qsl(environ.get("QUERY_STRING", ""))).get("token")
+        if token is not None and self.credential.user is None:
+            if _same(token, self.credential.secret):
+                return "login"
+            sent = True
+        header = environ.get("HTTP_AUTHORIZATION")
+        if header:
+            if self.credential.accepts(header):
+                return "ok"
+            sent = True
+        cookie = _cookie(environ, _cookie_name(environ))
+        if cookie is not None:
+            if _same(cookie, self.credential.cookie()):
+                return "ok"
+            sent = True
+        return "wrong" if sent else "none"
+
+    def _login(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        """The token once in the URL, then a cookie: the page's own requests carry no token."""
+        assert self.credential is not None
+        rest = [(k, v) for k, v in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True) if k != "token"]
+        location = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+        if rest:
+            location += "?" + urlencode(rest)
+        cookie = f"{_cookie_name(environ)}={self.credential.cookie()}; Path=/; HttpOnly; SameSite=Strict"
+        start_response("303 See Other", [("Location", location), ("Set-Cookie", cookie), ("Content-Length", "0"),
+                                         ("Cache-Control", "no-store")])
+        return [b""]
+
+
+def _cookie_name(environ: dict[str, Any]) -> str:
+    # Cookies are shared by every port of a host: one per port keeps two dashboards' logins apart.
+    return f"hpsearch-dashboard-{environ.get('SERVER_PORT', '')}"
+
+
+def _cookie(environ: dict[str, Any], name: str) -> str | None:
+    try:
+        jar = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None else None
+
+
 def _hostname(host_header: str) -> str:
     if host_header.startswith("["):  # [::1]:8080
         return host_header[1:].split("]", 1)[0]
@@ -165,12 +229,14 @@ def _hostname(host_header: str) -> str:
 
 
 def _refuse(start_response: StartResponse, status: str, reason: str,
-            headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+            headers: list[tuple[str, str]] | None = None, logged: bool = True, peer: str | None = None) -> list[bytes]:
     body = json.dumps({"reason": reason}).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                             *(headers or [])])
-    if not status.startswith("401"):  # 401 is every browser's first request with basic auth
-        log.warning("dashboard: %s: %s", status, reason)
+    # A 401 for a request that sent nothing is every browser's first request: not worth a line.
+    # What was sent is never logged.
+    if logged:
+        log.warning("dashboard: %s: %s%s", status, reason, f" (from {peer})" if peer else "")
     return [body]
 
 
@@ -339,16 +405,42 @@ def make_server(host: str, port: int, app: WSGIApp) -> WSGIServer:
     return server
 
 
-def serve(storage: str | None, host: str, port: int, read_only: bool = False, auth: str | None = None) -> int:
+NO_AUTH_WARNING = ("--no-auth: this dashboard serves anyone who can reach it: every local user can read the "
+                   "studies{}; use it only on a machine with one user")
+
+
+def server_credential(auth: str | None, no_auth: bool) -> tuple[Credential | None, str, bool]:
+    """The credential, what to say about it, and whether the user gave it (--auth, $HPSEARCH_DASHBOARD_AUTH)."""
+    if no_auth:
+        if auth:
+            raise HpsearchError("--no-auth and --auth do not go together: --no-auth serves without a credential")
+        return None, "NO AUTHENTICATION", False
     credential = parse_credential(auth)
-    check_exposure(host, read_only, credential)
+    if credential is not None:
+        return credential, "authentication", True
+    from hpsearch.storage import token as token_mod
+
+    secret, where = token_mod.for_server()
+    return Credential(secret=secret), f"token in {where}", False
+
+
+def serve(storage: str | None, host: str, port: int, read_only: bool = False, auth: str | None = None,
+          no_auth: bool = False) -> int:
+    credential, described, explicit = server_credential(auth, no_auth)
+    check_exposure(host, read_only, credential if explicit else None)
     url = resolve_url(storage)
     app = build_app(url, read_only=read_only, credential=credential, host=host)
     server = make_server(host, port, app)
     shown = f"[{host}]" if ":" in host else host
-    guards = ", ".join(g for g, on in (("read-only", read_only), ("authentication", credential)) if on) or "loopback only"
-    print(f"optuna-dashboard for {mask(dashboard_target(url))} on http://{shown}:{server.server_port}/ ({guards}); "
-          "Ctrl-C stops it", flush=True)
+    base = f"http://{shown}:{server.server_port}/"
+    guards = ", ".join([described, *(["read-only"] if read_only else [])])
+    print(f"optuna-dashboard for {mask(dashboard_target(url))} on {base} ({guards}); Ctrl-C stops it", flush=True)
+    if credential is not None and credential.user is None:
+        # The login URL holds the token: shown on a terminal (as Jupyter does), never into a pipe or a log.
+        login = f"{base}?token={credential.secret}" if sys.stdout.isatty() else f"{base}?token=TOKEN"
+        print(f"open {login} once (the browser keeps a cookie), or send 'Authorization: Bearer TOKEN'", flush=True)
+    if no_auth:
+        log.warning("%s", NO_AUTH_WARNING.format("" if read_only else ", change and delete them"))
     warning = clear_text_warning(host, credential)
     if warning:
         log.warning("%s", warning)
