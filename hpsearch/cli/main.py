@@ -170,10 +170,12 @@ def _launch_parser(sub: Any) -> None:
     p.add_argument("--setup", action="append", default=[], metavar="CMD",
                    help="slurm/pbs: a shell command the job runs before its workers, e.g. 'module load cuda; "
                    "source venv/bin/activate' (repeatable, in order; a failing one stops the task)")
-    p.add_argument("--time", default="24:00:00", help="wall time per array task (slurm/pbs)")
+    p.add_argument("--time", default="24:00:00", help="wall time per array task (slurm/pbs): minutes (90), H:MM "
+                   "(hours:minutes, for SLURM too), H:MM:SS, D-H, D-H:MM or D-H:MM:SS (default 24:00:00)")
     p.add_argument("--cpus-per-worker", type=POSITIVE_INT, help="CPUs per worker; an array task gets this times its "
-                   "workers (default: the template's CPUs per task)")
-    p.add_argument("--mem", help="memory per array task, e.g. 32G (default: the template's)")
+                   "workers (default: the template's, which are per worker)")
+    p.add_argument("--mem", help="memory per array task, e.g. 32G (default: the template's per-worker memory times "
+                   "the task's workers)")
     p.add_argument("--partition", "--queue", dest="partition", help="SLURM partition or PBS queue")
     p.add_argument("--account", help="SLURM account or PBS project (-A)")
 
