@@ -71,6 +71,12 @@ FAIL_REASON = _attr("fail_reason", "trial", str, "why it failed (the first line 
 DIVERGENT = _attr("divergent", "trial", bool, "its loss became non-finite")
 TRACEBACK = _attr("traceback", "trial", str, "the last 4,000 characters of the failure's traceback")
 RUN_ID = _attr("wandb_run_id", "trial", str, "its Weights & Biases run, resumed by a retry")
+# How it was computed: a rerun is bitwise equal only with the same threads and device (README).
+THREADS = _attr("threads", "trial", int, "torch's intra-op threads while it trained")
+FUSED = _attr("fused_group", "trial", int, "trials trained as one fused model with it (1: alone)")
+TORCH_VERSION = _attr("torch_version", "trial", str, "the torch release it trained with")
+HPSEARCH_VERSION = _attr("hpsearch_version", "trial", str, "the hpsearch release that ran it")
+COMPUTE = (DEVICE, THREADS, FUSED, TORCH_VERSION, HPSEARCH_VERSION)
 
 # --- trial user attributes: training (the built-in trainer) -------------------------------------
 N_PARAMETERS = _attr("n_parameters", "trial", int, "trainable parameters of the model")

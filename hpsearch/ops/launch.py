@@ -38,7 +38,7 @@ def visible_gpus() -> list[str]:
     return []
 
 
-def worker_env(index: int, n_workers: int, gpus: list[str], base: dict[str, str] | None = None,
+def worker_env(index: int, gpus: list[str], base: dict[str, str] | None = None,
                storage: str | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     if storage is not None:
@@ -47,10 +47,8 @@ def worker_env(index: int, n_workers: int, gpus: list[str], base: dict[str, str]
         env["HPSEARCH_STORAGE"] = storage
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]  # round robin: several workers per GPU allowed
-    # Share the cores instead of every worker starting a thread per core.
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
-    env.setdefault("HPSEARCH_THREADS", threads)
-    env.setdefault("OMP_NUM_THREADS", env["HPSEARCH_THREADS"])
+    # No thread count here: each worker takes its own share of the cores, counting the live workers
+    # of the machine (hpsearch.worker.share), as it does when started by hand; HPSEARCH_THREADS wins.
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -96,7 +94,7 @@ def start_workers(study: str, url: str, workers: int, log_dir: Path, heartbeat: 
         fh = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
         # Own session: a terminal's Ctrl-C reaches the launcher only, which stops workers once, in order.
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                env=worker_env(i, workers, gpus, storage=url), start_new_session=True)
+                                env=worker_env(i, gpus, storage=url), start_new_session=True)
         started.append(LocalWorker(i, gpus[i % len(gpus)] if gpus else None, log_path, proc, fh))
     return started
 

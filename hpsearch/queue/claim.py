@@ -7,15 +7,18 @@ own set_trial_state_values, so a trial is never claimed twice whatever the numbe
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.schema import FIXED_PARAMS
-from hpsearch.storage import claims, optuna_internals
+from hpsearch.queue import plan as plan_mod
+from hpsearch.queue import study as study_mod
+from hpsearch.schema import FIXED_PARAMS, WORKER
+from hpsearch.storage import bulk, claims, optuna_internals
 from hpsearch.storage.kinds import GRPC, backend_of
 
 GROUP_WINDOW = 512  # waiting trials (oldest first) searched for a claimed trial's fusion partners
@@ -69,6 +72,24 @@ def _cache_claimed(cached: Any, study: optuna.Study, frozen: FrozenTrial) -> Non
     later sync (TPE's constant liar reads running trials) refreshes it the usual way.
     """
     optuna_internals.cache_claimed(cached, optuna_internals.study_id(study), frozen)
+
+
+def fair_share(study: optuna.Study, k: int, here: Iterable[str]) -> int:
+    """How many trials a worker that just claimed one may fuse: k while plenty waits, else its share.
+
+    Near a study's end the trials left (waiting, not yet issued, and the one just claimed) are
+    divided among the live workers: this machine's workers of the study (`here`, idle ones too:
+    they are waiting for exactly these trials) and the other machines' workers that hold a running
+    trial. Two workers on an 8-point grid each train four; a group is k while k per worker waits.
+    """
+    local = set(here)
+    waiting, running = study_mod.active_counts(study)
+    if waiting + 1 >= k * (len(local) + running):  # more than enough even if every running trial were a worker's
+        return k
+    left = waiting + 1 + plan_mod.unissued(study)
+    workers = local | {str(t.user_attrs[WORKER]) for t in bulk.trials(study, keys=(WORKER,), states=(TrialState.RUNNING,))
+                       if t.user_attrs.get(WORKER)}
+    return max(1, min(k, math.ceil(left / max(1, len(workers)))))
 
 
 def claim_group(study: optuna.Study, first: optuna.Trial, k: int,

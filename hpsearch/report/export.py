@@ -36,12 +36,12 @@ BINARY_TO_STDOUT = "--format parquet is binary: give --out FILE to write it to a
 METRICS = schema.METRICS
 # Trial user attrs copied as they are (missing -> empty); see hpsearch.schema.
 ATTRS = (schema.BEST_EPOCH, schema.EPOCHS_TRAINED, schema.PRUNED_AT_EPOCH, schema.DURATION_S, schema.TRAIN_TIME_S,
-         schema.DEVICE, schema.WORKER, schema.FAIL_REASON, schema.RETRY_OF)
+         *schema.COMPUTE, schema.WORKER, schema.FAIL_REASON, schema.RETRY_OF)
 # The configuration's seed runs by outcome (see the module docstring), on every row of the configuration.
 CONFIG_COLUMNS = ("config_seeds", "config_complete", "config_pruned", "config_failed", "config_pending",
                   "config_clean")
 INT_COLUMNS = ("number", schema.SEED, schema.REPEAT_OF, schema.BEST_EPOCH, schema.EPOCHS_TRAINED,
-               schema.PRUNED_AT_EPOCH, schema.RETRY_OF, *CONFIG_COLUMNS[:-1])
+               schema.PRUNED_AT_EPOCH, schema.RETRY_OF, schema.THREADS, schema.FUSED, *CONFIG_COLUMNS[:-1])
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 

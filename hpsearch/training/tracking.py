@@ -338,7 +338,8 @@ class WandbTracker:
         if self.spec.repeats > 1 and "seed" in config:
             name = f"{name}_seed_{config['seed']}"  # repeats share a configuration; keep runs apart
         config.update({"trial_number": self.trial.number, "study": self.trial.study.study_name})
-        for key in (schema.CONFIG_ID, schema.RETRY_OF, schema.REPEAT_OF):
+        # How it was computed (threads, device, fused group, releases): why a rerun may differ.
+        for key in (schema.CONFIG_ID, schema.RETRY_OF, schema.REPEAT_OF, *schema.COMPUTE):
             if attrs.get(key) is not None:
                 config[key] = attrs[key]
         return name, config

@@ -35,6 +35,7 @@ from hpsearch.search.samplers import build_pruner, build_sampler
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 from hpsearch.storage.optuna_internals import storage_of, study_id
+from hpsearch.worker import share as share_mod
 from hpsearch.worker import stopping
 from hpsearch.worker import trial as trial_mod
 from hpsearch.worker.options import Options
@@ -77,6 +78,10 @@ class Worker:
     deadline: float | None = None  # the study's wall-clock budget ends (unix time)
     my_deadline: float | None = None  # this worker's --timeout ends (monotonic)
     chunk: int = 1
+    share: share_mod.Share | None = None  # this worker's registration on the machine: threads, GPU
+    threads: int = 0  # torch threads now (re-read before each claim)
+    threads_why: str = ""
+    here: list[str] = field(default_factory=list)  # this machine's live workers of the study
     lock: StudyLock | None = None
     reaper: Reaper | None = None
     summary: Summary = field(default_factory=Summary)
@@ -92,36 +97,48 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def pick_device(name: str) -> Any:
+def gpus_to_share(name: str) -> int:
+    """How many GPUs `--device name` lets this worker choose among (auto on a CUDA machine: all)."""
+    if name != "auto":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pick_device(name: str, gpu: int | None = None) -> Any:
+    """The torch device of `--device name`; `gpu` is the GPU the machine share chose for auto."""
     import torch
 
     if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        from hpsearch.worker.gpus import claim_free_gpu
-
-        return torch.device(f"cuda:{claim_free_gpu(torch.cuda.device_count())}")
+        return torch.device("cpu") if gpu is None else torch.device(f"cuda:{gpu}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HpsearchError(f"--device {name}: CUDA is not available on this machine")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise HpsearchError(f"--device must be auto, cpu or cuda:K, but got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # meta, mps... would burn every trial
+        raise HpsearchError(f"--device must be auto, cpu or cuda:K, but got {name!r}")
+    return device
 
 
 def run_worker(opts: Options) -> int:
     w = _open(opts)
-    _check_before_claiming(w)
-    _start(w)
     try:
-        if _claim_loop(w) == BROKEN:
-            return _shutdown(w, BROKEN)  # said before the reaper stops, as the reason is this worker's own
-    except KeyError:
-        _check_study(w.study)
-        raise
+        _check_before_claiming(w)
+        _start(w)
+        try:
+            if _claim_loop(w) == BROKEN:
+                return _shutdown(w, BROKEN)  # said before the reaper stops, as the reason is this worker's own
+        except KeyError:
+            _check_study(w.study)
+            raise
+        finally:
+            w.reaper.stop()  # type: ignore[union-attr]
+        return _shutdown(w, 0)
     finally:
-        w.reaper.stop()  # type: ignore[union-attr]
-    return _shutdown(w, 0)
+        w.share.leave()  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------- open
@@ -139,7 +156,14 @@ def _open(opts: Options) -> Worker:
     study.sampler = build_sampler(spec.sampler, seed)  # a different seed per worker
     study.pruner = build_pruner(spec.pruner, int(spec.train.get("epochs", 0) or 0) or None)
     out = (lambda msg: None) if opts.quiet else _say
-    return Worker(opts, url, study_mod.worker_id(), out, storage, study, spec)
+    wid = study_mod.worker_id()
+    w = Worker(opts, url, wid, out, storage, study, spec)
+    # Registered before anything slow (data, checks), so workers started together see each other.
+    n_gpus = gpus_to_share(opts.device) if spec.objective is None else 0
+    share_mod.explicit_threads()  # a bad HPSEARCH_THREADS is one line before anything else
+    w.share = share_mod.join(mask(url), opts.study, wid, n_gpus)
+    _take_share(w)
+    return w
 
 
 # ---------------------------------------------------------------- checks before claiming
@@ -155,7 +179,7 @@ def _check_before_claiming(w: Worker) -> None:
     w.deadline = created + spec.wall_clock if spec.wall_clock else None
     w.my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
 
-    w.ctx = _context(spec, opts, w.url, attrs.get(schema.ARTIFACTS_ATTR))
+    w.ctx = _context(spec, opts, w.url, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)  # type: ignore[union-attr]
     w.ctx[CLASS_COUNTS_STORED] = schema.CLASS_COUNTS_ATTR in attrs
     if spec.objective is not None:
         # A plugin that does not import would fail every trial it is given: stop before claiming.
@@ -171,19 +195,42 @@ def _check_before_claiming(w: Worker) -> None:
         w.fuse = _fusion(spec, opts, w.ctx["device"], w.out)
 
 
-def _context(spec: StudySpec, opts: Options, url: str, recorded: str | None = None) -> dict[str, Any]:
+def _context(spec: StudySpec, opts: Options, url: str, recorded: str | None = None,
+             gpu: int | None = None) -> dict[str, Any]:
     from hpsearch.storage.artifacts import artifact_store
 
     device = "cpu"
     if spec.objective is None:  # user objectives import torch only if they want to
-        device = pick_device(opts.device)
-        threads = os.environ.get("HPSEARCH_THREADS")
-        if threads:  # set by `launch local` so N workers share the cores instead of oversubscribing
-            import torch
-
-            torch.set_num_threads(int(threads))
+        device = pick_device(opts.device, gpu)
     # The study records where its checkpoints live, so a retry started elsewhere still finds them.
     return {"device": device, "artifacts": artifact_store(url, recorded), "url": url}
+
+
+def _take_share(w: Worker) -> None:
+    """This worker's share of the machine, read again before each claim: torch's threads (the
+    others that started or died since change it) and this machine's workers of the study."""
+    assert w.share is not None
+    peers = w.share.peers()
+    w.here = w.share.study_workers(peers)
+    threads, why = w.share.threads(peers)
+    if threads == w.threads:
+        return
+    if w.threads:
+        w.out(f"threads: {w.threads} -> {threads} ({why})")
+    w.threads = threads
+    set_threads(threads)
+    w.ctx["threads"] = threads
+    w.threads_why = why
+
+
+def set_threads(n: int) -> None:
+    """Torch's intra-op threads; for a user objective that imports torch later, OpenMP's and MKL's."""
+    import sys
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _fusion(spec: StudySpec, opts: Options, device: Any, out: Any) -> Any:
@@ -206,8 +253,9 @@ def _start(w: Worker) -> None:
         w.reaper.start()
     stopping.install_signals(w.opts.stop_timeout, w.out)
     w.summary = Summary()
+    w.ctx["threads"] = w.threads
     w.out(f"worker {w.wid} on study {w.opts.study!r} ({w.spec.sampler['name']}, storage {mask(w.url)}, "
-          f"device {w.ctx['device']})")
+          f"device {w.ctx['device']}, {w.threads} thread{'s' if w.threads > 1 else ''}: {w.threads_why})")
 
 
 # ---------------------------------------------------------------- the claim loop
@@ -220,6 +268,7 @@ def _claim_loop(w: Worker) -> int:
         if reason:
             w.summary.reason = reason
             return 0
+        _take_share(w)
         t_claim = time.perf_counter()
         trial = claim_mod.claim(w.study)
         w.ctx["claim_s"] = time.perf_counter() - t_claim
@@ -283,7 +332,11 @@ def _run(w: Worker, trial: optuna.Trial) -> list[str]:
     group = [trial]
     if w.fuse is not None:
         left = w.opts.n_trials - w.done if w.opts.n_trials is not None else w.fuse.k
-        group = claim_mod.claim_group(w.study, trial, min(w.fuse.k, left), w.fuse.key)
+        k = min(w.fuse.k, left)
+        if k > 1:  # near the study's end, no more than this worker's share of what is left
+            k = claim_mod.fair_share(w.study, k, w.here)
+        group = claim_mod.claim_group(w.study, trial, k, w.fuse.key)
+    w.ctx["fused"] = len(group)
     if len(group) > 1:
         return w.fuse.run_group(w.study, group, w.spec, w.ctx, w.opts, w.out)  # type: ignore[no-any-return]
     return [trial_mod.run_one(w.study, trial, w.spec, w.ctx, w.opts, w.out)]

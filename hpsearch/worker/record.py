@@ -6,7 +6,9 @@ outcome (told, handed back or dropped) is what must reach the storage.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+from functools import cache
 from typing import Any
 
 import optuna
@@ -29,6 +31,20 @@ def safe(fn: Any, *args: Any) -> bool:
         log.warning("could not record %s: %s", args[:1], mask(str(exc)))
         return False
     return True
+
+
+def how_computed(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The trial's provenance: device, threads, fused group size, torch and hpsearch releases."""
+    return {schema.DEVICE: str(ctx["device"]), schema.THREADS: ctx.get("threads"), schema.FUSED: ctx.get("fused", 1),
+            schema.TORCH_VERSION: _version("torch"), schema.HPSEARCH_VERSION: _version("hpsearch")}
+
+
+@cache
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)  # without importing it (a user objective may not use torch)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def record_class_counts(study: optuna.Study, data: Any, ctx: dict[str, Any]) -> None:

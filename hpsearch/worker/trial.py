@@ -25,7 +25,7 @@ from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask
 from hpsearch.storage.optuna_internals import storage_of, trial_id
 from hpsearch.worker.options import Options
-from hpsearch.worker.record import safe
+from hpsearch.worker.record import how_computed, safe
 from hpsearch.worker.result import BadResult, checked
 from hpsearch.worker.stopping import CURRENT
 from hpsearch.worker.train import objective
@@ -59,7 +59,7 @@ def begin(study: optuna.Study, trial: optuna.Trial, ctx: dict[str, Any], opts: O
 
     service0 = storage_seconds()
     study_mod.set_user_attrs(trial, {schema.WORKER: study_mod.worker_id(), schema.BEAT_INTERVAL: opts.heartbeat,
-                                     schema.DEVICE: str(ctx["device"])})
+                                     **how_computed(ctx)})
     CURRENT[trial_id(trial)] = (study, trial)
     t0 = time.monotonic()
 

@@ -65,13 +65,16 @@ def test_launch_local_rejects_zero_workers(journal_url: str) -> None:
 
 @pytest.mark.parametrize(("gpus", "expected"), [(["0", "1"], ["0", "1", "0"]), (["3"], ["3", "3", "3"])])
 def test_workers_are_spread_over_the_visible_gpus(gpus: list[str], expected: list[str]) -> None:
-    envs = [launch.worker_env(i, 3, gpus, base={}) for i in range(3)]
+    envs = [launch.worker_env(i, gpus, base={}) for i in range(3)]
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == expected
 
 
-def test_cpu_workers_share_the_cores() -> None:
-    env = launch.worker_env(0, 64, [], base={})
-    assert "CUDA_VISIBLE_DEVICES" not in env and env["HPSEARCH_THREADS"] == "1"
+def test_launched_workers_take_their_share_as_hand_started_ones_do() -> None:
+    # No thread count from the launcher: each worker counts the machine's live workers itself
+    # (tests/worker/test_share.py), so `launch local` and workers started by hand behave alike.
+    env = launch.worker_env(0, [], base={})
+    assert "CUDA_VISIBLE_DEVICES" not in env and "HPSEARCH_THREADS" not in env and "OMP_NUM_THREADS" not in env
+    assert launch.worker_env(0, [], base={"HPSEARCH_THREADS": "3"})["HPSEARCH_THREADS"] == "3"  # the user's wins
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0,2", ["0", "2"]), ("", []), ("-1", [])])
