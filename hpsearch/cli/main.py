@@ -83,11 +83,14 @@ def worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study name in the storage")
     p.add_argument("--fuse", type=_number(True, 1, 64), metavar="K",
                    help="train up to K compatible trials (grid points, seeds, retries) as one fused model; 1: one at "
-                        "a time (default: $HPSEARCH_FUSE, else the spec's fuse:, else off on CPU and 16 on CUDA)")
+                        "a time (default: $HPSEARCH_FUSE, else the spec's fuse:, else 8 on CPU and 16 on CUDA; near a study's "
+                        "end a group takes only this worker's share of what is left)")
     _storage_arg(p)
     p.add_argument("--n-trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=POSITIVE, help="stop claiming new trials after this many seconds")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda:K")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present: of several GPUs, the one the fewest workers "
+                   "of this machine hold), cpu or cuda:K. Torch's threads: this worker's share of its CPUs among the "
+                   "machine's live workers, re-read before each trial (HPSEARCH_THREADS fixes it)")
     p.add_argument("--heartbeat", type=HEARTBEAT, help="heartbeat interval in seconds, 1..86400 (default: "
                    "$HPSEARCH_HEARTBEAT, else 30); a trial silent for 1.5 intervals is re-queued")
     p.add_argument("--max-failures", type=POSITIVE_INT, default=5, help="stop after this many failed trials in a row")

@@ -129,6 +129,10 @@ def test_offline_runs_of_a_study_hold_epochs_config_and_final_state(tmp_path: Pa
         settings = {k for k in run["config"] if k in config.TRAIN_KEYS}
         assert settings == DENSE_ADAM, (sorted(settings - DENSE_ADAM), sorted(DENSE_ADAM - settings))
         assert {"hpsearch", "ci"} <= set(run["tags"])
+        # How it was computed: why a rerun may differ (threads, device, fused group, releases).
+        assert run["config"]["threads"] == 1 and run["config"]["device"] == "cpu"
+        assert run["config"]["fused_group"] == 1 and run["config"]["torch_version"]
+        assert run["config"]["hpsearch_version"] == trials[number].user_attrs["hpsearch_version"]
 
     done = runs[0]
     epochs = [h for h in done["history"] if "epoch" in h]
