@@ -409,25 +409,26 @@ NO_AUTH_WARNING = ("--no-auth: this dashboard serves anyone who can reach it: ev
                    "studies{}; use it only on a machine with one user")
 
 
-def server_credential(auth: str | None, no_auth: bool) -> tuple[Credential | None, str, bool]:
-    """The credential, what to say about it, and whether the user gave it (--auth, $HPSEARCH_DASHBOARD_AUTH)."""
+def server_credential(auth: str | None, no_auth: bool) -> tuple[Credential | None, str]:
+    """The credential and what to say about it: --auth / $HPSEARCH_DASHBOARD_AUTH, else hpsearch's token."""
     if no_auth:
         if auth:
             raise HpsearchError("--no-auth and --auth do not go together: --no-auth serves without a credential")
-        return None, "NO AUTHENTICATION", False
+        return None, "NO AUTHENTICATION"
     credential = parse_credential(auth)
     if credential is not None:
-        return credential, "authentication", True
+        return credential, "authentication"
     from hpsearch.storage import token as token_mod
 
     secret, where = token_mod.for_server()
-    return Credential(secret=secret), f"token in {where}", False
+    return Credential(secret=secret), f"token in {where}"
 
 
 def serve(storage: str | None, host: str, port: int, read_only: bool = False, auth: str | None = None,
           no_auth: bool = False) -> int:
-    credential, described, explicit = server_credential(auth, no_auth)
-    check_exposure(host, read_only, credential if explicit else None)
+    # Exposure is judged on what the user chose: off loopback, the default token alone is not enough.
+    check_exposure(host, read_only, None if no_auth else parse_credential(auth))
+    credential, described = server_credential(auth, no_auth)
     url = resolve_url(storage)
     app = build_app(url, read_only=read_only, credential=credential, host=host)
     server = make_server(host, port, app)

@@ -24,12 +24,16 @@ from hpsearch.ops import dashboard
 
 # ---------------------------------------------------------------- a dashboard process
 
+# Every dashboard demands hpsearch's token unless told otherwise; these tests give it theirs.
+TOKEN = "dashboard-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 def start_dashboard(storage: str, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """`hpsearch dashboard --port 0 ...`; returns the process and its base URL once it listens."""
     proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "dashboard", "--storage", storage, "--port", "0",
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env or cli_env(), cwd=ROOT)
+                            env=env or cli_env(HPSEARCH_TOKEN=TOKEN), cwd=ROOT)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
     if match is None:
@@ -57,7 +61,7 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 def study_names(base: str, headers: dict[str, str] | None = None) -> list[str]:
-    status, body = request(f"{base}/api/studies", headers=headers)
+    status, body = request(f"{base}/api/studies", headers=headers or AUTH)
     assert status == 200, body
     return [s["study_name"] for s in json.loads(body)["study_summaries"]]
 
@@ -104,7 +108,7 @@ def test_browser_watches_a_running_study_and_read_only_refuses_delete(
     workers = [start_worker(name, journal_url, "--quiet", "--n-trials", "2", log=tmp_path / "w0.log")]
     try:
         # --- the study list shows the study --------------------------------------------------
-        browser.get(f"{base}/dashboard")
+        browser.get(f"{base}/dashboard?token={TOKEN}")  # once; then the cookie
         wait_for(lambda: name in _page_text(browser), 60, f"study {name} on the study list")
 
         # --- its trial list fills up while workers run, without reloading the page ------------
@@ -127,7 +131,7 @@ def test_browser_watches_a_running_study_and_read_only_refuses_delete(
         browser.get(f"{base}/dashboard")
         wait_for(lambda: name in _page_text(browser), 60, "the study still listed after the refused delete")
         assert name in study_names(base)
-        code, body = request(f"{base}/api/trials/0/tell", method="POST")
+        code, body = request(f"{base}/api/trials/0/tell", method="POST", headers=AUTH)
         assert code == 403 and b"read-only" in body
     finally:
         for w in workers:
@@ -154,7 +158,7 @@ def test_read_only_page_says_so_and_offers_no_delete_or_edit(tmp_path: Path, jou
     for read_only in (True, False):  # the pair: the same page, with and without --read-only
         server, base = start_dashboard(journal_url, *(["--read-only"] if read_only else []))
         try:
-            browser.get(f"{base}/dashboard")
+            browser.get(f"{base}/dashboard?token={TOKEN}")  # each dashboard its own port, and its own login
             wait_for(lambda: name in _page_text(browser), 60, f"study {name} on the study list")
             wait_for(lambda: _shown(browser, 'button[aria-label="delete study"]'), 30, "the study card's buttons")
             banners = browser.find_elements(By.ID, dashboard.BANNER_ID)
@@ -178,7 +182,8 @@ def test_read_only_page_says_so_and_offers_no_delete_or_edit(tmp_path: Path, jou
                 wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, EDIT_NOTE), 30, "the note's edit button")
                 assert _shown(browser, EDIT_NOTE) == [False]
             # A browser holding the writable page must not get "304 Not Modified" for it.
-            code, html = request(f"{base}/dashboard", headers={"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"})
+            code, html = request(f"{base}/dashboard",
+                                 headers={**AUTH, "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"})
             assert (code, dashboard.BANNER_ID.encode() in html) == ((200, True) if read_only else (304, False))
         finally:
             stop(server)
@@ -189,6 +194,7 @@ def test_dashboard_help_names_the_auth_file_and_variable() -> None:
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0 and "@FILE" in text and "$HPSEARCH_DASHBOARD_AUTH" in text
     assert "TLS" in text and "SSH tunnel" in text
+    assert "$HPSEARCH_TOKEN" in text and "--no-auth" in text and "DANGEROUS" in text
 
 
 @pytest.mark.parametrize(("host", "auth", "warned"), [
@@ -248,10 +254,10 @@ def test_loopback_dashboard_refuses_foreign_host_headers(tmp_path: Path, journal
     run_cli("create-study", str(write_spec(tmp_path, tiny_spec(unique("host")))), "--storage", journal_url, check=True)
     server, base = start_dashboard(journal_url)
     try:
-        assert request(f"{base}/api/studies")[0] == 200
-        assert request(f"{base}/api/studies", headers={"Host": "attacker.example"})[0] == 403
+        assert request(f"{base}/api/studies", headers=AUTH)[0] == 200
+        assert request(f"{base}/api/studies", headers={**AUTH, "Host": "attacker.example"})[0] == 403
         port = base.rsplit(":", 1)[1]
-        assert request(f"{base}/api/studies", headers={"Host": f"localhost:{port}"})[0] == 200
+        assert request(f"{base}/api/studies", headers={**AUTH, "Host": f"localhost:{port}"})[0] == 200
     finally:
         stop(server)
 
