@@ -7,7 +7,14 @@ their setup block (`--setup` commands, run before the workers).
 
 Packing: an array task with N GPUs runs N workers, one per GPU (`--workers` counts workers, so
 `--workers 8 --gpus-per-task 4` is 2 tasks). The worker code only ever trains on one GPU, so a
-task that reserved N GPUs for one worker would leave N - 1 of them idle.
+task that reserved N GPUs for one worker would leave N - 1 of them idle. The templates' CPUs and
+memory are one worker's share, so a task of N workers requests N times them (`--cpus-per-worker`
+likewise; an explicit `--mem` is the whole task's).
+
+Wall time (--time) is read once into seconds (hpsearch.ops.walltime: a two-field value is
+hours:minutes for both schedulers) and rendered in a form each reads one way only. A dry run
+creates the SLURM --output directory, since the printed script is submitted by hand and SLURM
+needs that directory before the script starts.
 
 The storage URL's password is never written into a script, printed or logged: a password-free URL
 is rendered as the default; one with a password reaches the job through the environment at submit
@@ -29,13 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpsearch.errors import HpsearchError
+from hpsearch.ops import walltime
 from hpsearch.storage.backend import mask, resolve_url
 
 BEGIN, END = "# >>> hpsearch settings", "# <<< hpsearch settings"
 SETUP_BEGIN, SETUP_END = "# >>> hpsearch setup", "# <<< hpsearch setup"
 WORKERS_BEGIN, WORKERS_END = "# >>> hpsearch workers", "# <<< hpsearch workers"
 FILE_STORAGES = ("journal", "sqlite")
-_TIME_RE = re.compile(r"^(?:(?P<d>\d+)-)?(?P<h>\d{1,3}):(?P<m>\d{2})(?::(?P<s>\d{2}))?$")
+_MEM_RE = re.compile(r"(?P<n>\d+)(?P<unit>[KMGTkmgt]?[Bb]?)")
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class Job:
     study: str
     workers: int  # in all: each array task runs one per GPU
     gpus_per_task: int = 1
-    time: str = "24:00:00"
+    time: int = 86400  # wall time per array task in seconds (walltime.parse of --time)
     heartbeat: int = 30
     device: str = "auto"
     storage_default: str = ""  # rendered only when it has no password
@@ -120,8 +128,8 @@ def check_job(job: Job) -> None:
                             + (f"{low} or {high}" if low else f"{high}"))
     if job.max_running is not None and job.max_running < 1:
         raise HpsearchError(f"--max-running must be >= 1, but got max_running={job.max_running}")
-    if not _TIME_RE.match(job.time):
-        raise HpsearchError(f"--time must be HH:MM[:SS] or D-HH:MM[:SS], but got time={job.time!r}")
+    if isinstance(job.time, bool) or not isinstance(job.time, int) or job.time <= 0:
+        raise HpsearchError(f"--time must be a positive number of seconds once read, but got time={job.time!r}")
 
 
 def _job_name(study: str, limit: int) -> str:
@@ -131,14 +139,17 @@ def _job_name(study: str, limit: int) -> str:
 
 def _slurm_directives(lines: list[str], job: Job) -> list[str]:
     d = "#SBATCH "
+    per = job.workers_per_task
+    cpus = job.cpus * per if job.cpus else _scaled(_template_value(lines, f"{d}--cpus-per-task="), per, "--cpus-per-task")
+    mem = job.mem or _scaled(_template_value(lines, f"{d}--mem="), per, "--mem")
     sets = {
         f"{d}--job-name=": f"{d}--job-name={_job_name(job.study, 64)}",
         f"{d}--array=": f"{d}--array=0-{job.tasks - 1}" + (f"%{job.max_running}" if job.max_running else ""),
         f"{d}--gres=": f"{d}--gres=gpu:{job.gpus_per_task}" if job.gpus_per_task else None,
-        f"{d}--time=": f"{d}--time={job.time}",
+        f"{d}--time=": f"{d}--time={walltime.slurm(job.time)}",
         f"{d}--output=": f"{d}--output={job.log_dir}/%x-%A_%a.out",
-        f"{d}--cpus-per-task=": f"{d}--cpus-per-task={job.cpus * job.workers_per_task}" if job.cpus else ...,
-        f"{d}--mem=": f"{d}--mem={job.mem}" if job.mem else ...,
+        f"{d}--cpus-per-task=": f"{d}--cpus-per-task={cpus}" if cpus else ...,
+        f"{d}--mem=": f"{d}--mem={mem}" if mem else ...,
         f"{d}--partition=": f"{d}--partition={job.queue}" if job.queue else ...,
         f"{d}--account=": f"{d}--account={job.account}" if job.account else ...,
     }
@@ -157,7 +168,7 @@ def _pbs_directives(lines: list[str], job: Job) -> list[str]:
         f"{d}-W max_run_subjobs=": f"{d}-W max_run_subjobs={job.max_running}"
         if job.max_running and job.tasks > 1 else None,
         f"{d}-l select=": select,
-        f"{d}-l walltime=": f"{d}-l walltime={pbs_walltime(job.time)}",
+        f"{d}-l walltime=": f"{d}-l walltime={walltime.pbs(job.time)}",
         f"{d}-q ": f"{d}-q {job.queue}" if job.queue else ...,
         f"{d}-A ": f"{d}-A {job.account}" if job.account else ...,
     }
@@ -167,10 +178,14 @@ def _pbs_directives(lines: list[str], job: Job) -> list[str]:
 def _pbs_select(line: str, job: Job) -> str:
     chunks, _, spec = line.partition("select=")[2].partition(":")
     res = dict(part.split("=", 1) for part in spec.split(":") if "=" in part)
-    if job.cpus:
-        res["ncpus"] = str(job.cpus * job.workers_per_task)
+    per = job.workers_per_task
+    cpus = job.cpus * per if job.cpus else _scaled(res.get("ncpus"), per, "ncpus")
+    if cpus:
+        res["ncpus"] = str(cpus)
     if job.mem:
         res["mem"] = job.mem.lower() if job.mem[-1:].lower() == "b" else f"{job.mem.lower()}b"
+    elif mem := _scaled(res.get("mem"), per, "mem"):
+        res["mem"] = mem
     if job.gpus_per_task:
         res["ngpus"] = str(job.gpus_per_task)
     else:
@@ -178,13 +193,25 @@ def _pbs_select(line: str, job: Job) -> str:
     return "#PBS -l select=" + ":".join([chunks or "1", *(f"{k}={v}" for k, v in res.items())])
 
 
-def pbs_walltime(value: str) -> str:
-    """SLURM-style D-HH:MM[:SS] -> PBS HH:MM:SS."""
-    m = _TIME_RE.match(value)
-    if m is None:
-        raise HpsearchError(f"--time must be HH:MM[:SS] or D-HH:MM[:SS], but got time={value!r}")
-    hours = int(m["d"] or 0) * 24 + int(m["h"])
-    return f"{hours:02d}:{m['m']}:{m['s'] or '00'}"
+def _template_value(lines: list[str], prefix: str) -> str | None:
+    line = next((ln for ln in lines if ln.startswith(prefix)), None)
+    return line[len(prefix):].split()[0] if line is not None and line[len(prefix):].strip() else None
+
+
+def _scaled(value: str | None, workers: int, what: str) -> str | None:
+    """A template's per-worker CPUs or memory times the task's workers (None: keep the template's line).
+
+    The templates' CPUs and memory are one worker's (one GPU's) share: a task that packs N workers
+    requests N times them, or its workers would split one worker's share.
+    """
+    if value is None or workers == 1:
+        return None
+    m = _MEM_RE.fullmatch(value)
+    if m is None or (what in ("--cpus-per-task", "ncpus") and m["unit"]):
+        raise HpsearchError(f"the template's {what} must be a whole number (memory with a unit, like 16G) to scale it "
+                            f"for {workers} workers per task, but got {what}={value!r}; pass "
+                            + ("--cpus-per-worker" if "cpus" in what else "--mem for the whole task"))
+    return f"{int(m['n']) * workers}{m['unit']}"
 
 
 def _directives(lines: list[str], sets: dict[str, object], prefix: str) -> list[str]:
@@ -268,7 +295,7 @@ def job_from_args(target: str, args: argparse.Namespace) -> tuple[Job, str]:
     has_password = mask(url) != url
     job = Job(
         study=args.study, workers=int(args.workers), gpus_per_task=int(getattr(args, "gpus_per_task", 1)),
-        time=str(getattr(args, "time", "24:00:00")), heartbeat=int(getattr(args, "heartbeat", 30)),
+        time=walltime.parse(getattr(args, "time", "24:00:00")), heartbeat=int(getattr(args, "heartbeat", 30)),
         device=str(getattr(args, "device", "auto")),
         storage_default="" if has_password else url, storage_shown=mask(url),
         workdir=str(workdir), log_dir=str(workdir / ".hpsearch" / "logs" / args.study), python=sys.executable,
@@ -306,9 +333,25 @@ def launch(target: str, args: argparse.Namespace) -> int:
         print(f"hpsearch: note: study {job.study!r} has {remaining} trials left to run; "
               f"{job.workers - remaining} of the {job.workers} workers will find nothing to do", file=sys.stderr)
     if getattr(args, "dry_run", False):
+        if target == "slurm":
+            _make_output_dir(job)  # the printed script is sbatch'ed by hand, later
         sys.stdout.write(script)
         return 0
     return submit(target, job, script, url)
+
+
+def _make_output_dir(job: Job) -> None:
+    """SLURM opens --output before the script runs and fails the task when its directory is missing."""
+    path = Path(job.log_dir)
+    if path.is_dir():
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HpsearchError(f"the job's log directory {path} must exist before sbatch (SLURM writes --output "
+                            f"there), but creating it failed: {exc.strerror}") from None
+    print(f"hpsearch: created {path}/ for the job's --output (SLURM needs it before the script starts)",
+          file=sys.stderr)
 
 
 def file_storage_warning(url: str, job: Job) -> str | None:

@@ -20,7 +20,7 @@ import yaml
 
 from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
 from hpsearch.errors import HpsearchError
-from hpsearch.ops import deploy
+from hpsearch.ops import deploy, walltime
 
 
 def _create(tmp_path: Path, storage: str, **over: Any) -> str:
@@ -29,7 +29,8 @@ def _create(tmp_path: Path, storage: str, **over: Any) -> str:
     return name
 
 
-def _dry_run(target: str, name: str, storage: str, *extra: str, cwd: Path | None = None) -> str:
+def _dry_run(target: str, name: str, storage: str, *extra: str, cwd: Path) -> str:
+    """The printed script; a SLURM dry run also creates its log directory under cwd."""
     proc = run_cli("launch", target, "--study", name, "--storage", storage, "--dry-run", *extra, cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -62,10 +63,10 @@ def test_slurm_script_has_array_gpus_time_signal_and_the_worker(study: tuple[str
     name, journal_url = study
     # 6 workers, 2 GPUs per task (the old option name still works): 3 tasks of 2 workers each.
     script = _dry_run("slurm", name, journal_url, "--workers", "6", "--gpus-per-worker", "2", "--time", "2:30:00",
-                      "--heartbeat", "20")
+                      "--heartbeat", "20", cwd=tmp_path)
     _bash_n(script, tmp_path)
     directives = [ln for ln in script.splitlines() if ln.startswith("#SBATCH ")]
-    for expected in ("--array=0-2", "--gres=gpu:2", "--time=2:30:00", f"--job-name=hps-{name}",
+    for expected in ("--array=0-2", "--gres=gpu:2", "--time=0-02:30:00", f"--job-name=hps-{name}",
                      "--signal=B:TERM@120"):
         assert f"#SBATCH {expected}" in directives, directives
     assert any(d.startswith("#SBATCH --output=") and "%A_%a" in d for d in directives)  # a log per task
@@ -83,7 +84,7 @@ def test_slurm_script_has_array_gpus_time_signal_and_the_worker(study: tuple[str
 
 def test_pbs_script_has_array_select_walltime_and_the_worker(study: tuple[str, str], tmp_path: Path) -> None:
     name, journal_url = study
-    script = _dry_run("pbs", name, journal_url, "--workers", "4", "--time", "1-06:00")
+    script = _dry_run("pbs", name, journal_url, "--workers", "4", "--time", "1-06:00", cwd=tmp_path)
     _bash_n(script, tmp_path)
     directives = [ln for ln in script.splitlines() if ln.startswith("#PBS ")]
     assert "#PBS -J 0-3" in directives
@@ -119,7 +120,29 @@ def test_packing_makes_tasks_of_one_worker_per_gpu() -> None:
     assert "#SBATCH --cpus-per-task=8" in slurm and "HPSEARCH_GPUS_PER_TASK=4" in slurm
     assert "# 8 worker(s): 2 array task(s) of 4 GPU(s), one worker per GPU" in slurm  # said in the script
     pbs = deploy.render("pbs", job).splitlines()
-    assert "#PBS -J 0-1" in pbs and "#PBS -l select=1:ncpus=8:ngpus=4:mem=16gb" in pbs
+    assert "#PBS -J 0-1" in pbs and "#PBS -l select=1:ncpus=8:ngpus=4:mem=64gb" in pbs
+
+
+@pytest.mark.parametrize(("gpus", "cpus", "mem"), [(1, 4, 16), (2, 8, 32), (4, 16, 64)])
+def test_packed_tasks_request_the_templates_cpus_and_memory_per_worker(gpus: int, cpus: int, mem: int) -> None:
+    job = deploy.Job(study="s", workers=8, gpus_per_task=gpus)  # the templates: 4 CPUs and 16 GB a worker
+    slurm = deploy.render("slurm", job).splitlines()
+    assert f"#SBATCH --cpus-per-task={cpus}" in slurm and f"#SBATCH --mem={mem}G" in slurm
+    pbs = deploy.render("pbs", job).splitlines()
+    assert f"#PBS -l select=1:ncpus={cpus}:ngpus={gpus}:mem={mem}gb" in pbs
+
+
+def test_packed_tasks_keep_an_explicit_memory_and_scale_explicit_cpus() -> None:
+    job = deploy.Job(study="s", workers=4, gpus_per_task=4, cpus=3, mem="100G")  # --mem is the task's
+    assert {"#SBATCH --cpus-per-task=12", "#SBATCH --mem=100G"} <= set(deploy.render("slurm", job).splitlines())
+    assert "#PBS -l select=1:ncpus=12:ngpus=4:mem=100gb" in deploy.render("pbs", job).splitlines()
+
+
+def test_a_template_memory_that_cannot_be_scaled_is_one_line() -> None:
+    template = deploy.template_path("slurm").read_text().replace("--mem=16G", "--mem=16.5G")
+    with pytest.raises(HpsearchError, match=r"template's --mem must be a whole number.*pass --mem"):
+        deploy.render("slurm", deploy.Job(study="s", workers=2, gpus_per_task=2), template=template)
+    assert "#SBATCH --mem=16.5G" in deploy.render("slurm", deploy.Job(study="s", workers=2), template=template)
 
 
 @pytest.mark.parametrize(("workers", "gpus", "hint"), [(6, 4, "use 4 or 8"), (3, 4, "use 4")])
@@ -164,9 +187,10 @@ def test_the_worker_block_is_the_same_in_both_templates() -> None:
     assert block("slurm") == block("pbs")
 
 
-def test_a_journal_in_a_multi_node_job_is_warned_about(study: tuple[str, str]) -> None:
+def test_a_journal_in_a_multi_node_job_is_warned_about(study: tuple[str, str], tmp_path: Path) -> None:
     name, journal_url = study
-    many = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--workers", "2", "--dry-run")
+    many = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--workers", "2", "--dry-run",
+                   cwd=tmp_path)
     assert many.returncode == 0, many.stderr
     (line,) = [ln for ln in many.stderr.splitlines() if "warning" in ln]
     assert "may run on different nodes" in line and "working locks" in line and "PostgreSQL" in line
@@ -183,15 +207,74 @@ def test_setup_and_max_running_are_refused_for_launch_local(study: tuple[str, st
     assert proc.returncode == 2 and "--setup and --max-running are for slurm/pbs jobs" in proc.stderr
 
 
-@pytest.mark.parametrize("bad", ["24h", "1:2:3:4", "ten"])
-def test_bad_time_is_a_user_error(bad: str) -> None:
-    with pytest.raises(HpsearchError, match="--time"):
-        deploy.check_job(deploy.Job(study="s", workers=2, time=bad))
+# hours:minutes for both schedulers; SLURM alone would read "24:00" as 24 minutes.
+TIMES = [
+    ("24:00", "1-00:00:00", "24:00:00"),
+    ("2:30", "0-02:30:00", "02:30:00"),
+    ("24:00:00", "1-00:00:00", "24:00:00"),
+    ("0:45:10", "0-00:45:10", "00:45:10"),
+    ("90", "0-01:30:00", "01:30:00"),  # SLURM's minutes
+    ("4-12", "4-12:00:00", "108:00:00"),  # SLURM's days-hours
+    ("2-01:30", "2-01:30:00", "49:30:00"),
+    ("1-06:00:30", "1-06:00:30", "30:00:30"),
+    ("72:00", "3-00:00:00", "72:00:00"),
+]
 
 
-def test_pbs_walltime_converts_days() -> None:
-    assert deploy.pbs_walltime("2-01:30") == "49:30:00"
-    assert deploy.pbs_walltime("0:45:10") == "00:45:10"
+@pytest.mark.parametrize(("value", "slurm", "pbs"), TIMES)
+def test_time_is_rendered_unambiguously_for_both_schedulers(value: str, slurm: str, pbs: str) -> None:
+    job = deploy.Job(study="s", workers=2, time=walltime.parse(value))
+    assert f"#SBATCH --time={slurm}" in deploy.render("slurm", job).splitlines()
+    assert f"#PBS -l walltime={pbs}" in deploy.render("pbs", job).splitlines()
+
+
+def test_launch_reads_time_as_hours_minutes(study: tuple[str, str], tmp_path: Path) -> None:
+    name, journal_url = study
+    for value, line in (("24:00", "1-00:00:00"), ("4-12", "4-12:00:00"), ("90", "0-01:30:00")):
+        assert f"#SBATCH --time={line}" in _dry_run("slurm", name, journal_url, "--time", value, cwd=tmp_path).splitlines()
+        pbs = _dry_run("pbs", name, journal_url, "--time", value, cwd=tmp_path).splitlines()
+        assert f"#PBS -l walltime={walltime.pbs(walltime.parse(value))}" in pbs
+
+
+def test_a_slurm_dry_run_creates_the_output_directory(study: tuple[str, str], tmp_path: Path) -> None:
+    name, journal_url = study
+    proc = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    logs = tmp_path / ".hpsearch" / "logs" / name
+    output = next(ln for ln in proc.stdout.splitlines() if ln.startswith("#SBATCH --output="))
+    assert output == f"#SBATCH --output={logs}/%x-%A_%a.out" and logs.is_dir()  # sbatch job.sbatch works as printed
+    assert f"created {logs}/ for the job's --output" in proc.stderr
+    again = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--dry-run", cwd=tmp_path)
+    assert again.returncode == 0 and "created" not in again.stderr
+
+
+def test_a_slurm_dry_run_that_cannot_create_the_output_directory_is_one_line(study: tuple[str, str],
+                                                                           tmp_path: Path) -> None:
+    name, journal_url = study
+    (tmp_path / ".hpsearch").write_text("a file where the directory would go")
+    proc = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--dry-run", "--workers", "1",
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.strip().count("\n") == 0 and "must exist before sbatch" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ("24h", "must be minutes (90), H:MM (hours:minutes)"), ("1:2:3:4", "must be minutes"), ("ten", "must be minutes"),
+    ("", "must be minutes"), ("1:75", "below 60"), ("1:00:60", "below 60"), ("1-24", "hours below 24"),
+    ("0", "longer than 0"), ("0:00", "longer than 0"), ("400-00", "at most 365 days"), ("-5", "must be minutes"),
+])
+def test_bad_time_is_one_line(bad: str, why: str) -> None:
+    with pytest.raises(HpsearchError, match=re.escape(why)) as info:
+        walltime.parse(bad)
+    text = str(info.value)
+    assert text.startswith("--time must ") and "\n" not in text and text.endswith(f"but got time={bad!r}")
+
+
+def test_bad_time_on_the_command_line_is_one_line_and_exit_2(study: tuple[str, str]) -> None:
+    name, journal_url = study
+    proc = run_cli("launch", "slurm", "--study", name, "--storage", journal_url, "--dry-run", "--time", "24h")
+    assert proc.returncode == 2 and not proc.stdout, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--time must be minutes (90)" in proc.stderr
 
 
 def test_unknown_study_fails_before_rendering(study: tuple[str, str]) -> None:
@@ -303,6 +386,16 @@ def test_compose_workers_each_take_their_own_gpu() -> None:
     mounts = [str(v).split(":")[1] if isinstance(v, str) else v["target"] for v in worker["volumes"]]
     assert any(locks.startswith(m.rstrip("/") + "/") for m in mounts), (locks, mounts)  # shared by replicas
     assert "--device" not in worker["command"]  # auto: the worker picks the free GPU
+
+
+def test_the_operations_guide_describes_the_compose_gpus_as_the_file_does() -> None:
+    worker = _compose()["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == "all"
+    text = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    compose = text[text.index("### Docker Compose"):text.index("### SLURM")]
+    assert "reserving one GPU" not in compose and "one GPU per worker" not in compose
+    assert "`count: all`" in compose and "`HPSEARCH_GPU_LOCKS`" in compose and "lock file per GPU" in compose
 
 
 def test_compose_worker_reserves_a_gpu_and_scales() -> None:
