@@ -309,12 +309,15 @@ def job_from_args(target: str, args: argparse.Namespace) -> tuple[Job, str]:
 def study_note(study: str, url: str) -> tuple[str, int]:
     """(one line about the study, trials left to run), read from the storage: the study must exist."""
     from hpsearch.ops import status
+    from hpsearch.queue.plan import plan_summary
 
     snap = status.snapshot(study, url)
     c, spec, planned = snap["counts"], snap["spec"], snap["planned"]
-    what = f"{spec.sampler['name']} sampler, " if spec is not None else ""
-    note = (f"study {study}: {what}{planned if planned is not None else '?'} trials planned, "
-            f"{c.get('complete', 0)} complete, {snap['remaining']} to run")
+    if spec is not None:
+        what = f"{spec.sampler['name']} sampler, {plan_summary(spec)}"
+    else:
+        what = f"{planned if planned is not None else '?'} trials planned"
+    note = f"study {study}: {what}, {c.get('complete', 0)} complete, {snap['remaining']} to run"
     return note, int(snap["remaining"])
 
 

@@ -73,15 +73,14 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.metric])
-    planned = planned_count(spec)
-    what = "grid points x seeds" if spec.is_grid else "trials budget"
+    what = plan_summary(spec)
     if outcome == "created":
-        return study, f"created study {spec.name!r} ({spec.sampler['name']}, {planned} trials planned: {what}; hash {spec_hash})"
+        return study, f"created study {spec.name!r} ({spec.sampler['name']}, {what}; hash {spec_hash})"
     stored = study.user_attrs
     if stored.get(HASH_ATTR) == spec_hash:
         if outcome == "finished":
             return study, (f"study {spec.name!r} already existed with this spec but its creation had been interrupted; "
-                           f"finished it ({planned} trials planned: {what}; hash {spec_hash})")
+                           f"finished it ({what}; hash {spec_hash})")
         return study, f"study {spec.name!r} already exists with this spec (hash {spec_hash}); nothing to do"
     if stored.get(HASH_ATTR) is None:
         raise HpsearchError(
@@ -213,7 +212,28 @@ def _grid_plan(spec: StudySpec) -> list[tuple[dict[str, Any], int]]:
 
 
 def planned_count(spec: StudySpec) -> int:
+    """Entries of the plan: grid points x seeds, or the budget's tickets (one per sampled configuration)."""
     return len(_grid_plan(spec)) if spec.is_grid else int(spec.budget_trials or 0)
+
+
+def plan_summary(spec: StudySpec) -> str:
+    """Trials the study runs, from configurations and seeds: '40 trials planned: 20 configurations x 2 seeds'.
+
+    A sampled configuration's other seeds are queued when its first seed completes, so a pruned or
+    failed one runs fewer: its count is an upper bound.
+    """
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    seeds = count(spec.repeats, "seed")
+    if spec.is_grid:
+        configs = len(_grid_plan(spec)) // spec.repeats
+        return f"{count(configs * spec.repeats, 'trial')} planned: {count(configs, 'configuration')} x {seeds}"
+    configs = int(spec.budget_trials or 0)
+    if spec.repeats == 1:
+        return f"{count(configs, 'trial')} planned: {count(configs, 'sampled configuration')} x {seeds}"
+    return (f"up to {configs * spec.repeats} trials planned: {count(configs, 'sampled configuration')} x {seeds} "
+            "(a configuration's other seeds are queued once its first completes)")
 
 
 def _plan_template(spec: StudySpec, index: int) -> FrozenTrial:

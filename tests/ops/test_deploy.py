@@ -79,7 +79,7 @@ def test_slurm_script_has_array_gpus_time_signal_and_the_worker(study: tuple[str
     assert '-m hpsearch worker --study "$HPSEARCH_STUDY"' in script
     for sig in ("TERM", "INT", "USR1", "USR2"):  # submitit's --signal=B:USR2@90 too
         assert f"trap 'forward SIG{sig}' {sig}" in script
-    assert f"study {name}: grid sampler, 4 trials planned" in script  # read from the study
+    assert f"study {name}: grid sampler, 4 trials planned: 4 configurations x 1 seed, 0 complete" in script  # read from the study
 
 
 def test_pbs_script_has_array_select_walltime_and_the_worker(study: tuple[str, str], tmp_path: Path) -> None:

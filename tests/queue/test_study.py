@@ -64,6 +64,22 @@ def test_grid_runs_every_point_exactly_once(backend: str, request: pytest.Fixtur
         assert name in listing
 
 
+@pytest.mark.parametrize(("over", "line"), [
+    ({"repeats": 2}, "(grid, 8 trials planned: 4 configurations x 2 seeds; hash"),
+    ({}, "(grid, 4 trials planned: 4 configurations x 1 seed; hash"),
+    ({"sampler": "random", "budget": 5, "repeats": 2},
+     "(random, up to 10 trials planned: 5 sampled configurations x 2 seeds (a configuration's other seeds"),
+    ({"sampler": "tpe", "budget": 5}, "(tpe, 5 trials planned: 5 sampled configurations x 1 seed; hash"),
+])
+def test_create_study_counts_trials_from_configurations_and_seeds(tmp_path: Path, over: dict, line: str) -> None:
+    name = unique("plan")
+    url = f"journal:{tmp_path / 'journal.log'}"
+    created = run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name, **over))), "--storage", url, check=True)
+    assert f"created study {name!r} {line}" in created.stdout, created.stdout
+    if over.get("sampler") is None:
+        assert len(_trials(name, url)) == 4 * over.get("repeats", 1)  # the count is the plan's
+
+
 def test_create_study_is_idempotent_and_guards_the_spec(pg_session_db: str, tmp_path: Path) -> None:
     name = unique("idem")
     spec_path = write_spec(tmp_path, tiny_spec(name))
