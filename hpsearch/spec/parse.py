@@ -60,7 +60,8 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
     # --- tracking and fusion; last, names in the registries (they import torch) ----------
     tracking = _tracking(raw.get("tracking"), err)
     fuse = _fuse(raw.get("fuse"), builtin, err)
-    if builtin and not err:
+    if builtin:
+        # Even when other fields are wrong: every problem at once, a misspelled name included.
         trainer.check_registry_names(dataset, train, space, err)
     if err:
         raise SpecError(err.lines)

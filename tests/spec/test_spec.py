@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, tiny_spec, write_spec
+from conftest import ROOT, run_cli, tiny_spec, write_spec
 from hpsearch.errors import HpsearchError
 from hpsearch.spec.loading import load_spec
 from hpsearch.spec.model import SpecError
@@ -93,6 +93,36 @@ def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     problems = info.value.problems
     assert len(problems) >= 4, problems
     assert all(p.startswith(str(tmp_path / "s.yaml")) for p in problems)
+
+
+@pytest.mark.parametrize("where", ["train", "space"])
+def test_unknown_registry_names_are_reported_with_the_other_problems(tmp_path: Path, where: str) -> None:
+    spec = tiny_spec("many")
+    spec["space"]["weight_decay"] = {"low": 1.0e-2, "high": 1.0e-6, "log": True}  # a bad range
+    if where == "train":
+        spec["space"].pop("optimizer")
+        spec["train"]["optimizer"] = "adma"
+    else:
+        spec["space"]["optimizer"] = {"choices": ["sgd", "adma"]}
+    with pytest.raises(SpecError) as info:
+        _load(tmp_path, spec)
+    problems = info.value.problems
+    assert any(": space.weight_decay" in p for p in problems), problems
+    field = "train.optimizer" if where == "train" else "space.optimizer.choices"
+    assert any(f": {field}: optimizer 'adma' is not registered" in p and "did you mean 'adam'" in p
+               for p in problems), problems
+
+
+def test_create_study_prints_a_bad_range_and_an_unknown_optimizer_at_once(tmp_path: Path) -> None:
+    spec = tiny_spec("many")
+    spec["space"]["optimizer"] = {"choices": ["sgd", "adma"]}
+    spec["space"]["dropout"] = {"low": 0.5, "high": 0.1}
+    proc = run_cli("create-study", str(write_spec(tmp_path, spec, "s.yaml")), "--storage",
+                   f"journal:{tmp_path / 'j.log'}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert any("space.dropout" in ln for ln in lines), lines
+    assert any("space.optimizer.choices: optimizer 'adma' is not registered" in ln for ln in lines), lines
 
 
 def test_malformed_yaml_is_one_line(tmp_path: Path) -> None:
