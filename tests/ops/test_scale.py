@@ -18,7 +18,9 @@ from hpsearch.search.filters import FilteredSampler
 from hpsearch.storage.backend import open_storage
 from pgcluster import free_port
 
-ENV = cli_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}:{ROOT / 'tests' / 'plugins'}", HPSEARCH_ISSUE_CHUNK="8")
+# The proxy demands a token (issue 20); the proxy and its workers find it here.
+ENV = cli_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}:{ROOT / 'tests' / 'plugins'}", HPSEARCH_ISSUE_CHUNK="8",
+              HPSEARCH_TOKEN="scale-test-token-0123456789")
 
 
 @pytest.fixture
