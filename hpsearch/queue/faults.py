@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -123,44 +124,79 @@ def _still_stale(study: optuna.Study, frozen: optuna.trial.FrozenTrial, limit: f
 
 
 class Heartbeat:
-    """Beats every interval/2 for one running trial (twice per interval tolerates one lost beat)."""
+    """Beats every interval/2 (twice per interval tolerates one lost beat) for running trials: one
+    trial, or every member of a fused group from the moment the group is claimed, each until it is
+    released (it ended) or taken over."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float) -> None:
+    def __init__(self, study: optuna.Study, trial_ids: int | Sequence[int], interval: float) -> None:
         self.study = study
-        self.trial_id = trial_id
+        self._ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
+        self._ids_lock = threading.Lock()
         self.interval = float(interval)
         backend = backend_of(study)
         self.rdb, self.ours = backend.rdb, backend.ours
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpsearch-heartbeat", daemon=True)
 
+    @property
+    def trial_ids(self) -> list[int]:
+        with self._ids_lock:
+            return list(self._ids)
+
+    def release(self, trial_id: int) -> None:
+        """Stop beating for `trial_id` (it ended); the others go on. The last one stops the thread."""
+        with self._ids_lock:
+            if trial_id in self._ids:
+                self._ids.remove(trial_id)
+            empty = not self._ids
+        if empty:
+            self.__exit__(None, None, None)
+
     def beat(self) -> None:
+        failed: Exception | None = None
+        for trial_id in self.trial_ids:
+            try:
+                self._beat_one(trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Taken over by a reaper; the worker finds out when it tells.
+                with self._ids_lock:
+                    if trial_id in self._ids:
+                        self._ids.remove(trial_id)
+            except Exception as exc:  # noqa: BLE001 - the other members still beat; said once below
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _beat_one(self, trial_id: int) -> None:
         if self.ours is not None:
             # Not through the reconnecting wrapper: its backoff (up to 15 s a try) would leave
             # beats unsent for long after the database is back. This loop retries on its own.
-            self.ours.record_heartbeat_once(self.trial_id)
+            self.ours.record_heartbeat_once(trial_id)
         elif self.rdb is not None:
-            self.rdb.record_heartbeat(self.trial_id)
+            self.rdb.record_heartbeat(trial_id)
         else:
-            optuna_internals.storage_of(self.study).set_trial_user_attr(self.trial_id, BEAT, time.time())
+            optuna_internals.storage_of(self.study).set_trial_user_attr(trial_id, BEAT, time.time())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval / 2):
+            if not self.trial_ids:
+                return
             try:
                 self.beat()
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return  # taken over by a reaper; the worker finds out when it tells
             except Exception as exc:  # noqa: BLE001 - keep beating; the reaper judges staleness
                 log.warning("heartbeat failed: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
     def __enter__(self) -> Heartbeat:
         self.beat()
+        if not self.trial_ids:  # every one was taken over before its first beat
+            raise optuna.exceptions.UpdateFinishedTrialError("taken over by another worker")
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
 
 # ---------------------------------------------------------------- reaper

@@ -43,6 +43,7 @@ from hpsearch.training.fused_steps import Steps
 from hpsearch.training.models import build_model
 from hpsearch.worker import train
 from hpsearch.worker import trial as trial_mod
+from hpsearch.worker.result import BadResult, checked
 from hpsearch.worker.stopping import CURRENT
 
 # Models whose forward is their layers in order (what FusedModel runs); plugins may branch.
@@ -136,7 +137,7 @@ class Fusion:
 class Member:
     trial: optuna.Trial
     timing: Callable[[], dict[str, Any]]
-    heartbeat: Heartbeat
+    heartbeat: Heartbeat  # the group's, shared: release()d for this member when it ends
     ctx: objective.Context | None = None
     run: objective.TrialRun | None = None
     dropout: torch.Generator | None = None
@@ -154,19 +155,20 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
 
     out(f"fused: trials {', '.join(str(t.number) for t in trials)}")
     members: list[Member] = []
+    # One heartbeat thread for the whole group, beating from the claim on: members start one after
+    # another (a W&B start can take seconds each), and a member not yet started must not look dead.
+    beat = Heartbeat(study, [trial_id(t) for t in trials], opts.heartbeat)
     with ExitStack() as stack:
         try:
-            # --- start: each member's heartbeat, W&B run, configuration, build, resume ----------
+            beat.__enter__()
+            stack.callback(beat.__exit__, None, None, None)
             for trial in trials:
-                timing = trial_mod.begin(study, trial, ctx, opts)
-                beat = Heartbeat(study, trial_id(trial), opts.heartbeat)
-                m = Member(trial, timing, beat)
-                members.append(m)
-                beat.__enter__()
-                stack.callback(beat.__exit__, None, None, None)
-                m.ctx = train.trainer_context(trial, spec, ctx, opts, lambda msg, m=m: out(f"[{m.label}] {msg}"))
+                members.append(Member(trial, trial_mod.begin(study, trial, ctx, opts), beat))
+            # --- start: each member's W&B run, configuration, build, resume ---------------------
+            for m in members:
+                m.ctx = train.trainer_context(m.trial, spec, ctx, opts, lambda msg, m=m: out(f"[{m.label}] {msg}"))
                 try:
-                    m.run = objective.start(trial, spec, m.ctx)
+                    m.run = objective.start(m.trial, spec, m.ctx)
                     # Right away: the next member's start() reseeds torch's global generator.
                     m.dropout = _dropout_generator(m.run, ctx["device"])
                 except Exception as exc:  # noqa: BLE001 - this member's configuration: it fails alone
@@ -175,7 +177,8 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
             _train(study, [m for m in members if m.state is None], spec, ctx, out)
         except BaseException as exc:  # the group itself: every member still running ends with it
             _end_all(study, [m for m in members if m.state is None], spec, ctx, out, exc)
-    return [m.state or "dropped" for m in members]
+    # A trial that never became a member (the group's first beat or begin failed) is not this worker's.
+    return [m.state or "dropped" for m in members] + ["dropped"] * (len(trials) - len(members))
 
 
 def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dict[str, Any], out: Any) -> None:
@@ -299,6 +302,11 @@ def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: dict[str, Any], o
          value: float | None = None, exc: BaseException | None = None) -> None:
     """End one member as the worker ends a trial alone: W&B run, then tell/hand back, heartbeat."""
 
+    if exc is None:
+        try:
+            value = checked(value, spec.metric)
+        except BadResult as bad:  # ends as a failure, its W&B run included
+            exc = bad
     tracker = m.ctx.tracker if m.ctx is not None else None
     if exc is not None:
         if tracker is not None:
@@ -309,12 +317,12 @@ def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: dict[str, Any], o
             m.state = trial_mod.dropped(m.label, out)
         finally:
             CURRENT.pop(trial_id(m.trial), None)
-            m.heartbeat.__exit__(None, None, None)
+            m.heartbeat.release(trial_id(m.trial))
         return
     if tracker is not None:
         tracker.finish("complete")
     CURRENT.pop(trial_id(m.trial), None)
-    m.heartbeat.__exit__(None, None, None)
+    m.heartbeat.release(trial_id(m.trial))
     m.state = trial_mod.completed(study, m.trial, spec, float(value), m.timing, ctx, out)  # type: ignore[arg-type]
 
 

@@ -4,6 +4,8 @@ guarantee of the worker holds for each member of a fused group."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
 from hpsearch.errors import HpsearchError
 from hpsearch.spec.model import SpecError
@@ -305,4 +307,35 @@ def test_kill9_of_a_fused_worker_requeues_every_member_once(pg_session_db: str, 
     assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1, 2, 3]
     assert all(t.user_attrs["resumed_from_epoch"] >= 1 for t in retries)  # resumed fused, from their checkpoints
     assert "fused: trials" in (tmp_path / "other.log").read_text()
+    assert_exactly_once(study, planned=4)
+
+
+# A real worker whose members each take `argv[1]` seconds to start (as a W&B start can), past the
+# grace of its heartbeat (1.5 x 2 s): the group's trials must beat from the claim on.
+SLOW_START = """
+import sys, time
+from hpsearch.worker import train
+real = train.trainer_context
+def slow(*args, **kwargs):
+    time.sleep(float(sys.argv[1]))
+    return real(*args, **kwargs)
+train.trainer_context = slow
+from hpsearch.cli.main import main
+sys.exit(main(["worker", *sys.argv[2:]]))
+"""
+
+
+def test_a_slow_member_start_gets_no_member_of_the_group_reaped(pg_session_db: str, tmp_path: Path) -> None:
+    url, name = pg_session_db, unique("fused-slow")
+    _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}})
+    proc = subprocess.run([sys.executable, "-c", SLOW_START, "2.5", "--study", name, "--storage", url,
+                           "--device", "cpu", "--heartbeat", "2"], env=FUSE4, cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "fused: trials 0, 1, 2, 3" in out  # one group, its members started 2.5 s apart
+    assert "no heartbeat" not in out and "result dropped" not in out and "Traceback" not in out, out
+    study = _load(name, url)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, out  # none failed stale and re-queued
     assert_exactly_once(study, planned=4)
