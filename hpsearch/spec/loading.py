@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from hpsearch.spec.parse import parse_spec
 # Bounds that keep a hostile or mistyped spec from exhausting memory before it is even validated:
 MAX_SPEC_BYTES = 1_000_000  # real specs are a few hundred bytes
 MAX_YAML_NODES = 100_000  # nodes after expanding aliases (a 677-byte alias bomb expands to 10^9)
+# Characters of scalars after expanding aliases: 90,000 aliases of one 100 KB scalar are under the
+# node bound, yet 9 GB once validation, a message or the stored JSON walks them.
+MAX_YAML_CHARS = 10 * MAX_SPEC_BYTES
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -38,28 +42,38 @@ class _AliasBomb(yaml.YAMLError):
 
 
 def _check_expansion(root: yaml.Node) -> None:
-    """Count the nodes of the fully expanded document (memoised per node: linear in the graph)."""
-    sizes: dict[int, int] = {}
+    """Count the nodes and scalar characters of the fully expanded document (memoised per node:
+    linear in the graph)."""
+    sizes: dict[int, tuple[int, int]] = {}
     visiting: set[int] = set()
 
-    def size(node: yaml.Node) -> int:
+    def size(node: yaml.Node) -> tuple[int, int]:
         key = id(node)
         if key in sizes:
             return sizes[key]
         if key in visiting:
             raise _AliasBomb("an alias refers to a node that contains it (recursive YAML)")
         visiting.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
+        nodes, chars = 1, 0
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.ScalarNode):
+            chars = len(node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
         elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
+            children = [n for pair in node.value for n in pair]
+        for child in children:
+            n, c = size(child)
+            nodes, chars = nodes + n, chars + c
         visiting.discard(key)
-        if total > MAX_YAML_NODES:
+        if nodes > MAX_YAML_NODES:
             raise _AliasBomb(f"must expand to at most {MAX_YAML_NODES:,} YAML nodes, but its aliases (*name) "
                              f"expand to more")
-        sizes[key] = total
-        return total
+        if chars > MAX_YAML_CHARS:
+            raise _AliasBomb(f"must expand to at most {MAX_YAML_CHARS:,} characters of YAML values, but its "
+                             "aliases (*name) expand to more")
+        sizes[key] = (nodes, chars)
+        return nodes, chars
 
     size(root)
 
@@ -83,16 +97,9 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, sets: l
 
 def _read(path: Path) -> dict[str, Any]:
     """The file's mapping of spec fields; every way a file can fail to be one is one line."""
-    if not path.is_file():
-        raise HpsearchError(f"{path}: spec file not found")
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise HpsearchError(f"{path}: must be a spec of at most {MAX_SPEC_BYTES:,} bytes, but got {size:,} bytes")
+    text = _read_text(path)
     try:
-        raw = safe_load(path.read_text())
-    except UnicodeDecodeError as exc:
-        raise HpsearchError(f"{path}: must be UTF-8 text, but got byte {exc.object[exc.start]:#04x} at offset "
-                            f"{exc.start}") from None
+        raw = safe_load(text)
     except RecursionError:
         raise HpsearchError(f"{path}: malformed YAML: nested too deeply") from None
     except _AliasBomb as exc:
@@ -107,6 +114,38 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError([f"{path}: must be a mapping of spec fields, but got {type(raw).__name__}"])
     return raw
+
+
+# What a path is when it is not a regular file (stat's file types), for the one line that says so.
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read only from a regular file and never past the size bound: a FIFO would
+    block, and /dev/urandom never ends."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise HpsearchError(f"{path}: spec file not found") from None
+    except OSError as exc:
+        raise HpsearchError(f"{path}: cannot read the spec file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise HpsearchError(f"{path}: must be a spec file (a regular file), but it is {kind}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)  # a file that grows after stat() is still bounded
+    except OSError as exc:
+        raise HpsearchError(f"{path}: cannot read the spec file: {exc.strerror or exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        size = max(len(data), path.stat().st_size)
+        raise HpsearchError(f"{path}: must be a spec of at most {MAX_SPEC_BYTES:,} bytes, but got {size:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HpsearchError(f"{path}: must be UTF-8 text, but got byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start}") from None
 
 
 def apply_set(raw: dict[str, Any], assignment: str, source: str = "--set") -> None:

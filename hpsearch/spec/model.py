@@ -16,6 +16,9 @@ from hpsearch.errors import HpsearchError
 MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding accept
 MAX_PLAN = 1_000_000  # planned trials (grid points x repeats, or a trial budget)
 MAX_FUSE = 64  # trials a worker trains as one fused model
+# Study names: W&B takes a study's name as its runs' group, at most 128 characters, and every
+# backend gets the same bound (Optuna's study_name column holds 512; the journal has none).
+MAX_NAME = 128
 
 
 class SpecError(HpsearchError):

@@ -14,7 +14,7 @@ from hpsearch import schema
 from hpsearch.registry import is_plugin_ref
 from hpsearch.search.samplers import check_pruner, check_sampler
 from hpsearch.spec import trainer
-from hpsearch.spec.model import MAX_FUSE, MAX_PLAN, MAX_SEED, Param, SpecError, StudySpec
+from hpsearch.spec.model import MAX_FUSE, MAX_NAME, MAX_PLAN, MAX_SEED, Param, SpecError, StudySpec
 from hpsearch.spec.params import check_conditions, parse_space
 from hpsearch.spec.problems import Problems, did_you_mean, is_int, is_num, short
 from hpsearch.spec.space import grid_size
@@ -87,6 +87,10 @@ def _name(raw: dict[str, Any], err: Problems) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         err("name", f"must be a name of letters, digits, '_', '.', '-', but got name={short(name)}")
         return str(name)[:100]
+    if len(name) > MAX_NAME:
+        err("name", f"must be at most {MAX_NAME} characters, but got a name of {len(name):,} characters "
+                    f"({name[:20]}...)")
+        return name[:MAX_NAME]
     return name
 
 

@@ -294,3 +294,31 @@ def test_dashboard_answers_a_missing_artifact_with_404_and_no_traceback(kept: di
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "Traceback" not in out and "500" not in out, out
+
+
+# ---------------------------------------------------------------- hostile input (issue 20)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "urandom"])
+def test_a_spec_path_that_is_not_a_regular_file_says_what_it_is(kind: str, tmp_path: Path) -> None:
+    import os
+
+    path, expected = {"directory": (tmp_path, "but it is a directory"),
+                      "fifo": (tmp_path / "spec.fifo", "but it is a FIFO (named pipe)"),
+                      "urandom": (Path("/dev/urandom"), "but it is a character device")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes to it: reading it would block forever
+    proc = run_cli("create-study", str(path), "--storage", f"journal:{tmp_path / 'j.log'}", timeout=60)
+    _assert_one_line(proc, f"{path}: must be a spec file (a regular file), {expected}")
+    assert not (tmp_path / "j.log").exists()
+
+
+@pytest.mark.parametrize(("backend", "length"), [("postgres", 600), ("journal", 100_000)])
+def test_a_study_name_too_long_for_any_backend_is_one_line(backend: str, length: int, kept: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    url = kept[backend]
+    before = _fingerprint(url)
+    path = write_spec(tmp_path, tiny_spec("n" * length), "long.yaml")
+    proc = run_cli("create-study", str(path), "--storage", url, timeout=60)
+    _assert_one_line(proc, f"long.yaml: name: must be at most 128 characters, but got a name of {length:,} characters")
+    assert _fingerprint(url) == before

@@ -269,3 +269,43 @@ def test_a_plugin_objective_keeps_its_own_settings(tmp_path: Path) -> None:
     spec = {"name": "p", "objective": "hps_objectives:quadratic", "metric": "loss", "direction": "minimize",
             "sampler": "random", "budget": 3, "train": {"lr": -1}, "space": {"x": {"low": -1.0, "high": 1.0}}}
     assert _load(tmp_path, spec).train == {"lr": -1}
+
+
+# ---------------------------------------------------------------- hostile input (issue 20)
+
+
+def alias_to_a_big_scalar(scalar_kb: int = 50, fan_out: int = 30) -> str:
+    """A small spec whose aliases all point at one big scalar: 27,930 nodes (under the node bound),
+    but 27,000 copies of 50 KB (1.4 GB) once anything walks it."""
+    lines = [f"big: &b '{'x' * (scalar_kb * 1000)}'", f"l1: &l1 [{', '.join(['*b'] * fan_out)}]",
+             f"l2: &l2 [{', '.join(['*l1'] * fan_out)}]", f"description: [{', '.join(['*l2'] * fan_out)}]"]
+    return "name: big\n" + "\n".join(lines) + "\n"
+
+
+def test_aliases_of_a_big_scalar_are_refused_before_they_expand(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(alias_to_a_big_scalar())
+    assert path.stat().st_size < 100_000
+    with pytest.raises(HpsearchError) as info:
+        load_spec(path)  # was 20 s and a MemoryError; the bound is checked on the composed graph
+    assert str(info.value) == (f"{path}: must expand to at most 10,000,000 characters of YAML values, but its aliases "
+                               "(*name) expand to more")
+
+
+def test_a_big_scalar_used_once_and_a_few_aliases_of_it_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(f"name: ok\ndescription: &d '{'x' * 500_000}'\ntrain: {{note: *d}}\n"
+                    "objective: hps_objectives:quadratic\nmetric: loss\nsampler: random\nbudget: 1\n")
+    assert len(load_spec(path).train["note"]) == 500_000
+
+
+@pytest.mark.parametrize(("length", "ok"), [(128, True), (129, False), (600, False), (100_000, False)])
+def test_a_study_name_is_at_most_128_characters(tmp_path: Path, length: int, ok: bool) -> None:
+    name = "n" * length
+    if ok:
+        assert _load(tmp_path, tiny_spec(name)).name == name
+        return
+    with pytest.raises(SpecError) as info:
+        _load(tmp_path, tiny_spec(name))
+    assert str(info.value) == (f"{tmp_path / 's.yaml'}: name: must be at most 128 characters, but got a name of "
+                               f"{length:,} characters (nnnnnnnnnnnnnnnnnnnn...)")
