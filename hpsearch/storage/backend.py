@@ -138,7 +138,9 @@ def _open_rdb(url: str, create: bool, heartbeat: int | None,
               pool_size: int) -> ResilientRDBStorage:
     engine_kwargs = _engine_kwargs(url, pool_size)
     if url.startswith("postgresql://"):
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is installed too, so the same URL
+        # works in plain Optuna tools; hpsearch's own storage stays on psycopg2, the driver its
+        # reconnect and fault handling (error texts, connect settings) are tested against.
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     started, attempt = time.monotonic(), 0
     while True:
