@@ -28,11 +28,15 @@ from hpsearch.storage.optuna_internals import file_store_path
 log = logging.getLogger("hpsearch.objective")  # the trainer's logger: its lines keep their source
 
 
+# Causes already said by this process: a read-only or full store fails every write and removal of
+# every trial the same way, and one line says it (78 lines for 8 trials did not say more).
+_SAID: set[tuple[str, ...]] = set()
+
+
 class Saving(Protocol):
     """What save_checkpoint needs of the trial's context (hpsearch.training.objective.Context)."""
 
     artifact_store: Any
-    checkpoint_warned: bool  # a failed checkpoint write is said once per trial
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, Any]:
@@ -62,12 +66,13 @@ def save_checkpoint(ctx: Saving, trial: optuna.Trial, model: torch.nn.Module, op
     try:
         _write(ctx.artifact_store, artifact_id, blob)
     except Exception as exc:  # noqa: BLE001 - see above: never fail a trial for its checkpoint
-        _remove(ctx.artifact_store, artifact_id)  # what a full disk let through is of no use
-        if not ctx.checkpoint_warned:  # once per trial: a full disk stays full for a while
-            ctx.checkpoint_warned = True
-            log.warning("trial %d: checkpoint of epoch %d not saved to %s (%s); training goes on, a retry "
-                        "would resume from %s", trial.number, state["epoch"], describe_store(ctx.artifact_store),
-                        _why(exc), f"epoch {trial.user_attrs.get(CHECKPOINT_EPOCH)}" if previous else "scratch")
+        _remove(ctx.artifact_store, artifact_id, quiet=True)  # what a full disk let through is of no use
+        where = describe_store(ctx.artifact_store)
+        _warn_once(("save", where, _why(exc)),
+                   "trial %d: checkpoint of epoch %d not saved to %s (%s); training goes on, a retry would resume "
+                   "from %s (said once per worker: later checkpoints failing the same way are not)", trial.number,
+                   state["epoch"], where, _why(exc),
+                   f"epoch {trial.user_attrs.get(CHECKPOINT_EPOCH)}" if previous else "scratch")
         return
     set_user_attrs(trial, {CHECKPOINT: artifact_id, CHECKPOINT_EPOCH: state["epoch"]})
     # Only the newest checkpoint is needed to resume; older ones would fill the disk.
@@ -124,7 +129,8 @@ def describe_store(store: Any) -> str:
     return type(store).__name__
 
 
-def _remove(store: Any, artifact_id: str) -> None:
+def _remove(store: Any, artifact_id: str, quiet: bool = False) -> None:
+    """`quiet`: removing what a failed write may have left, whose failure was said already."""
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     try:
@@ -132,7 +138,16 @@ def _remove(store: Any, artifact_id: str) -> None:
     except ArtifactNotFound:
         pass
     except Exception as exc:  # noqa: BLE001 - housekeeping: never fail a trial (or a worker) for it
-        log.warning("checkpoint %s in %s not removed (%s)", artifact_id, describe_store(store), _why(exc))
+        if not quiet:
+            where = describe_store(store)
+            _warn_once(("remove", where, _why(exc)), "checkpoint %s in %s not removed (%s; said once per worker: "
+                       "later removals failing the same way are not)", artifact_id, where, _why(exc))
+
+
+def _warn_once(cause: tuple[str, ...], message: str, *args: Any) -> None:
+    if cause not in _SAID:
+        _SAID.add(cause)
+        log.warning(message, *args)
 
 
 def _why(exc: BaseException) -> str:
