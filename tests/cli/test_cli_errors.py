@@ -278,8 +278,10 @@ def test_dashboard_answers_a_missing_artifact_with_404_and_no_traceback(kept: di
     import urllib.error
     import urllib.request
 
+    token = "artifact-test-token-0123456789"  # every dashboard wants hpsearch's token (issue 20)
     proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "dashboard", "--storage", kept["journal"], "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=cli_env(HPSEARCH_TOKEN=token))
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         base = re.search(r"http://127\.0\.0\.1:\d+", line)
@@ -287,7 +289,8 @@ def test_dashboard_answers_a_missing_artifact_with_404_and_no_traceback(kept: di
         # Unknown study, unknown trial, known trial but no such artifact, a study-level artifact.
         for path in ("/artifacts/99/1/0a1b-2c", "/artifacts/0/99/0a1b-2c", "/artifacts/0/0/0a1b-2c", "/artifacts/0/0a1b"):
             with pytest.raises(urllib.error.HTTPError) as info:
-                urllib.request.urlopen(base[0] + path, timeout=30)
+                urllib.request.urlopen(urllib.request.Request(base[0] + path, headers={
+                    "Authorization": f"Bearer {token}"}), timeout=30)
             assert info.value.code == 404, path
             assert json.loads(info.value.read()) == {"reason": f"no artifact at {path}"}
     finally:
