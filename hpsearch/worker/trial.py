@@ -96,10 +96,25 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
         return dropped(label, out)
     if isinstance(exc, StorageUnavailable):
         raise exc  # the storage itself (a full journal disk): one line; the trial is reaped and retried
+    if isinstance(exc, KeyError) and _gone(study, trial):
+        # The study was deleted or replaced (create-study --replace): nothing is left to record a
+        # reason on; the worker's loop says what happened in one line.
+        raise exc
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         fail_and_requeue(study, trial_id(trial), f"worker interrupted: {type(exc).__name__}")
         raise exc
     return _failed(study, trial, exc, label, out)
+
+
+def _gone(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the trial's record is no longer in the storage (its study was deleted)."""
+    try:
+        storage_of(study).get_trial(trial_id(trial))
+    except KeyError:
+        return True
+    except Exception:  # noqa: BLE001 - unknown: record the failure as usual
+        return False
+    return False
 
 
 def _pruned_text(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> str:

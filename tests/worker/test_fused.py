@@ -339,3 +339,20 @@ def test_a_slow_member_start_gets_no_member_of_the_group_reaped(pg_session_db: s
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, out  # none failed stale and re-queued
     assert_exactly_once(study, planned=4)
+
+
+def test_replacing_the_study_under_a_fused_worker_is_one_clear_line(pg_session_db: str, tmp_path: Path) -> None:
+    url, name = pg_session_db, unique("fused-replaced")
+    _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train={**SLOW_TRAIN, "epochs": 40})
+    w = start_worker(name, url, "--device", "cpu", "--heartbeat", "2", "--checkpoint-every", "0", env=FUSE4)
+    tail = Tail(w)
+    tail.wait_for("fused: trials 0, 1, 2, 3", timeout=60)
+    tail.wait_for("epoch 2/40")
+    run_cli("create-study", str(tmp_path / f"{name}.yaml"), "--storage", url, "--replace", check=True)
+    code = w.wait(timeout=120)
+    out = "".join(tail.lines)
+    assert code != 0 and "Traceback" not in out, out
+    assert "was deleted or replaced" in out, out
+    # One clear line, not 15 "could not record" warnings before it (4 members x their fail reason,
+    # divergent flag, traceback, ...): nothing of the old study is left to record anything on.
+    assert [line for line in out.splitlines() if "WARNING" in line] == [], out
