@@ -37,7 +37,7 @@ def resolve_path(cfg: dict[str, Any]) -> Path:
     return path
 
 
-@register("file", ("root", "path", "format", "target", "test_fraction"))
+@register("file", ("root", "path", "format", "target", "test_fraction"), lambda cfg: [resolve_path(dict(cfg))])
 def data_file(cfg: dict[str, Any]) -> Raw:
     path = resolve_path(cfg)
     fmt = cfg.get("format") or path.suffix.lstrip(".").lower()

@@ -6,7 +6,9 @@ to the training device once and caches it for every later trial of the worker. B
 cut by index from a seeded permutation and augmented as whole batches: no DataLoader, no
 per-sample Python (see bench/data_path.py for what that buys).
 
-Loaders and their registry live in registry.py, embedded.py, vision.py and files.py.
+Loaders and their registry live in registry.py, embedded.py, vision.py and files.py. The split
+tensors of file-backed datasets are also kept in a cache the workers of a machine share
+(cache.py): a later worker maps them instead of loading again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from hpsearch.errors import HpsearchError
+from hpsearch.training.data import cache
 from hpsearch.training.data.registry import DATASETS, Raw, option_problems
 
 
@@ -56,14 +60,54 @@ def load(cfg: dict[str, Any], device: torch.device | str = "cpu") -> Data:
     problems = option_problems(cfg)
     if problems:
         raise HpsearchError(f"dataset.{problems[0][0]}: {problems[0][1]}")
+    data = _shared(cfg, device)
+    _CACHE[key] = data
+    return data
+
+
+def _read(cfg: dict[str, Any]) -> Raw:
     raw = DATASETS.get(cfg["name"])(cfg)
     if isinstance(raw, Mapping):  # plugins may return a plain dict of the four arrays
         raw = Raw(**raw)
     if not isinstance(raw, Raw):
         raise HpsearchError(f"dataset {cfg['name']!r} must return hpsearch.training.data.registry.Raw, but got {type(raw).__name__}")
-    data = split(raw, cfg, device)
-    _CACHE[key] = data
-    return data
+    return raw
+
+
+TENSORS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def _shared(cfg: dict[str, Any], device: torch.device | str) -> Data:
+    """The split tensors from the machine's cache, else built and saved there for the next worker."""
+    loader = DATASETS.get(cfg["name"])
+    code = (Path(__file__), Path(loader.__code__.co_filename)) if hasattr(loader, "__code__") else (Path(__file__),)
+    slot = cache.slot(cfg, code)
+    if slot is None:
+        return split(_read(cfg), cfg, device)
+    with cache.exclusive(slot):
+        entry = cache.read(slot, TENSORS)
+        if entry is None:
+            data = split(_read(cfg), cfg, "cpu")
+            # Saved only if the files did not change while they were read (a download, an unpacked
+            # archive or an edit): the key must describe exactly the files these tensors came from.
+            if cache.slot(cfg, code) != slot:
+                return _on(data, device)
+            meta = {"name": data.name, "n_classes": data.n_classes, "input_shape": list(data.input_shape),
+                    "class_names": data.class_names}
+            if cache.write(slot, {k: getattr(data, k) for k in TENSORS}, meta) is None:
+                return _on(data, device)
+            # Read back mapped, so this worker's pages are the page cache's too, shared like the others'.
+            entry = cache.read(slot, TENSORS)
+            if entry is None:
+                return _on(data, device)
+    t = entry["tensors"]
+    return Data(name=str(entry["name"]), **{k: t[k].to(device) for k in TENSORS}, n_classes=int(entry["n_classes"]),
+                input_shape=tuple(entry["input_shape"]), class_names=[str(c) for c in entry["class_names"]])
+
+
+def _on(data: Data, device: torch.device | str) -> Data:
+    return Data(name=data.name, **{k: getattr(data, k).to(device) for k in TENSORS}, n_classes=data.n_classes,
+                input_shape=data.input_shape, class_names=data.class_names)
 
 
 def split(raw: Raw, cfg: dict[str, Any], device: torch.device | str) -> Data:

@@ -23,11 +23,19 @@ DATASETS: Registry[Any] = Registry("dataset")
 COMMON_OPTIONS = {"name", "val_fraction", "split_seed", "limit", "normalize"}
 DATASET_OPTIONS: dict[str, set[str]] = {}
 AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+# The files or folders a loader reads, for the loaders whose split tensors the machine's cache
+# (cache.py) may keep: their sizes and mtimes key it. A loader without them is never cached (the
+# embedded digits gain nothing; a plugin's sources cannot be known).
+Sources = Callable[[Mapping[str, Any]], list[Path]]
+DATASET_SOURCES: dict[str, Sources] = {}
 
 
-def register(name: str, options: tuple[str, ...] = ()) -> Callable[[Any], Any]:
-    """`@register("mnist", ("root", ...))`: a loader, and the dataset: keys it reads besides the common ones."""
+def register(name: str, options: tuple[str, ...] = (), sources: Sources | None = None) -> Callable[[Any], Any]:
+    """`@register("mnist", ("root", ...), sources)`: a loader, the dataset: keys it reads besides the
+    common ones and, to be cached, where its files are."""
     DATASET_OPTIONS[name] = COMMON_OPTIONS | set(options)
+    if sources is not None:
+        DATASET_SOURCES[name] = sources
     return DATASETS.register(name)
 
 

@@ -23,9 +23,18 @@ from urllib.parse import urlparse
 import numpy as np
 
 from hpsearch.errors import HpsearchError
-from hpsearch.training.data.registry import Raw, data_root, register
+from hpsearch.training.data.registry import Raw, Sources, data_root, register
 
 OPTIONS = ("root", "download", "verify")
+# Where torchvision's classes keep each dataset under the root, spelled out so that a hit in the
+# tensor cache (keyed by these folders' files) never imports torchvision; tests compare them with
+# expected_files().
+FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py",
+           "cifar100": "cifar-100-python"}
+
+
+def _sources(name: str) -> Sources:
+    return lambda cfg: [data_root(cfg) / FOLDERS[name]]
 
 
 def _classes() -> dict[str, Any]:
@@ -170,25 +179,25 @@ def load_torchvision(name: str, cfg: dict[str, Any]) -> Raw:
     return Raw(x_train, y_train, x_test, y_test, [str(c) for c in train.classes])
 
 
-@register("mnist", OPTIONS)
+@register("mnist", OPTIONS, _sources("mnist"))
 def mnist(cfg: dict[str, Any]) -> Raw:
     """MNIST: 60,000 + 10,000 grey 28x28 digits (files under ROOT/MNIST/raw)."""
     return load_torchvision("mnist", cfg)
 
 
-@register("fashion_mnist", OPTIONS)
+@register("fashion_mnist", OPTIONS, _sources("fashion_mnist"))
 def fashion_mnist(cfg: dict[str, Any]) -> Raw:
     """Fashion-MNIST: 60,000 + 10,000 grey 28x28 clothes (files under ROOT/FashionMNIST/raw)."""
     return load_torchvision("fashion_mnist", cfg)
 
 
-@register("cifar10", OPTIONS)
+@register("cifar10", OPTIONS, _sources("cifar10"))
 def cifar10(cfg: dict[str, Any]) -> Raw:
     """CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes (ROOT/cifar-10-batches-py)."""
     return load_torchvision("cifar10", cfg)
 
 
-@register("cifar100", OPTIONS)
+@register("cifar100", OPTIONS, _sources("cifar100"))
 def cifar100(cfg: dict[str, Any]) -> Raw:
     """CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 fine classes (ROOT/cifar-100-python)."""
     return load_torchvision("cifar100", cfg)
