@@ -309,7 +309,7 @@ def _create_study(args: argparse.Namespace) -> int:
     storage = open_storage(url, create=True)
     _, message = plan_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
     print(message)
-    print(f"run workers with: python worker.py --study {spec.name}" + _storage_hint(args.storage))
+    print(f"run workers with: hpsearch worker --study {spec.name}" + _storage_hint(args.storage))
     return 0
 
 

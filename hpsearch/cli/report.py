@@ -67,7 +67,7 @@ def _repeat(args: argparse.Namespace) -> int:
     for line in describe(queued, spec.metric, args.group_by):
         print(line)
     hint = f" --storage {mask(args.storage)}" if args.storage else ""
-    print(f"run workers with: python worker.py --study {args.study}{hint}")
+    print(f"run workers with: hpsearch worker --study {args.study}{hint}")
     return 0
 
 

@@ -80,6 +80,23 @@ def test_create_study_counts_trials_from_configurations_and_seeds(tmp_path: Path
         assert len(_trials(name, url)) == 4 * over.get("repeats", 1)  # the count is the plan's
 
 
+def test_the_printed_worker_command_and_worker_py_work_from_any_directory(tmp_path: Path) -> None:
+    name = unique("anywhere")
+    url = f"journal:{tmp_path / 'journal.log'}"
+    created = run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name))), "--storage", url, check=True)
+    hint = next(ln for ln in created.stdout.splitlines() if ln.startswith("run workers with: "))
+    assert hint == f"run workers with: hpsearch worker --study {name} --storage {url}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}  # nothing but the installed venv
+    command = [str(Path(sys.executable).parent / "hpsearch"), *hint.split(": ", 1)[1].split()[1:]]
+    for argv in (command, [sys.executable, str(ROOT / "worker.py"), "--study", name, "--storage", url]):
+        proc = subprocess.run([*argv, "--device", "cpu", "--n-trials", "1"], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sum(t.state == TrialState.COMPLETE for t in _trials(name, url)) == 2
+
+
 def test_create_study_is_idempotent_and_guards_the_spec(pg_session_db: str, tmp_path: Path) -> None:
     name = unique("idem")
     spec_path = write_spec(tmp_path, tiny_spec(name))
