@@ -24,7 +24,7 @@ from typing import Any
 
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
-from hpsearch.ops.dashboard import is_loopback
+from hpsearch.ops.access import is_loopback
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 
 log = logging.getLogger("hpsearch.proxy")
