@@ -52,7 +52,8 @@ _CACHE: dict[str, Data] = {}
 
 
 def load(cfg: dict[str, Any], device: torch.device | str = "cpu") -> Data:
-    """Load (once per worker process) and split a dataset, resident on `device`."""
+    """Load (once per worker process; mapped from the machine's tensor cache when another worker
+    already built it) and split a dataset, resident on `device`."""
     # $HPSEARCH_DATA is part of what the config means when it names no root.
     key = json.dumps(cfg, sort_keys=True, default=str) + f"@{device}@{os.environ.get('HPSEARCH_DATA')}"
     if key in _CACHE:
@@ -84,25 +85,32 @@ def _shared(cfg: dict[str, Any], device: torch.device | str) -> Data:
     slot = cache.slot(cfg, code)
     if slot is None:
         return split(_read(cfg), cfg, device)
-    with cache.exclusive(slot):
-        entry = cache.read(slot, TENSORS)
-        if entry is None:
-            data = split(_read(cfg), cfg, "cpu")
-            # Saved only if the files did not change while they were read (a download, an unpacked
-            # archive or an edit): the key must describe exactly the files these tensors came from.
-            if cache.slot(cfg, code) != slot:
-                return _on(data, device)
-            meta = {"name": data.name, "n_classes": data.n_classes, "input_shape": list(data.input_shape),
-                    "class_names": data.class_names}
-            if cache.write(slot, {k: getattr(data, k) for k in TENSORS}, meta) is None:
-                return _on(data, device)
-            # Read back mapped, so this worker's pages are the page cache's too, shared like the others'.
+    entry = cache.read(slot, TENSORS)
+    if entry is None:
+        with cache.exclusive(slot):  # workers that start together: one builds, the others then read
             entry = cache.read(slot, TENSORS)
             if entry is None:
-                return _on(data, device)
+                data = split(_read(cfg), cfg, "cpu")
+                entry = _save(cfg, code, slot, data)
+                if entry is None:
+                    return _on(data, device)
     t = entry["tensors"]
     return Data(name=str(entry["name"]), **{k: t[k].to(device) for k in TENSORS}, n_classes=int(entry["n_classes"]),
                 input_shape=tuple(entry["input_shape"]), class_names=[str(c) for c in entry["class_names"]])
+
+
+def _save(cfg: dict[str, Any], code: tuple[Path, ...], slot: cache.Slot, data: Data) -> dict[str, Any] | None:
+    """Save a built dataset and read it back mapped, so this worker's pages are the page cache's
+    too, shared like the next workers'; None when it was not saved."""
+    # Only if the files did not change while they were read (a download, an unpacked archive, an
+    # edit): the key must describe exactly the files these tensors came from.
+    if cache.slot(cfg, code) != slot:
+        return None
+    meta = {"name": data.name, "n_classes": data.n_classes, "input_shape": list(data.input_shape),
+            "class_names": data.class_names}
+    if cache.write(slot, {k: getattr(data, k) for k in TENSORS}, meta) is None:
+        return None
+    return cache.read(slot, TENSORS)
 
 
 def _on(data: Data, device: torch.device | str) -> Data:
