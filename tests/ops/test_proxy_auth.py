@@ -113,6 +113,8 @@ def test_a_missing_or_wrong_token_is_refused_for_every_call(
         with pytest.raises(ProxyRefused, match="missing or wrong token"):
             attempt()
     assert name in [s.study_name for s in _client(proxy.port, TOKEN).get_all_studies()]
+    assert "refused a call from" in proxy.output()
+    assert TOKEN not in proxy.output() and (secret is None or secret not in proxy.output())
 
 
 @pytest.mark.parametrize("given", ["none", "wrong"])
@@ -145,6 +147,12 @@ def test_the_token_may_come_from_the_url_the_environment_or_a_file(
         proc = run_cli("list", "--storage", storage, env={**env, **extra})
         assert proc.returncode == 0 and name in proc.stdout, proc.stderr
         assert TOKEN not in proc.stdout + proc.stderr
+
+
+def test_help_says_which_flags_are_dangerous() -> None:
+    text = " ".join(run_cli("proxy", "--help").stdout.split())
+    assert "$HPSEARCH_TOKEN" in text and "--tls-cert" in text
+    assert "DANGEROUS: no token" in text and "DANGEROUS: allow a non-loopback" in text
 
 
 def test_a_token_url_is_masked_wherever_it_is_printed() -> None:
