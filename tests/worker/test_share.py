@@ -329,3 +329,23 @@ def test_two_fused_workers_on_an_8_point_grid_each_train_members(tmp_path: Path,
     assert sorted(by_worker.values()) == [4, 4], (by_worker, [log.read_text() for log in logs])
     assert max(t.user_attrs[schema.FUSED] for t in trials) == 4
     assert_exactly_once(_study(name, pg_url), 8)
+
+
+def test_a_rerun_with_the_same_threads_and_device_is_bitwise_the_same(tmp_path: Path, journal_url: str) -> None:
+    # What the README promises: same thread count and device -> the same curve, to the last bit,
+    # whichever worker runs it and whenever. (A different thread count sums in another order.)
+    curves = []
+    for run in range(2):
+        name = unique("rerun")
+        spec = tiny_spec(name, space={"lr": {"choices": [0.05]}}, fuse=1,
+                         train={"epochs": 3, "batch_size": 32, "model": "dense", "hidden_size": 32, "hidden_layers": 2,
+                                "optimizer": "adam", "dropout": 0.2})
+        run_cli("create-study", str(write_spec(tmp_path, spec, f"{run}.yaml")), "--storage", journal_url, check=True)
+        proc = start_worker(name, journal_url, env=_no_threads_env(tmp_path / f"locks-{run}", HPSEARCH_THREADS="2"))
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        (trial,) = _trials(name, journal_url)
+        assert trial.user_attrs[schema.THREADS] == 2
+        curves.append([{k: v for k, v in e.items() if k != "epoch_time"} for e in trial.user_attrs[schema.CURVE]]
+                      + [trial.user_attrs[schema.TEST_LOSS], trial.value])
+    assert curves[0] == curves[1]
