@@ -94,7 +94,7 @@ def clear_text_warning(host: str, credential: Credential | None) -> str | None:
     """Basic auth (and a bearer token) travel with every request, in clear over plain HTTP."""
     if credential is None or is_loopback(host):
         return None  # on loopback the request never leaves the machine (an SSH tunnel's end is here too)
-    return (f"--auth on {host} over plain HTTP sends the credential in clear with every request: put TLS "
+    return (f"the credential (token or --auth) on {host} over plain HTTP travels in clear with every request: put TLS "
             "(a reverse proxy) or an SSH tunnel in front")
 
 
