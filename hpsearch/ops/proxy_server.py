@@ -7,6 +7,7 @@ with grpc's public API around Optuna's service (reached through optuna_internals
 from __future__ import annotations
 
 import hmac
+import socket
 import sys
 import threading
 import time
@@ -80,10 +81,13 @@ def make_server(storage: Any, host: str, port: int, threads: int, secret: str | 
     """Optuna's storage service on a gRPC server with the token check (and TLS) in front."""
     from hpsearch.storage.optuna_internals import add_grpc_storage_service
 
+    # gRPC binds with SO_REUSEPORT by default: a second proxy on the same port would silently
+    # share it with the first (each getting some of the workers' calls); refuse instead.
     server = grpc.server(ThreadPoolExecutor(max_workers=threads),
-                         interceptors=[TokenCheck(secret)] if secret else [])
+                         interceptors=[TokenCheck(secret)] if secret else [], options=[("grpc.so_reuseport", 0)])
     add_grpc_storage_service(server, storage)
     address = target(host.strip("[]"), port)
+    _check_free(host.strip("[]"), port, address)  # before gRPC tries: its failure is a log line of its own
     try:
         bound = (server.add_secure_port(address, credentials) if credentials is not None
                  else server.add_insecure_port(address))
@@ -93,3 +97,17 @@ def make_server(storage: Any, host: str, port: int, threads: int, secret: str | 
         raise HpsearchError(f"cannot listen on {address} (in use, or not an address of this machine); "
                             "pick another --port or --host")
     return server
+
+
+def _check_free(host: str, port: int, address: str) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise HpsearchError(f"--host must be an address of this machine, but got {host!r} ({exc.strerror})") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise HpsearchError(f"cannot listen on {address} ({exc.strerror}); pick another --port or --host") from None

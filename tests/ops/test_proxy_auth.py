@@ -314,3 +314,10 @@ def test_tls_with_the_users_certificate_serves_grpcs(pg_url: str, tmp_path: Path
 def test_bad_tls_and_token_files_are_one_line(pg_url: str, args: tuple[str, ...], says: str) -> None:
     proc = run_cli("proxy", "--storage", pg_url, "--port", str(free_port()), *args, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+
+
+def test_a_second_proxy_on_a_port_in_use_is_one_line(proxy: Proxy, pg_url: str) -> None:
+    # gRPC's default SO_REUSEPORT would let it share the port, taking some of the workers' calls.
+    proc = run_cli("proxy", "--storage", pg_url, "--port", str(proxy.port), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{proxy.port}" in proc.stderr
