@@ -58,7 +58,7 @@ def run_one_trial(tmp_path: Path, spec_path: Path, url: str, sets: list[str]) ->
     name = unique(spec_path.stem)
     args = [a for s in sets for a in ("--set", s)]
     created = run_cli("create-study", str(spec_path), "--storage", url, "--name", name, *args, check=True)
-    assert "trials planned" in created.stdout
+    assert " planned: " in created.stdout and "created study" in created.stdout
     worker = start_worker(name, url, "--n-trials", "1", "--device", "cpu", "--heartbeat", "5",
                           log=tmp_path / "worker.log")
     assert worker.wait(timeout=240) == 0, (tmp_path / "worker.log").read_text()
