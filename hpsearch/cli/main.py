@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 # Light imports only up to scrub_argv() in main(): a password given with --storage is visible in
 # `ps` until then. hpsearch.storage.backend (optuna) is imported where it is used.
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, StorageUnavailable
 from hpsearch.redact import VISIBLE_WARNING, mask, scrub_argv, userinfo_problem
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -243,9 +243,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user; HPSEARCH_DEBUG=1 shows it
         if os.environ.get("HPSEARCH_DEBUG"):
             raise
+        lost = _lost_storage(args, exc)
+        if lost:
+            print(f"hpsearch: error: {lost}", file=sys.stderr)
+            return StorageUnavailable.exit_code
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"hpsearch: error: {type(exc).__name__}: {mask(first)} (HPSEARCH_DEBUG=1 for details)", file=sys.stderr)
         return 1
+
+
+def _lost_storage(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """A database that went away mid-command (an outage past HPSEARCH_DB_WAIT): one line naming it."""
+    if not hasattr(args, "storage"):
+        return None
+    from hpsearch.storage.backend import resolve_url
+    from hpsearch.storage.reconnect import lost_storage
+
+    return lost_storage(exc, resolve_url(args.storage), args.command)
 
 
 def _check_settings(args: argparse.Namespace) -> None:

@@ -62,6 +62,18 @@ def _is_transient(exc: BaseException | None) -> bool:
                or (isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated) for e in causes(exc))
 
 
+def lost_storage(exc: BaseException, url: str, command: str) -> str | None:
+    """The one line for a command whose database went away past HPSEARCH_DB_WAIT (None: another error).
+
+    Not the driver's "OperationalError: (psycopg2.OperationalError) ..." but which storage, what the
+    driver said, and that running the command again is the way on (create-study finishes a creation
+    it finds interrupted)."""
+    if not _is_transient(exc):
+        return None
+    return (f"storage {redact.mask(url)} became unreachable during {command}: {reason(exc)}; {command} did not "
+            "finish: run it again once the database is back (HPSEARCH_DB_WAIT says how long to wait for it)")
+
+
 def with_reconnect(fn: F, max_wait: float | None = None) -> F:
     """Retry a storage call with exponential backoff while the database is unreachable."""
 

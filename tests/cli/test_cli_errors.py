@@ -325,3 +325,56 @@ def test_a_study_name_too_long_for_any_backend_is_one_line(backend: str, length:
     proc = run_cli("create-study", str(path), "--storage", url, timeout=60)
     _assert_one_line(proc, f"long.yaml: name: must be at most 128 characters, but got a name of {length:,} characters")
     assert _fingerprint(url) == before
+
+
+def test_a_database_lost_during_create_study_is_one_masked_line(throwaway_pg: Any, tmp_path: Path) -> None:
+    """Not "OperationalError: (psycopg2.OperationalError) ...": which storage, what the driver said,
+    and that create-study is to be run again (it finishes an interrupted creation)."""
+    import subprocess
+    import sys
+    import time
+
+    import sqlalchemy as sa
+
+    from conftest import ROOT
+
+    url = throwaway_pg.create_db("lost")
+    open_storage(url, create=True)  # the schema exists: create-study's first write waits on the lock below
+    spec = write_spec(tmp_path, tiny_spec(unique("lost")))
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(sa.text("LOCK TABLE studies IN ACCESS EXCLUSIVE MODE"))
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "create-study", str(spec), "--storage", url],
+                            env=cli_env(HPSEARCH_DB_WAIT="0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    stopped = False
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # polled from another session: pg_stat_activity is frozen inside a transaction
+            with engine.connect() as conn:
+                if conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hpsearch' "
+                                        "AND wait_event_type = 'Lock'")).scalar():
+                    break
+            assert time.monotonic() < deadline and proc.poll() is None, "create-study never waited for the lock"
+            time.sleep(0.05)
+        throwaway_pg.stop("fast")  # the server goes away while create-study is inside its write
+        stopped = True
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if stopped:
+            throwaway_pg.start()
+        try:
+            holder.close()
+        except Exception:  # noqa: BLE001 - its server was stopped under it
+            pass
+        engine.dispose()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    masked = url.replace(f":{url.split(':')[2].split('@')[0]}@", ":***@")
+    _assert_one_line(done, f"hpsearch: error: storage {masked} became unreachable during create-study: ")
+    assert "run it again once the database is back" in stderr and done.returncode == 4
+    assert "OperationalError" not in stderr and url.split(":")[2].split("@")[0] not in stderr
+    again = run_cli("create-study", str(spec), "--storage", url, timeout=120)  # and running it again finishes it
+    assert again.returncode == 0, again.stderr
