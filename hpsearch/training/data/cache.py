@@ -68,7 +68,8 @@ class Slot:
 
 def slot(cfg: Mapping[str, Any], code: Iterable[Path]) -> Slot | None:
     """The slot of a dataset config, or None when it is not cached: the cache is off, the loader
-    declares no sources (embedded data, plugins), or the sources are missing or too many to check.
+    declares no sources (embedded data, plugins), or its sources cannot be checked (a file the
+    loader will report missing, more than MAX_SOURCE_FILES files).
 
     `code` is the source files that turn the loader's arrays into tensors; they are part of the key.
     """
