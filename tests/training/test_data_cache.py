@@ -94,6 +94,22 @@ def test_later_workers_map_the_first_ones_tensors_without_importing_torchvision(
     assert [p.suffix for p in _entries(root / ".hpsearch-cache")] == [".pt"]  # one entry, no temp left
 
 
+def test_a_builder_killed_mid_build_holds_no_worker_up(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    builder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom hpsearch.training.data import loading\n"
+         "loading._read = lambda cfg: print('building', flush=True) or time.sleep(600)\n"
+         f"loading.load({CFG!r})"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert builder.stdout is not None and builder.stdout.readline().strip() == "building"  # it holds the lock
+    builder.kill()  # kill -9: no cleanup runs, the kernel drops its lock
+    builder.wait()
+    monkeypatch.setattr(cache, "LOCK_WAIT_S", 120.0)
+    with caplog.at_level("DEBUG", logger=cache.__name__):
+        assert _digest(data.load(dict(CFG))) == _uncached(monkeypatch)
+    assert "still locked" not in caplog.text and len(_entries(root / ".hpsearch-cache")) == 1
+
+
 def test_without_sources_or_with_the_cache_off_nothing_is_written(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data.load({"name": "digits", "val_fraction": 0.2})  # embedded in scikit-learn: nothing to gain
     monkeypatch.setenv(cache.ENV_DIR, "off")

@@ -236,7 +236,7 @@ def evict(d: Path, keep: str, limit: float | None = None) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(s: Slot, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+def exclusive(s: Slot, wait_s: float | None = None) -> Iterator[None]:
     """One builder per entry: workers that start together wait for the first one's file instead
     of all loading the dataset at once on the same cores. Without a lockable directory, no wait."""
     for d in s.dirs:
@@ -246,6 +246,7 @@ def exclusive(s: Slot, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         except OSError:
             continue
         with fh:
+            wait_s = LOCK_WAIT_S if wait_s is None else wait_s
             deadline = time.monotonic() + wait_s
             while True:
                 try:
