@@ -232,8 +232,8 @@ def plan_summary(spec: StudySpec) -> str:
     configs = int(spec.budget_trials or 0)
     if spec.repeats == 1:
         return f"{count(configs, 'trial')} planned: {count(configs, 'sampled configuration')} x {seeds}"
-    return (f"up to {configs * spec.repeats} trials planned: {count(configs, 'sampled configuration')} x {seeds} "
-            "(a configuration's other seeds are queued once its first completes)")
+    return (f"up to {configs * spec.repeats} trials planned: {count(configs, 'sampled configuration')} x {seeds}, "
+            "fewer where one is pruned or fails")
 
 
 def _plan_template(spec: StudySpec, index: int) -> FrozenTrial:

@@ -68,7 +68,7 @@ def test_grid_runs_every_point_exactly_once(backend: str, request: pytest.Fixtur
     ({"repeats": 2}, "(grid, 8 trials planned: 4 configurations x 2 seeds; hash"),
     ({}, "(grid, 4 trials planned: 4 configurations x 1 seed; hash"),
     ({"sampler": "random", "budget": 5, "repeats": 2},
-     "(random, up to 10 trials planned: 5 sampled configurations x 2 seeds (a configuration's other seeds"),
+     "(random, up to 10 trials planned: 5 sampled configurations x 2 seeds, fewer where one is pruned or fails;"),
     ({"sampler": "tpe", "budget": 5}, "(tpe, 5 trials planned: 5 sampled configurations x 1 seed; hash"),
 ])
 def test_create_study_counts_trials_from_configurations_and_seeds(tmp_path: Path, over: dict, line: str) -> None:
