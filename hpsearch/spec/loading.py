@@ -21,16 +21,37 @@ MAX_YAML_CHARS = 10 * MAX_SPEC_BYTES
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses documents whose aliases expand beyond MAX_YAML_NODES nodes.
+    """SafeLoader that refuses documents whose aliases expand beyond MAX_YAML_NODES nodes or
+    MAX_YAML_CHARS characters of scalars.
 
     PyYAML builds aliased nodes once and shares them, so a "billion laughs" spec loads quickly but
     anything that walks it (validation, repr in a message, JSON for the storage) runs out of memory.
-    The composed graph is measured before anything is constructed from it.
+    The expansion is counted while the document is composed (an alias adds the whole of what it
+    names), so a hostile spec stops at the alias that crosses a bound, before the rest is parsed.
     """
 
-    def compose_document(self) -> yaml.Node:  # type: ignore[override]
-        node = super().compose_document()
-        _check_expansion(node)
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, tuple[int, int]] = {}  # expanded (nodes, characters) of complete nodes
+        self._open: list[str | None] = []  # anchors of the collections being composed
+        self._nodes = self._chars = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:  # type: ignore[override]
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise _AliasBomb("an alias refers to a node that contains it (recursive YAML)")
+            node = super().compose_node(parent, index)
+            nodes, chars = _expanded(node, self._sizes)  # all of it, every time it is named
+        else:
+            self._open.append(getattr(event, "anchor", None))
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._open.pop()
+            nodes, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0  # children count themselves
+        self._nodes, self._chars = self._nodes + nodes, self._chars + chars
+        _check_bounds(self._nodes, self._chars)
         return node
 
 
@@ -41,41 +62,35 @@ class _AliasBomb(yaml.YAMLError):
         self.problem_mark = None
 
 
-def _check_expansion(root: yaml.Node) -> None:
-    """Count the nodes and scalar characters of the fully expanded document (memoised per node:
-    linear in the graph)."""
-    sizes: dict[int, tuple[int, int]] = {}
-    visiting: set[int] = set()
+def _check_bounds(nodes: int, chars: int) -> None:
+    if nodes > MAX_YAML_NODES:
+        raise _AliasBomb(f"must expand to at most {MAX_YAML_NODES:,} YAML nodes, but its aliases (*name) "
+                         f"expand to more")
+    if chars > MAX_YAML_CHARS:
+        raise _AliasBomb(f"must expand to at most {MAX_YAML_CHARS:,} characters of YAML values, but its "
+                         "aliases (*name) expand to more")
 
-    def size(node: yaml.Node) -> tuple[int, int]:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in visiting:
-            raise _AliasBomb("an alias refers to a node that contains it (recursive YAML)")
-        visiting.add(key)
-        nodes, chars = 1, 0
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.ScalarNode):
-            chars = len(node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        for child in children:
-            n, c = size(child)
-            nodes, chars = nodes + n, chars + c
-        visiting.discard(key)
-        if nodes > MAX_YAML_NODES:
-            raise _AliasBomb(f"must expand to at most {MAX_YAML_NODES:,} YAML nodes, but its aliases (*name) "
-                             f"expand to more")
-        if chars > MAX_YAML_CHARS:
-            raise _AliasBomb(f"must expand to at most {MAX_YAML_CHARS:,} characters of YAML values, but its "
-                             "aliases (*name) expand to more")
-        sizes[key] = (nodes, chars)
-        return nodes, chars
 
-    size(root)
+def _expanded(node: yaml.Node, sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(nodes, scalar characters) of a complete node with its aliases expanded; memoised per node,
+    so linear in the graph."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    nodes, chars = 1, 0
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.ScalarNode):
+        chars = len(node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    for child in children:
+        n, c = _expanded(child, sizes)
+        nodes, chars = nodes + n, chars + c
+    _check_bounds(nodes, chars)
+    sizes[key] = (nodes, chars)
+    return nodes, chars
 
 
 def safe_load(text: str) -> Any:

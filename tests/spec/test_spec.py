@@ -292,6 +292,15 @@ def test_aliases_of_a_big_scalar_are_refused_before_they_expand(tmp_path: Path) 
                                "(*name) expand to more")
 
 
+def test_the_issues_shape_stops_at_the_alias_that_crosses_the_bound(tmp_path: Path) -> None:
+    """90,000 aliases of one 100 KB scalar in a flat list: refused while composing (PyYAML would
+    spend seconds parsing the rest first), not after."""
+    path = tmp_path / "flat.yaml"
+    path.write_text("name: flat\nbig: &b '" + "x" * 100_000 + "'\ndescription: [" + ", ".join(["*b"] * 90_000) + "]\n")
+    with pytest.raises(HpsearchError, match="must expand to at most 10,000,000 characters of YAML values"):
+        load_spec(path)
+
+
 def test_a_big_scalar_used_once_and_a_few_aliases_of_it_still_load(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text(f"name: ok\ndescription: &d '{'x' * 500_000}'\ntrain: {{note: *d}}\n"
