@@ -1,6 +1,6 @@
 """N workers on one machine, started the ways users start them: wall time of whole grid studies.
 
-    .venv/bin/python bench/machine.py [--parts workers tuning optuna] [--rounds 2] [--ns 1 2 4]
+    .venv/bin/python bench/machine.py [--parts contention startup workers tuning optuna] [--rounds 2] [--ns 1 2 4]
                                       [--samples 8000] [--cnn-samples 4000] [--storage postgresql://...]
 
 Every run is a real study on PostgreSQL (a database `hpsearch_bench` is created if missing),
@@ -15,6 +15,14 @@ figure is the median over rounds with the spread (min-max) beside it; ratios are
    128 fc, 8 points). Goals: by hand within 10% of launch; 2 workers never slower than 1.
 2. tuning: two workers by hand, the defaults against every hand-tuned setting (HPSEARCH_THREADS
    1 or 2, fusion on (8) or off), same grids. Goal: the defaults within 10% of the best.
+0. startup: a worker's fixed costs, in a fresh process: from its start to its banner (imports,
+   storage, study, spec), to its first trial's start (the dataset loaded, the checks, the claim),
+   and to its exit after one trial; with the shared dataset cache cold (HPSEARCH_DATA_CACHE=off)
+   and warm, alternating.
+c. contention: one training step of the dense MLP and the CNN (batch 64) in a fresh process,
+   1 or 2 threads, OpenMP's wait policy active (its default) or passive (what a worker sets),
+   on a quiet machine and beside one busy process (a Python loop): median ms per step over the
+   rounds, alternating. Why a worker sets OMP_WAIT_POLICY=PASSIVE.
 3. optuna: a 24-point dense grid (lr x optimizer x dropout), two hpsearch workers against two
    processes of a plain Optuna script (GridSampler on one PostgreSQL study, a torchvision
    DataLoader with ToTensor + Normalize, the model trained and validated as hpsearch does), as
@@ -211,6 +219,82 @@ def part_tuning(a: argparse.Namespace, tmp: Path, url: str, data: dict[str, Path
                   flush=True)
 
 
+STEP = """
+import sys, time, torch
+threads, shape = int(sys.argv[1]), sys.argv[2]
+torch.set_num_threads(threads)
+from torch import nn
+if shape == "dense":
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+else:
+    m = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1),
+                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(), nn.Linear(128, 10))
+opt = torch.optim.SGD(m.parameters(), lr=0.01)
+x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+def step():
+    opt.zero_grad()
+    nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+for _ in range(10):
+    step()
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < 2.0:
+    step()
+    n += 1
+print((time.perf_counter() - t0) / n * 1000)
+"""
+
+
+def part_contention(a: argparse.Namespace, tmp: Path, url: str, data: dict[str, Path]) -> None:
+    print(f"\nc. ms per training step, batch 64 (median over {a.rounds + 1} rounds, min-max)")
+    cases = [(1, "ACTIVE"), (2, "ACTIVE"), (1, "PASSIVE"), (2, "PASSIVE")]
+    for shape in ("dense", "cnn"):
+        got: dict[tuple[str, int, str], list[float]] = {}
+        for r in range(a.rounds + 1):
+            for busy in (False, True):
+                hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+                try:
+                    for threads, policy in cases[:: 1 if r % 2 == 0 else -1]:
+                        env = {**user_env(data["dense"]), "OMP_WAIT_POLICY": policy}
+                        out = subprocess.run([sys.executable, "-c", STEP, str(threads), shape], env=env,
+                                             capture_output=True, text=True, check=True).stdout
+                        got.setdefault(("busy" if busy else "quiet", threads, policy), []).append(float(out))
+                finally:
+                    if hog is not None:
+                        hog.kill()
+                        hog.wait()
+        print(f"  {shape}:")
+        for where in ("quiet", "busy"):
+            row = "   ".join(f"{t} thr {p.lower():<7} {statistics.median(got[(where, t, p)]):6.2f} "
+                           f"({min(got[(where, t, p)]):.2f}-{max(got[(where, t, p)]):.2f})" for t, p in cases)
+            print(f"    {'quiet' if where == 'quiet' else 'one busy process'}: {row}", flush=True)
+
+
+def part_startup(a: argparse.Namespace, tmp: Path, url: str, data: dict[str, Path]) -> None:
+    print(f"\n0. a worker's fixed costs, {_count(data['dense'])} images, one trial (median over {a.rounds + 1} "
+          "runs, min-max)")
+    phases: dict[str, dict[str, list[float]]] = {}
+    for r in range(a.rounds + 1):
+        for label, extra in (("cache off", {"HPSEARCH_DATA_CACHE": "off"}), ("cache warm", {}))[:: 1 if r % 2 else -1]:
+            env = user_env(data["dense"], **extra)
+            name = create(tmp, url, env, DENSE, {"lr": [0.01]})
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--study", name, "--storage", url],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+            seen: dict[str, float] = {}
+            for line in proc.stdout:  # type: ignore[union-attr]
+                if line.startswith("worker ") and " on study " in line:
+                    seen.setdefault("banner", time.perf_counter() - t0)
+                elif "] start:" in line:
+                    seen.setdefault("first trial starts", time.perf_counter() - t0)
+            proc.wait()
+            seen["exit after 1 trial"] = time.perf_counter() - t0
+            for k, v in seen.items():
+                phases.setdefault(label, {}).setdefault(k, []).append(v)
+    for label, got in phases.items():
+        print(f"  {label}: " + "   ".join(f"{k} {fmt(v)}" for k, v in got.items()), flush=True)
+
+
 def part_optuna(a: argparse.Namespace, tmp: Path, url: str, data: dict[str, Path]) -> None:
     import optuna
 
@@ -259,8 +343,8 @@ def _count(root: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["workers", "tuning", "optuna"],
-                    choices=["workers", "tuning", "optuna"])
+    ap.add_argument("--parts", nargs="+", default=["contention", "startup", "workers", "tuning", "optuna"],
+                    choices=["contention", "startup", "workers", "tuning", "optuna"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--samples", type=int, default=8000, help="training images of the dense grids")
@@ -275,7 +359,8 @@ def main() -> None:
         write_mnist_sized(data["dense"], a.samples, max(1000, a.samples // 4))
         write_mnist_sized(data["cnn"], a.cnn_samples, max(1000, a.cnn_samples // 4))
         for part in a.parts:
-            {"workers": part_workers, "tuning": part_tuning, "optuna": part_optuna}[part](a, tmp, url, data)
+            {"contention": part_contention, "startup": part_startup, "workers": part_workers, "tuning": part_tuning,
+             "optuna": part_optuna}[part](a, tmp, url, data)
 
 
 if __name__ == "__main__":
