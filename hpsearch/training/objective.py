@@ -231,7 +231,9 @@ def end_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen: in
     trial.report(value, epoch)
     # A repeat (`hpsearch repeat`) re-measures a chosen configuration on a new seed: pruning it
     # would bias the very comparison it runs for, so it trains to the end (still reporting).
-    if not trial.user_attrs.get(schema.IS_REPEAT) and trial.should_prune():
+    # After the last epoch there is nothing left to save: pruning then would only throw away a
+    # finished result (and its test), so the pruner is asked after every epoch but the last.
+    if epoch < r.epochs and not trial.user_attrs.get(schema.IS_REPEAT) and trial.should_prune():
         trial.set_user_attr(schema.PRUNED_AT_EPOCH, epoch)
         raise optuna.TrialPruned(f"pruned at epoch {epoch} ({r.metric_key}={value:.4f})")
     # Checkpoint at most every `checkpoint_every` seconds: a resume loses at most that much,
