@@ -168,3 +168,29 @@ def test_wrong_password_is_one_masked_line(throwaway_pg: Cluster, tmp_path: Path
         assert "wrong-pass-123" not in proc.stderr + proc.stdout
         assert "postgres:***@" in proc.stderr and "password authentication failed" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_one_heartbeat_beats_a_group_until_each_member_is_released(tmp_path: Path) -> None:
+    """A fused group's heartbeat: every member beats from the start, a released member stops beating
+    while the others go on, and releasing the last stops the thread."""
+    from hpsearch.queue.faults import Heartbeat
+    from hpsearch.storage.optuna_internals import storage_of, trial_id
+
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'j.log'}", create=True))
+    trials = [study.ask() for _ in range(3)]
+    ids = [trial_id(t) for t in trials]
+
+    def beats() -> list[float]:
+        return [storage_of(study).get_trial(i).user_attrs["hpsearch:beat"] for i in ids]
+
+    beat = Heartbeat(study, ids, interval=0.4)
+    with beat:
+        first = beats()  # every member at once, before anything else happens
+        beat.release(ids[0])
+        released = beats()[0]
+        time.sleep(1.0)  # five beat periods
+        later = beats()
+        assert later[0] == released and all(b > a for b, a in zip(later[1:], first[1:], strict=True))
+        beat.release(ids[1])
+        beat.release(ids[2])
+        assert not beat._thread.is_alive()
