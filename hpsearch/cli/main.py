@@ -88,6 +88,10 @@ def worker_arguments(p: argparse.ArgumentParser) -> None:
     _storage_arg(p)
     p.add_argument("--n-trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=POSITIVE, help="stop claiming new trials after this many seconds")
+    p.add_argument("--trial-timeout", type=POSITIVE, metavar="SECONDS",
+                   help="a trial's time limit (default: the spec's trial_timeout, else none): past it the trial "
+                        "is asked to stop and ends failed with the reason; one that does not stop within a grace "
+                        "(10%% of the limit, 5-60 s) is ended by a watchdog and the worker restarts itself clean")
     p.add_argument("--device", default="auto", help="auto (CUDA when present: of several GPUs, the one the fewest workers "
                    "of this machine hold), cpu or cuda:K. Torch's threads: this worker's share of its CPUs among the "
                    "machine's live workers, re-read before each trial (HPSEARCH_THREADS fixes it)")
@@ -343,6 +347,7 @@ def _worker(args: argparse.Namespace) -> int:
         study=args.study, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
         heartbeat=args.heartbeat, max_failures=args.max_failures, seed=args.seed, stop_timeout=args.stop_timeout,
         checkpoint_every=args.checkpoint_every, quiet=args.quiet, tracking=tracking, fuse=args.fuse,
+        trial_timeout=args.trial_timeout, restart=True,
     )
     return run_worker(opts)
 

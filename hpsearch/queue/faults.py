@@ -85,6 +85,17 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_st
     return True
 
 
+def fail_for_good(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """Mark a running trial failed with `reason`, not queued again (a trial past its time limit:
+    it would only run out of time again). False when it is not running any more."""
+    storage = optuna_internals.storage_of(study)
+    try:
+        storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+        return bool(storage.set_trial_state_values(trial_id, state=TrialState.FAIL))
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
+
+
 def _said(frozen: optuna.trial.FrozenTrial, reason: str, requeued: bool) -> None:
     if not requeued:
         log.warning("trial %d failed (%s) and is not retried again: it crashed its worker %d times",

@@ -16,6 +16,7 @@ from hpsearch.errors import HpsearchError
 MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding accept
 MAX_PLAN = 1_000_000  # planned trials (grid points x repeats, or a trial budget)
 MAX_FUSE = 64  # trials a worker trains as one fused model
+MAX_TRIAL_TIMEOUT = 30 * 86400.0  # a trial's time limit, in seconds
 # Study names: W&B takes a study's name as its runs' group, at most 128 characters, and every
 # backend gets the same bound (Optuna's study_name column holds 512; the journal has none).
 MAX_NAME = 128
@@ -77,6 +78,7 @@ class StudySpec:
     tracking: dict[str, Any] | None
     description: str = ""
     fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.worker.fused); None: its default
+    trial_timeout: float | None = None  # seconds a trial may run (hpsearch.worker.stopping); None: no limit
 
     @property
     def is_grid(self) -> bool:
@@ -101,6 +103,7 @@ class StudySpec:
             "tracking": self.tracking,
             # Only when set: a spec without it keeps the hash it had before the field existed.
             **({"fuse": self.fuse} if self.fuse is not None else {}),
+            **({"trial_timeout": self.trial_timeout} if self.trial_timeout is not None else {}),
         }
 
     def hash(self) -> str:

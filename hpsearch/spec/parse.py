@@ -14,14 +14,23 @@ from hpsearch import schema
 from hpsearch.registry import is_plugin_ref
 from hpsearch.search.samplers import check_pruner, check_sampler
 from hpsearch.spec import trainer
-from hpsearch.spec.model import MAX_FUSE, MAX_NAME, MAX_PLAN, MAX_SEED, Param, SpecError, StudySpec
+from hpsearch.spec.model import (
+    MAX_FUSE,
+    MAX_NAME,
+    MAX_PLAN,
+    MAX_SEED,
+    MAX_TRIAL_TIMEOUT,
+    Param,
+    SpecError,
+    StudySpec,
+)
 from hpsearch.spec.params import check_conditions, parse_space
 from hpsearch.spec.problems import Problems, did_you_mean, is_int, is_num, short
 from hpsearch.spec.space import grid_size
 
 TOP_KEYS = {
     "name", "description", "metric", "direction", "sampler", "pruner", "repeats", "seed",
-    "budget", "dataset", "train", "space", "objective", "tracking", "fuse",
+    "budget", "dataset", "train", "space", "objective", "tracking", "fuse", "trial_timeout",
 }
 BUILTIN_METRICS = {schema.VAL_ACC, schema.VAL_LOSS}  # each also the trial attribute holding its value
 # fullmatch, not `$`: `$` also matches before a trailing newline ("name\n" would be stored).
@@ -60,6 +69,7 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
     # --- tracking and fusion; last, names in the registries (they import torch) ----------
     tracking = _tracking(raw.get("tracking"), err)
     fuse = _fuse(raw.get("fuse"), builtin, err)
+    trial_timeout = _trial_timeout(raw.get("trial_timeout"), err)
     if builtin:
         # Even when other fields are wrong: every problem at once, a misspelled name included.
         trainer.check_registry_names(dataset, train, space, err)
@@ -69,7 +79,7 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
         name=name, metric=metric, direction=direction, sampler=sampler, pruner=pruner,
         repeats=repeats, seed=seed, budget_trials=budget_trials, wall_clock=wall_clock,
         dataset=dataset, train=dict(train), space=space, objective=objective, tracking=tracking,
-        description=str(raw.get("description", "") or ""), fuse=fuse,
+        description=str(raw.get("description", "") or ""), fuse=fuse, trial_timeout=trial_timeout,
     )
 
 
@@ -278,6 +288,16 @@ def _tracking(tracking: Any, err: Problems) -> dict[str, Any] | None:
         return {"backend": "wandb", **tracking}
     err("tracking", f"must be none, wandb or a mapping, but got {tracking=}")
     return None
+
+
+def _trial_timeout(value: Any, err: Problems) -> float | None:
+    if value is None:
+        return None
+    if not is_num(value) or not 0 < float(value) <= MAX_TRIAL_TIMEOUT:
+        err("trial_timeout", f"must be a number of seconds in (0, {MAX_TRIAL_TIMEOUT:g}] (a trial's time limit), "
+            f"but got trial_timeout={short(value)}")
+        return None
+    return float(value)
 
 
 def _fuse(fuse: Any, builtin: bool, err: Problems) -> int | None:

@@ -29,12 +29,12 @@ from hpsearch.queue import claim as claim_mod
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import retries as retries_mod
 from hpsearch.queue import study as study_mod
-from hpsearch.queue.faults import Reaper, sweep_orphans
+from hpsearch.queue.faults import Reaper, fail_for_good, sweep_orphans
 from hpsearch.queue.lock import StudyLock
 from hpsearch.search.samplers import build_pruner, build_sampler
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask, open_storage, resolve_url
-from hpsearch.storage.optuna_internals import storage_of, study_id
+from hpsearch.storage.optuna_internals import storage_of, study_id, trial_id
 from hpsearch.worker import share as share_mod
 from hpsearch.worker import stopping
 from hpsearch.worker import trial as trial_mod
@@ -179,6 +179,7 @@ def _check_before_claiming(w: Worker) -> None:
     created = float(attrs.get(schema.CREATED_ATTR, time.time()))
     w.deadline = created + spec.wall_clock if spec.wall_clock else None
     w.my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
+    _carried_over(w)
 
     w.ctx = _context(spec, opts, w.url, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)  # type: ignore[union-attr]
     w.ctx[CLASS_COUNTS_STORED] = schema.CLASS_COUNTS_ATTR in attrs
@@ -194,6 +195,22 @@ def _check_before_claiming(w: Worker) -> None:
 
         data_mod.load(spec.dataset, w.ctx["device"])
         w.fuse = _fusion(spec, opts, w.ctx["device"], w.out)
+
+
+def _carried_over(w: Worker) -> None:
+    """A worker restarted clean (hpsearch.worker.loop._restart) goes on counting its trials and its --timeout."""
+    import json
+
+    raw = os.environ.pop(_CARRY, None)
+    if not raw:
+        return
+    try:
+        carry = json.loads(raw)
+        w.summary.states["before restart"] = int(carry.get("done", 0))
+        if carry.get("timeout_left") is not None and w.my_deadline is not None:
+            w.my_deadline = time.monotonic() + max(0.0, float(carry["timeout_left"]))
+    except (ValueError, TypeError, AttributeError):
+        return
 
 
 def _context(spec: StudySpec, opts: Options, url: str, recorded: str | None = None,
@@ -280,6 +297,9 @@ def _claim_loop(w: Worker) -> int:
             continue
         w.idle_rounds = 0
         _count(w, _run(w, trial))
+        why = stopping.restart_reason()
+        if why is not None:  # an out-of-memory error: its leak would fail every later trial
+            _restart(w, why)
         if w.failures_in_row >= w.opts.max_failures:
             w.summary.reason = (f"stopping: {w.failures_in_row} trials failed in a row on this worker "
                                 f"(a broken node or a bug?); see {schema.FAIL_REASON} of the trials")
@@ -338,9 +358,50 @@ def _run(w: Worker, trial: optuna.Trial) -> list[str]:
             k = claim_mod.fair_share(w.study, k, w.here)
         group = claim_mod.claim_group(w.study, trial, k, w.fuse.key)
     w.ctx["fused"] = len(group)
-    if len(group) > 1:
-        return w.fuse.run_group(w.study, group, w.spec, w.ctx, w.opts, w.out)  # type: ignore[no-any-return]
-    return [trial_mod.run_one(w.study, trial, w.spec, w.ctx, w.opts, w.out)]
+    limit = w.opts.trial_timeout or w.spec.trial_timeout
+    stopping.start_clock(limit, stopping.overrun_grace(limit) if limit else 0.0, lambda lim: _overrun(w, lim))
+    try:
+        if len(group) > 1:
+            return w.fuse.run_group(w.study, group, w.spec, w.ctx, w.opts, w.out)  # type: ignore[no-any-return]
+        return [trial_mod.run_one(w.study, trial, w.spec, w.ctx, w.opts, w.out)]
+    finally:
+        stopping.stop_clock()
+
+
+def _overrun(w: Worker, limit: float) -> None:
+    """The watchdog: the running trial is past its limit and its grace without stopping (code that
+    ignores should_stop, a hang in a C call). It ends failed, for good, and this worker restarts
+    clean: whatever the stuck code holds (threads, memory, a lock) goes with the process."""
+    grace = stopping.overrun_grace(limit)
+    reason = (f"time limit: still running {limit:g}s after its start (trial_timeout) and did not stop within "
+              f"{grace:g}s; its worker restarted")
+    for study, trial in list(stopping.CURRENT.values()):
+        if fail_for_good(study, trial_id(trial), reason):
+            w.out(f"[trial {trial.number}] failed: {reason}")
+            w.summary.states["failed"] += 1
+    _restart(w, f"a trial overran its time limit ({limit:g}s)")
+
+
+RESTART_EXIT = 75  # an in-process run_worker that must start clean exits with this for its launcher (EX_TEMPFAIL)
+_CARRY = "_HPSEARCH_WORKER_CARRY"  # what a restarted worker carries over: its trial count and its --timeout
+
+
+def _restart(w: Worker, why: str) -> None:
+    """Start this worker again as a fresh process (the same command line), or exit for its launcher."""
+    import json
+    import sys
+
+    w.out(f"worker {w.wid}: {why}; restarting clean ({w.summary.line(w.wid).split(': ', 1)[1]})")
+    left = w.my_deadline - time.monotonic() if w.my_deadline else None
+    os.environ[_CARRY] = json.dumps({"done": w.done, "timeout_left": left})
+    try:
+        w.share.leave()  # type: ignore[union-attr]
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if w.opts.restart:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    os._exit(RESTART_EXIT)
 
 
 def _count(w: Worker, states: list[str]) -> None:

@@ -20,4 +20,6 @@ class Options:
     checkpoint_every: float = 30.0
     quiet: bool = False
     tracking: dict[str, Any] = field(default_factory=dict)
+    trial_timeout: float | None = None  # seconds a trial may run (None: the spec's trial_timeout, else no limit)
+    restart: bool = False  # re-exec this worker's command line to start clean (the CLI's worker; not in-process runs)
     fuse: int | None = None  # trials trained as one fused model (None: $HPSEARCH_FUSE, the spec, the default)

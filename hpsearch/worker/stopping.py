@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from hpsearch.queue.faults import fail_and_requeue
@@ -25,8 +28,68 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def should_stop() -> bool:
-    """For user objectives: True once the worker was asked to stop (preemption, Ctrl-C)."""
-    return STOP.is_set()
+    """For user objectives: True once the worker was asked to stop (preemption, Ctrl-C) or the
+    running trial is past its time limit (`trial_timeout`); raise hpsearch.Preempted then."""
+    return STOP.is_set() or timed_out()
+
+
+# Why this worker must start clean before its next trial (an out-of-memory error leaves the leak).
+_RESTART: list[str] = []
+
+
+def restart_after(reason: str) -> None:
+    if not _RESTART:
+        _RESTART.append(reason)
+
+
+def restart_reason() -> str | None:
+    return _RESTART[0] if _RESTART else None
+
+
+# ---------------------------------------------------------------- a trial's time limit
+
+
+@dataclass
+class _Clock:
+    limit: float
+    deadline: float  # monotonic
+    timer: threading.Timer | None = None
+
+
+_CLOCK: list[_Clock] = []  # the running trial's (or fused group's) clock, if it has a limit
+
+
+def start_clock(limit: float | None, grace: float, overrun: Callable[[float], None]) -> None:
+    """The running trial's time limit: should_stop() turns True at `limit` seconds, and if the
+    trial has not ended `grace` seconds later (code that ignores should_stop, a hang inside a C
+    call) `overrun(limit)` runs on a watchdog thread: it ends the trial and restarts the worker."""
+    stop_clock()
+    if limit is None:
+        return
+    clock = _Clock(limit, time.monotonic() + limit)
+    clock.timer = threading.Timer(limit + grace, lambda: _CLOCK and _CLOCK[0] is clock and overrun(limit))
+    clock.timer.daemon = True
+    _CLOCK.append(clock)
+    clock.timer.start()
+
+
+def stop_clock() -> None:
+    while _CLOCK:
+        clock = _CLOCK.pop()
+        if clock.timer is not None:
+            clock.timer.cancel()
+
+
+def timed_out() -> float | None:
+    """The running trial's limit (seconds) once it has passed, else None."""
+    clock = _CLOCK[0] if _CLOCK else None
+    return clock.limit if clock is not None and time.monotonic() > clock.deadline else None
+
+
+def overrun_grace(limit: float) -> float:
+    """How long a trial past its limit has to reach a stopping point before the watchdog acts:
+    a batch or an epoch end of the built-in trainer, a user objective's own check of should_stop."""
+    return min(60.0, max(5.0, 0.1 * limit))
 
 
 def install_signals(stop_timeout: float, out: Any) -> None:

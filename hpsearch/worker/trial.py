@@ -24,6 +24,7 @@ from hpsearch.queue.faults import Heartbeat, fail_and_requeue
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask
 from hpsearch.storage.optuna_internals import storage_of, trial_id
+from hpsearch.worker import stopping
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import how_computed, safe
 from hpsearch.worker.result import BadResult, checked
@@ -86,6 +87,12 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
         _discard(ctx, trial)
         out(f"[{label}] {_pruned_text(study, trial, exc)}")
         return "pruned"
+    limit = stopping.timed_out()
+    if isinstance(exc, Preempted) and limit is not None and not stopping.STOP.is_set():
+        # It stopped because its time limit passed, not because the worker was asked to stop:
+        # that is the trial's own end, not a hand-back (it would only run out of time again).
+        return _failed(study, trial, TrialTimedOut(f"time limit: still running {limit:g}s after its start "
+                                                   "(trial_timeout); stopped"), label, out)
     if isinstance(exc, Preempted):
         CURRENT.pop(trial_id(trial), None)
         if not fail_and_requeue(study, trial_id(trial), f"preempted: {exc}"):
@@ -135,6 +142,10 @@ def _pruned_text(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -
 def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, label: str, out: Any) -> str:
     """A trial's failure must not take the worker down: why, recorded on the trial, then FAIL."""
     reason = _reason(exc)
+    if isinstance(exc, MemoryError):
+        # Whatever leaked stays in this process and would fail every later trial: the worker
+        # restarts clean once this one is recorded (hpsearch.worker.loop).
+        stopping.restart_after(f"trial {trial.number} ran out of memory")
     # The built-in trainer's non-finite loss (Divergent) and a non-finite result (BadResult) alike.
     divergent = type(exc).__name__ == "Divergent" or getattr(exc, "divergent", False) is True
     safe(trial.set_user_attr, schema.FAIL_REASON, reason)
@@ -211,9 +222,15 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, 
         return False
 
 
+class TrialTimedOut(Exception):
+    """The trial ran past its time limit and stopped."""
+
+
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, BadResult):
+    if isinstance(exc, (BadResult, TrialTimedOut)):
         return str(exc)  # already says what it is, masked
+    if isinstance(exc, MemoryError):
+        return f"out of memory: {type(exc).__name__} {str(exc).strip()[:200]}".strip() + "; its worker restarted clean"
     if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
         # Optuna's wrapper guesses "e.g. exceeding max length" for every failed commit, outages
         # included: the driver's own message says what happened.
