@@ -118,10 +118,23 @@ def ignore_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
+HAND_BACK_WAIT = 10.0  # seconds the hard exit gives its hand-back writes (the database may be down)
+
+
 def hard_exit() -> None:
-    for study, trial in list(CURRENT.values()):  # every member of a fused group
-        try:
-            fail_and_requeue(study, trial_id(trial), "preempted (stop timeout)")
-        except Exception:  # noqa: BLE001 - exiting anyway; heartbeat recovery still applies
-            pass
+    """Leave now: hand back every trial this worker holds, but wait no more than HAND_BACK_WAIT for
+    the storage. The storage layer waits up to HPSEARCH_DB_WAIT (600 s) for a database that is
+    down, which would turn --stop-timeout into ten minutes; a trial whose hand-back did not reach
+    the storage is re-queued by another worker's reaper once its heartbeat is stale."""
+
+    def hand_back() -> None:
+        for study, trial in list(CURRENT.values()):  # every member of a fused group
+            try:
+                fail_and_requeue(study, trial_id(trial), "preempted (stop timeout)")
+            except Exception:  # noqa: BLE001 - exiting anyway; heartbeat recovery still applies
+                pass
+
+    writer = threading.Thread(target=hand_back, daemon=True)
+    writer.start()
+    writer.join(HAND_BACK_WAIT)
     os._exit(0)

@@ -5,8 +5,10 @@ address-space cap and the built-in trainer stopped mid-epoch."""
 from __future__ import annotations
 
 import resource
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +18,8 @@ from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, wr
 from faultkit import assert_exactly_once
 from hpsearch import schema
 from hpsearch.storage.backend import open_storage
+from hpsearch.worker import stopping
+from pgcluster import Cluster
 
 
 def _spec(name: str, modes: list[str], **over: object) -> dict[str, object]:
@@ -97,3 +101,27 @@ def test_a_bad_trial_timeout_is_one_line(tmp_path: Path, journal_url: str) -> No
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "trial_timeout: must be a number of seconds" in lines[0], proc.stderr
+
+
+def test_the_stop_timeout_holds_while_the_database_is_down(throwaway_pg: Cluster, tmp_path: Path) -> None:
+    # SIGTERM, a trial that does not stop, and no database to hand it back to: the worker leaves
+    # within --stop-timeout plus the hand-back's bounded wait, not after HPSEARCH_DB_WAIT (600 s).
+    url = throwaway_pg.create_db("stopdown")
+    name = unique("stopdown")
+    run_cli("create-study", str(write_spec(tmp_path, _spec(name, ["hang"]))), "--storage", url, check=True)
+    proc = start_worker(name, url, "--stop-timeout", "2", "--heartbeat", "2",
+                        env=cli_env(HPSEARCH_DB_WAIT="600"), log=tmp_path / "w.log")
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    deadline = time.monotonic() + 120
+    while not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "w.log").read_text()
+        time.sleep(0.2)
+    throwaway_pg.stop("fast")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        throwaway_pg.start()
+    assert time.monotonic() - t0 < 2 + stopping.HAND_BACK_WAIT + 15, (tmp_path / "w.log").read_text()
