@@ -160,7 +160,7 @@ def _open_rdb(url: str, create: bool, heartbeat: int | None,
             # the losers see "duplicate key"/"already exists" and simply open what the winner made.
             race = create and attempt < 6 and ("duplicate key" in text or "already exists" in text)
             # A server or pooler that is up but swamped (a job array's 200 workers logging in
-            # at the same second) times out or drops the login: wait for it, for a while.
+            # at the same second) times out, drops the login or has no slot left: wait for it, for a while.
             # A refused connection, a wrong password or an unknown database fails at once.
             swamped = any(s in text for s in _SWAMPED) and time.monotonic() - started < _connect_wait()
             if not (race or swamped):
@@ -204,7 +204,10 @@ def _bounded_transactions(storage: ResilientRDBStorage) -> ResilientRDBStorage:
     return storage
 
 
-_SWAMPED = ("timeout expired", "server closed the connection unexpectedly", "query_wait_timeout")
+# A server that is up but cannot take this login now: swamped, every connection slot taken
+# (max_connections: a job array's burst), or still starting. Waited for, HPSEARCH_CONNECT_WAIT.
+_SWAMPED = ("timeout expired", "server closed the connection unexpectedly", "query_wait_timeout",
+            "too many clients", "remaining connection slots are reserved", "the database system is starting up")
 
 
 def _chain_text(exc: BaseException) -> str:
