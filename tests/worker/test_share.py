@@ -349,3 +349,14 @@ def test_a_rerun_with_the_same_threads_and_device_is_bitwise_the_same(tmp_path: 
         curves.append([{k: v for k, v in e.items() if k != "epoch_time"} for e in trial.user_attrs[schema.CURVE]]
                       + [trial.user_attrs[schema.TEST_LOSS], trial.value])
     assert curves[0] == curves[1]
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "nonsense"])
+def test_a_device_that_cannot_train_is_one_line_before_any_claim(tmp_path: Path, journal_url: str, device: str) -> None:
+    name = unique("dev")
+    run_cli("create-study", str(write_spec(tmp_path, tiny_spec(name))), "--storage", journal_url, check=True)
+    proc = run_cli("worker", "--study", name, "--storage", journal_url, "--device", device)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"hpsearch: error: --device must be auto, cpu or cuda:K, but got {device!r}"], proc.stderr
+    assert all(t.state == optuna.trial.TrialState.WAITING for t in _trials(name, journal_url))  # no trial burnt
