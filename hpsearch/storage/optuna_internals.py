@@ -168,6 +168,13 @@ def journal_file_path(backend: Any) -> str | None:
     return getattr(backend, "_file_path", None)
 
 
+def journal_lock_base() -> type:
+    """The base class of a JournalFileBackend's lock (its lock_obj), not exported by Optuna."""
+    from optuna.storages.journal._file import BaseJournalFileLock
+
+    return BaseJournalFileLock
+
+
 def journal_lock(backend: Any) -> Any:
     """The lock a JournalFileBackend takes around every append (None for other backends)."""
     return getattr(backend, "_lock", None)

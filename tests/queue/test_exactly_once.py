@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
+from hpsearch.storage import optuna_internals
 from hpsearch.storage.backend import open_storage
 from pgcluster import Cluster
 
@@ -329,17 +330,35 @@ def test_journal_lock_stall_is_not_death(tmp_path: Path) -> None:
               for t in _study(name, url).get_trials(deepcopy=False)) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    journal = tmp_path / "journal.log"
-    lock = Path(str(journal) + ".lock")
-    while True:  # take Optuna's journal lock as a writer would, and sit on it
-        try:
-            lock.symlink_to(journal)
-            break
-        except FileExistsError:
-            time.sleep(0.001)
+    lock = optuna_internals.journal_lock(optuna_internals.journal_backend(open_storage(url)))
+    lock.acquire()  # the journal's append lock, as a writer takes it, and sit on it
     time.sleep(8)
-    lock.unlink()
+    lock.release()
     _assert_nobody_reaped(workers, name, url, tmp_path)
+
+
+HOLD_JOURNAL_LOCK = """
+import os, signal, sys
+from hpsearch.storage import optuna_internals
+from hpsearch.storage.backend import open_storage
+lock = optuna_internals.journal_lock(optuna_internals.journal_backend(open_storage(sys.argv[1])))
+lock.acquire()
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # dies holding it, as a worker killed mid-append does
+"""
+
+
+def test_a_writer_killed_holding_the_journal_lock_stalls_nobody(tmp_path: Path) -> None:
+    """A SIGKILL while a process holds the journal's lock: the kernel drops it with the process, so
+    the next worker neither waits out a stale lock file nor warns about one."""
+    name = unique("jkill")
+    url, _ = _journal_study(tmp_path, name)
+    holder = subprocess.run([sys.executable, "-c", HOLD_JOURNAL_LOCK, url], capture_output=True, text=True,
+                            env=cli_env(), timeout=120)
+    assert holder.returncode == -signal.SIGKILL and holder.stdout.strip() == "held", holder.stderr
+    out = _finish(name, url, tmp_path, "after.log")
+    assert "longer than" not in out and "lock" not in out.lower(), out
+    assert_exactly_once(_study(name, url), 4)
 
 
 def test_a_second_sigterm_during_shutdown_still_exits_zero(journal_url: str, tmp_path: Path) -> None:
