@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.spec.model import SpecError
 from hpsearch.spec.parse import spec_from_dict
@@ -31,7 +32,7 @@ ARCH = {
     "cnn": {"model": "cnn", "filters": [4, 8], "fc_sizes": [16]},
 }
 # What the worker (not the trainer) records on every trial, fused or not.
-WORKER_KEYS = {"worker", "hpsearch:heartbeat_interval", "hpsearch:beat", "device", "duration_s", "service_s"}
+WORKER_KEYS = {"worker", "hpsearch:heartbeat_interval", "hpsearch:beat", "duration_s", "service_s", *schema.COMPUTE}
 # Members of one group: the optimizers of the seed grid and its dropout, each with its own seed.
 MEMBERS = [{"lr": 0.01, "optimizer": o, "dropout": d} for o in ("sgd", "momentum", "adam") for d in (0.0, 0.3)]
 
