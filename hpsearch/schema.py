@@ -44,6 +44,8 @@ CLASS_COUNTS_ATTR = _attr("hpsearch:class_counts", "study", dict,
                           "per-split class histograms and class names (the report's baselines)")
 ARTIFACTS_ATTR = _attr("hpsearch:artifacts", "study", str,
                        "absolute location of checkpoints, so a retry started elsewhere resumes")
+STOPPED_ATTR = _attr("hpsearch:stopped", "study", str,
+                     "ISO time `hpsearch stop` asked workers to claim nothing more ('' after resume)")
 
 # --- trial user attributes: identity and lineage ------------------------------------------------
 PLAN_INDEX = _attr("plan_index", "trial", int, "position in the study's plan (grid point x seed)")

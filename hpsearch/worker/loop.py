@@ -26,6 +26,7 @@ import optuna
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import claim as claim_mod
+from hpsearch.queue import control
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import retries as retries_mod
 from hpsearch.queue import study as study_mod
@@ -317,6 +318,8 @@ def _limit_reached(w: Worker) -> str | None:
         return f"--timeout {opts.timeout:g}s reached"
     if w.deadline and time.time() > w.deadline:
         return "the study's wall-clock budget is spent"
+    if control.stop_requested(w.study):  # read at most every few seconds, not per claim
+        return f"the study was stopped (hpsearch stop); to go on: hpsearch resume {opts.study}"
     return None
 
 

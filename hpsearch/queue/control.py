@@ -1,0 +1,48 @@
+"""Stopping a study from anywhere: a study attribute every worker reads before it claims.
+
+`hpsearch stop` sets it; workers finish the trial they run (as W&B's "stop sweep" lets runs
+finish: nothing trained is thrown away) and exit 0 instead of claiming another; `hpsearch resume`
+clears it. It lives in the storage, so workers on every machine see it, and a worker reads it at
+most every STOP_POLL_S seconds, so a busy claim loop adds no database round trip per claim.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import optuna
+
+from hpsearch import schema
+from hpsearch.storage.optuna_internals import storage_of, study_id
+
+STOP_POLL_S = 5.0
+_last: dict[int, tuple[float, bool]] = {}  # study id -> (when read, stopped)
+
+
+def stopped_at(study: optuna.Study) -> str | None:
+    """When the study was stopped (ISO time), or None when it runs; read from the storage now."""
+    attrs = storage_of(study).get_study_user_attrs(study_id(study))
+    value = attrs.get(schema.STOPPED_ATTR)
+    return value if isinstance(value, str) and value else None
+
+
+def stop_requested(study: optuna.Study, poll: float = STOP_POLL_S) -> bool:
+    """Whether the study was stopped, as read at most `poll` seconds ago (the first call reads)."""
+    sid = study_id(study)
+    now = time.monotonic()
+    seen = _last.get(sid)
+    if seen is None or now - seen[0] >= poll:
+        seen = (now, stopped_at(study) is not None)
+        _last[sid] = seen
+    return seen[1]
+
+
+def set_stopped(study: optuna.Study, stopped: bool) -> bool:
+    """Stop (or resume) the study; False when it already was so."""
+    if (stopped_at(study) is not None) == stopped:
+        return False
+    # Optuna cannot delete a user attribute: resuming writes '' over the time.
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds") if stopped else ""
+    storage_of(study).set_study_user_attr(study_id(study), schema.STOPPED_ATTR, when)
+    return True
