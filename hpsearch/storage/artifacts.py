@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from hpsearch.errors import HpsearchError
 from hpsearch.storage.backend import DEFAULT_DIR, journal_path, kind, resolve_url
@@ -29,17 +30,19 @@ def artifact_location(url: str | None = None) -> str:
     return str(Path(target).expanduser().absolute())
 
 
-def artifact_store(url: str | None = None, recorded: str | None = None) -> Any:
+def artifact_store(url: str | None = None, recorded: str | None = None, study: str | None = None) -> Any:
     """Checkpoints: a directory (shared across machines on a cluster) or S3.
 
     HPSEARCH_ARTIFACTS wins, then the location the study recorded at create-study (`recorded`),
-    then the default beside the journal (./.hpsearch/artifacts for database storages).
+    then the default beside the journal (./.hpsearch/artifacts for database storages). On S3 the
+    keys are PREFIX/STUDY/ID: a bucket shared by teams is scoped by prefix, and a study's
+    checkpoints are found (and deleted) by its name.
     """
     from optuna.artifacts import FileSystemArtifactStore
 
     target = recorded if recorded and not os.environ.get("HPSEARCH_ARTIFACTS") else artifact_location(url)
     if target.startswith("s3://"):
-        return _s3_store(target)
+        return _s3_store(target, study)
     try:
         Path(target).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -49,17 +52,42 @@ def artifact_store(url: str | None = None, recorded: str | None = None) -> Any:
     return FileSystemArtifactStore(target)
 
 
-def _s3_store(target: str) -> Any:
-    from optuna.artifacts import Boto3ArtifactStore
-
+def _s3_store(target: str, study: str | None = None) -> Any:
     try:
         import boto3
     except ImportError:
         raise HpsearchError(f"HPSEARCH_ARTIFACTS={target} needs boto3, but it is not installed: "
                             "pip install 'hpsearch[s3]'") from None
-    bucket = target[len("s3://"):].split("/")[0]
+    bucket, _, prefix = target[len("s3://"):].partition("/")
     if not bucket:
-        raise HpsearchError(f"HPSEARCH_ARTIFACTS must be s3://BUCKET, but got {target=}")
+        raise HpsearchError(f"HPSEARCH_ARTIFACTS must be s3://BUCKET[/PREFIX], but got {target=}")
+    # The study's name is one key segment whatever it holds ('/' included), so names never collide.
+    parts = [p for p in prefix.split("/") if p] + ([quote(study, safe="")] if study else [])
     # AWS_ENDPOINT_URL selects an S3-compatible server (MinIO, Ceph, moto); boto3 reads
     # credentials and region the usual way (environment, ~/.aws).
-    return Boto3ArtifactStore(bucket, client=boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL")))
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    return PrefixedS3Store(bucket, "/".join(parts), client)
+
+
+class PrefixedS3Store:
+    """Optuna's Boto3ArtifactStore under a key prefix (Optuna's own writes at the bucket root)."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+        from optuna.artifacts import Boto3ArtifactStore
+
+        self._inner = Boto3ArtifactStore(bucket, client=client)
+        self.prefix = prefix
+        # What messages name as the place (hpsearch.training.checkpoints.describe_store): s3://{bucket}.
+        self.bucket = f"{bucket}/{prefix}" if prefix else bucket
+
+    def key(self, artifact_id: str) -> str:
+        return f"{self.prefix}/{artifact_id}" if self.prefix else artifact_id
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self._inner.open_reader(self.key(artifact_id))
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self._inner.write(self.key(artifact_id), content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self._inner.remove(self.key(artifact_id))

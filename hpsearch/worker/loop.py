@@ -222,7 +222,7 @@ def _context(spec: StudySpec, opts: Options, url: str, recorded: str | None = No
     if spec.objective is None:  # user objectives import torch only if they want to
         device = pick_device(opts.device, gpu)
     # The study records where its checkpoints live, so a retry started elsewhere still finds them.
-    return {"device": device, "artifacts": artifact_store(url, recorded), "url": url}
+    return {"device": device, "artifacts": artifact_store(url, recorded, study=opts.study), "url": url}
 
 
 def _take_share(w: Worker) -> None:
