@@ -217,7 +217,7 @@ def _version() -> str:
 
 def _extension_parsers(sub: Any) -> None:
     """Commands owned by other modules (report, repeat, export, proxy) add themselves here."""
-    for module in ("hpsearch.cli.report", "hpsearch.ops.proxy"):
+    for module in ("hpsearch.cli.report", "hpsearch.cli.lifecycle", "hpsearch.ops.proxy"):
         try:
             mod = __import__(module, fromlist=["add_parsers"])
         except ImportError:
