@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
@@ -39,6 +41,8 @@ STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
 RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
 RECENT_SECONDS = 600.0  # ... or all of the last 10 minutes when more than 20 finished in them
 HANDED_BACK = "preempted"  # how the worker's fail_reason of a hand-back starts
+# The reaper's fail_reason (hpsearch.queue.faults) says how long the trial had been silent.
+_REAPED = re.compile(r"stale: no heartbeat for (\d+(?:\.\d+)?)s")
 MAX_REASONS = 5  # distinct failure reasons shown in the table (--json has them all)
 
 
@@ -73,22 +77,19 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
                                           schema.FAIL_REASON, schema.REPEAT_OF],
                              running_keys=[schema.CURVE, schema.CONFIG])
     attrs = study.user_attrs
-    counts: Counter[str] = Counter(state_of(t) for t in trials)
+    counts, finished, plan, issued, remaining, more_seeds = progress(trials, attrs, spec)
     created = attrs.get(schema.CREATED_ATTR)
-    finished = sum(counts[s] for s in ("complete", "pruned", "failed", "handed back"))
-    plan, issued = attrs.get(schema.PLANNED_ATTR), attrs.get(schema.ISSUED_ATTR)
-    not_issued = max(0, int(plan) - int(issued)) if plan is not None and issued is not None else 0
-    more_seeds = _seeds_to_come(trials, spec, not_issued)
-    remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
     stale = stale_trials(study, trials)
     per_hour, window_n, window_s = recent_throughput(trials, now, stale)
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
+    # A finished study's clock stops at its last trial's end: nothing is being spent after it.
+    until = max(ends, default=now) if trials and remaining == 0 else now
     active = (now if counts["running"] else max(ends, default=now)) - min(starts, default=now)
     workers, gpu_s = _workers(trials, spec, now, stale)
     return {
         "study": study, "spec": spec, "counts": counts, "n": len(trials), "finished": finished,
-        "elapsed": now - float(created) if created else active, "active": active,
+        "elapsed": _elapsed(created, until, active), "active": active,
         "per_hour": per_hour, "window_trials": window_n, "window_s": window_s,
         "plan": plan, "issued": issued, "planned": finished + remaining, "remaining": remaining,
         "upper_bound": more_seeds > 0, "stale": stale,
@@ -96,6 +97,39 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
         "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers, "failures": failure_reasons(trials),
         "retried": sum(1 for t in trials if schema.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
     }
+
+
+def progress(trials: list[Any], attrs: dict[str, Any], spec: Any) -> tuple[Counter[str], int, Any, Any, int, int]:
+    """(counts by state, finished, plan, issued, remaining, seeds to come): the trials that make
+    "finished of planned" (planned = finished + remaining), for `status` and `list` alike."""
+    counts: Counter[str] = Counter(state_of(t) for t in trials)
+    finished = sum(counts[s] for s in ("complete", "pruned", "failed", "handed back"))
+    plan, issued = attrs.get(schema.PLANNED_ATTR), attrs.get(schema.ISSUED_ATTR)
+    not_issued = max(0, int(plan) - int(issued)) if plan is not None and issued is not None else 0
+    more_seeds = _seeds_to_come(trials, spec, not_issued)
+    remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
+    return counts, finished, plan, issued, remaining, more_seeds
+
+
+def _elapsed(created: Any, until: float, active: float) -> float:
+    """From create-study to now, or to the last trial's end once nothing waits or runs."""
+    start = created_time(created)
+    return active if start is None else max(0.0, until - start)
+
+
+def created_time(created: Any) -> float | None:
+    """The study's creation time (unix seconds) from its stored attribute: create-study writes
+    time.time(); an ISO text is read too."""
+    if created is None or isinstance(created, bool):
+        return None
+    if isinstance(created, (int, float)):
+        return float(created)
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(created)).timestamp()
+    except ValueError:
+        return None
 
 
 def failure_reasons(trials: list[Any]) -> list[tuple[str, int]]:
@@ -144,7 +178,7 @@ def recent_throughput(trials: list[Any], now: float, stale: Iterable[int] = ()) 
         return 0.0, 0, 0.0
     latest = [t for t in done if t.datetime_complete.timestamp() >= now - RECENT_SECONDS]
     counted = latest if len(latest) > RECENT_TRIALS else done[-RECENT_TRIALS:]
-    spans = [_span(t, t.datetime_complete.timestamp()) for t in counted]
+    spans = [_span(t, last_alive(t)) for t in counted]
     floor = now - RECENT_SECONDS if counted is latest else min(start for start, _ in spans)
     dead = set(stale)
     spans += [_span(t, now) for t in trials if t.state == TrialState.RUNNING and t.number not in dead
@@ -155,6 +189,18 @@ def recent_throughput(trials: list[Any], now: float, stale: Iterable[int] = ()) 
             busy += end - max(start, reach)
             reach = end
     return (len(counted) / busy * 3600 if busy > 0 else 0.0), len(counted), busy
+
+
+def last_alive(trial: Any) -> float:
+    """When a finished trial last worked: its end, or for one the reaper failed (a dead worker's),
+    its last heartbeat, so the silence before the reaper noticed is not counted as busy."""
+    end = float(trial.datetime_complete.timestamp())
+    if trial.state == TrialState.FAIL:
+        match = _REAPED.match(str(trial.user_attrs.get(schema.FAIL_REASON) or ""))
+        if match:
+            start = trial.datetime_start.timestamp() if trial.datetime_start else end
+            return max(start, end - float(match.group(1)))
+    return end
 
 
 def _span(trial: Any, end: float) -> tuple[float, float]:
@@ -184,7 +230,7 @@ def _workers(trials: list[Any], spec: Any, now: float,
                      stale=stale.get(t.number))
             continue
         if t.datetime_complete is not None:
-            end = t.datetime_complete.timestamp()
+            end = last_alive(t)
             w["done"] += 1
             w["last"] = max(w["last"] or 0.0, end)
             if str(device or "").startswith("cuda"):
@@ -380,29 +426,72 @@ def _done(snap: dict[str, Any]) -> bool:
     return bool(snap["n"]) and snap["remaining"] == 0
 
 
+def list_record(summary: Any, storage: Any) -> dict[str, Any]:
+    """One study of `list`: trials done of planned (as `status` counts them), the best configuration
+    as `best` ranks it (the mean over its complete seeds, not one lucky seed), and when
+    create-study stored it (plain Optuna studies: their first trial's start)."""
+    from hpsearch.report.export import METRICS
+    from hpsearch.report.stats import bounds_of, summarize
+
+    study = optuna.Study(study_name=summary.study_name, storage=storage)
+    attrs = dict(summary.user_attrs)
+    try:
+        spec = study_mod.stored_spec(study) if schema.SPEC_ATTR in attrs else None
+    except Exception:  # noqa: BLE001 - a study whose spec no longer reads is still listed
+        spec = None
+    single = len(summary.directions) == 1
+    trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,
+                                          schema.REPEAT_OF, schema.FAIL_REASON, *METRICS], with_params=single)
+    _, finished, _, _, remaining, more_seeds = progress(trials, attrs, spec)
+    best = None
+    if single:
+        metric = spec.metric if spec is not None else "value"
+        rows = summarize(trials, summary.directions[0] == optuna.study.StudyDirection.MAXIMIZE,
+                         bounds=bounds_of(metric))
+        if rows:
+            top = rows[0]
+            best = {"mean": top.value.mean, "seeds": top.value.n, "name": top.name, "config_id": top.config_id,
+                    "clean": top.clean, "seed_runs": top.runs.as_dict()}
+    created = created_time(attrs.get(schema.CREATED_ATTR))
+    if created is None and summary.datetime_start is not None:
+        created = summary.datetime_start.timestamp()
+    return {
+        "study": summary.study_name, "trials": len(trials), "finished": finished,
+        "planned": finished + remaining, "planned_upper_bound": more_seeds > 0,
+        # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
+        "directions": [d.name.lower() for d in summary.directions],
+        "best_value": best["mean"] if best else None, "best_configuration": best,
+        "created": datetime.fromtimestamp(created, UTC).isoformat() if created is not None else None,
+    }
+
+
 def print_list(storage: str | None, as_json: bool = False) -> None:
     url = resolve_url(storage)
     st = open_storage(url)
-    studies = optuna.get_all_study_summaries(st, include_best_trial=True)
-    records = [{
-        "study": s.study_name, "trials": s.n_trials,
-        # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
-        "directions": [d.name.lower() for d in s.directions],
-        "best_value": s.best_trial.value if s.best_trial is not None else None,
-        "created": s.datetime_start.isoformat() if s.datetime_start else None,
-    } for s in studies]
+    records = [list_record(s, st) for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
     if as_json:
         _print_json(records)
         return
-    console = Console()
-    if not studies:
+    # Piped output (logs, scripts) gets a wide table instead of rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if not records:
         console.print(f"no studies in {mask(url)}")
         return
     table = Table(title=f"studies in {mask(url)}")
-    for col in ("study", "trials", "direction", "best", "created"):
+    for col in ("study", "trials done/planned", "direction", "best configuration (mean of its seeds)", "created"):
         table.add_column(col)
-    for r, s in zip(records, studies, strict=True):
-        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
-        created = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        table.add_row(r["study"], str(r["trials"]), ", ".join(r["directions"]), best, created)
+    for r in records:
+        bound = "at most " if r["planned_upper_bound"] else ""
+        created = datetime.fromisoformat(r["created"]).strftime("%Y-%m-%d %H:%M UTC") if r["created"] else "-"
+        table.add_row(r["study"], f"{r['finished']}/{bound}{r['planned']}", ", ".join(r["directions"]),
+                      _best_text(r["best_configuration"]), created)
     console.print(table)
+
+
+def _best_text(best: dict[str, Any] | None) -> str:
+    if best is None:
+        return "-"
+    runs = best["seed_runs"]
+    flags = ", ".join(f"{runs[k]} {k}" for k in ("pruned", "failed") if runs[k])
+    return (f"{best['mean']:.4f} ({best['seeds']} seed{'s' if best['seeds'] != 1 else ''}"
+            + (f"; {flags}: none clean" if flags else "") + ")")

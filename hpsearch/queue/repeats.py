@@ -17,7 +17,13 @@ from optuna.trial import FrozenTrial
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import plan as plan_mod
 from hpsearch.report.export import config_id
-from hpsearch.report.stats import ConfigSummary, best_per_group, check_group_by, summarize
+from hpsearch.report.stats import (
+    ConfigSummary,
+    best_per_group,
+    bounds_of,
+    check_group_by,
+    summarize,
+)
 from hpsearch.schema import SEED
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk as fastread
@@ -58,7 +64,7 @@ def _queue(study: optuna.Study, spec: StudySpec, top: int, seeds: int, group_by:
     trials = fastread.full_trials(study)
     check_group_by(group_by, trials, spec.space)
     maximize = spec.direction == "maximize"
-    ranked = summarize(trials, maximize)
+    ranked = summarize(trials, maximize, bounds=bounds_of(spec.metric))
     if not ranked:
         raise HpsearchError(f"study {study.study_name!r} has no complete trial yet: nothing to repeat")
     by_number = {t.number: t for t in trials}

@@ -69,8 +69,9 @@ def section(snap: Snapshot) -> Section:
     sec.add(Para(f"{per} of {len(snap.configs)}, ranked by the mean validation {snap.metric} over complete seeds "
                  f"({better} is better); ★ marks the best clean configuration. ± is the half-width of the {level} "
                  "Student-t interval of the mean over seeds (scipy.stats.t.interval(level, n-1, loc=mean, "
-                 "scale=sem)); one seed gives no interval, and with few seeds an interval may reach past the "
-                 "metric's range (0-1 for accuracy): it is the t-interval as computed, not clipped. Test accuracy "
+                 "scale=sem)); one seed gives no interval. With few seeds a t-interval can reach past the metric's "
+                 "range (below 0 for an accuracy); such an end is clipped to the range (0-1 for accuracy, >= 0 for "
+                 "a loss) and the interval is shown as [low, high] (clipped). Test accuracy "
                  "is reported, never used to rank. Baselines are exact expected accuracies."))
     sec.add(Para(_flag_summary(snap.configs) + " " + RULE, "note"))
     numeric = {i for i, h in enumerate(headers) if "mean" in h}
@@ -178,7 +179,7 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
 
     from hpsearch.errors import HpsearchError
     from hpsearch.report.export import METRICS
-    from hpsearch.report.stats import check_level, summarize
+    from hpsearch.report.stats import bounds_of, check_level, summarize
     from hpsearch.storage import bulk as fastread
 
     check_level(level)
@@ -189,16 +190,26 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
                                           schema.RETRY_OF, schema.RETRY_HISTORY, schema.FAIL_REASON],
                              with_params=True)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    rows = summarize(trials, maximize, level)
+    metric = spec.metric if spec is not None else "value"
+    rows = summarize(trials, maximize, level, bounds_of(metric))
+    order = list(spec.space) if spec is not None else []
+    for r in rows:  # the spec's order on every row (the storage returns parameters in any order)
+        r.params = in_order(r.params, order)
     aside = [c for _, cs in set_aside(rows, None, top) for c in cs]
     return {
-        "study": study.study_name, "metric": spec.metric if spec is not None else "value",
+        "study": study.study_name, "metric": metric,
         "direction": "maximize" if maximize else "minimize", "level": level, "top": top,
         "n_configurations": len(rows), "n_flagged": sum(1 for r in rows if not r.clean),
         "configurations": [config_record(r) for r in rows[:top]],
         "set_aside": [config_record(r) for r in aside],
         "failures": _failures(trials),
     }
+
+
+def in_order(params: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """Parameters in the spec's space order, then any others by name."""
+    rank = {p: i for i, p in enumerate(order)}
+    return {k: params[k] for k in sorted(params, key=lambda k: (rank.get(k, len(rank)), k))}
 
 
 def _failures(trials: list[Any]) -> list[dict[str, Any]]:
@@ -216,7 +227,7 @@ def _failures(trials: list[Any]) -> list[dict[str, Any]]:
 
 def config_record(r: ConfigSummary) -> dict[str, Any]:
     def interval(i: Interval | None) -> dict[str, Any] | None:
-        return None if i is None else {"mean": i.mean, "n": i.n, "low": i.low, "high": i.high}
+        return None if i is None else {"mean": i.mean, "n": i.n, "low": i.low, "high": i.high, "clipped": i.clipped}
 
     return {
         "rank": r.rank, "survivor_rank": r.survivor_rank, "clean": r.clean, "config_id": r.config_id,
@@ -297,7 +308,7 @@ def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col
 def _interval_text(i: dict[str, Any] | None) -> str:
     if i is None:
         return "-"
-    return Interval(i["mean"], i["n"], 0.0, i["low"], i["high"]).text()
+    return Interval(i["mean"], i["n"], 0.0, i["low"], i["high"], bool(i.get("clipped"))).text()
 
 
 def _seeds_text(seeds: dict[str, int]) -> str:

@@ -16,7 +16,7 @@ from hpsearch.queue import study as study_mod
 from hpsearch.report.curves import DEFAULT_MIN_GAIN, DEFAULT_WINDOW
 from hpsearch.report.export import PARAM_PREFIX, trials_frame
 from hpsearch.report.render import Figure
-from hpsearch.report.stats import ConfigSummary, check_group_by, check_level, summarize
+from hpsearch.report.stats import ConfigSummary, bounds_of, check_group_by, check_level, summarize
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk as fastread
 
@@ -56,7 +56,7 @@ class Snapshot:
     def __post_init__(self) -> None:
         self.frame = trials_frame(self.trials)
         self.complete = [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
-        self.configs = summarize(self.trials, self.maximize, self.opts.level)
+        self.configs = summarize(self.trials, self.maximize, self.opts.level, bounds_of(self.metric))
         self.figures = self.out / "figures"
 
     @property

@@ -42,6 +42,7 @@ class Interval:
     level: float
     low: float | None = None
     high: float | None = None
+    clipped: bool = False  # an end was cut back to the metric's range (see bounds_of)
 
     @property
     def half_width(self) -> float | None:
@@ -50,6 +51,8 @@ class Interval:
     def text(self, digits: int = 4) -> str:
         if self.half_width is None:
             return f"{self.mean:.{digits}f} (1 seed: no CI)"
+        if self.clipped:  # no longer symmetric: show both ends
+            return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] (clipped)"
         return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
 
 
@@ -59,8 +62,30 @@ def check_level(level: float) -> float:
     return level
 
 
-def mean_ci(values: Iterable[float | None], level: float = 0.9) -> Interval | None:
-    """Mean and t-interval of the finite values; None when there is none."""
+# A metric's range: accuracies are shares, losses are never negative.
+BOUNDED = {schema.VAL_ACC: (0.0, 1.0), schema.TEST_ACC: (0.0, 1.0), schema.VAL_LOSS: (0.0, math.inf),
+           schema.TEST_LOSS: (0.0, math.inf)}
+
+
+def bounds_of(metric: str) -> tuple[float, float] | None:
+    """The range a metric cannot leave (None: unknown, e.g. a user objective's own value)."""
+    if metric in BOUNDED:
+        return BOUNDED[metric]
+    name = metric.lower()
+    if name.endswith(("acc", "accuracy")):
+        return 0.0, 1.0
+    if name.endswith("loss"):
+        return 0.0, math.inf
+    return None
+
+
+def mean_ci(values: Iterable[float | None], level: float = 0.9,
+            bounds: tuple[float, float] | None = None) -> Interval | None:
+    """Mean and t-interval of the finite values; None when there is none.
+
+    With `bounds`, an end past the metric's range is clipped to it: a 2-seed t-interval of an
+    accuracy can reach below 0, which no run can score. Clipping keeps the t-interval's coverage
+    (the true mean is inside the range anyway) and marks the interval `clipped`."""
     from scipy import stats
 
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -73,8 +98,10 @@ def mean_ci(values: Iterable[float | None], level: float = 0.9) -> Interval | No
     if sem == 0.0:
         # Identical runs: the t-interval's width is t * 0 = 0 (scipy returns nan for scale=0).
         return Interval(mean, len(xs), level, mean, mean)
-    low, high = stats.t.interval(level, len(xs) - 1, loc=mean, scale=sem)
-    return Interval(mean, len(xs), level, float(low), float(high))
+    low, high = (float(x) for x in stats.t.interval(level, len(xs) - 1, loc=mean, scale=sem))
+    if bounds is not None and (low < bounds[0] or high > bounds[1]):
+        return Interval(mean, len(xs), level, max(low, bounds[0]), min(high, bounds[1]), clipped=True)
+    return Interval(mean, len(xs), level, low, high)
 
 
 # ---------------------------------------------------------------- configurations
@@ -100,7 +127,8 @@ class ConfigSummary:
         return self.runs.clean
 
 
-def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9) -> list[ConfigSummary]:
+def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
+              bounds: tuple[float, float] | None = None) -> list[ConfigSummary]:
     """Configurations with a complete seed, ranked: clean ones first, each part by mean validation metric.
 
     `trials` should hold every trial of the study (any state): pruned, failed and pending seeds
@@ -114,13 +142,13 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9) -> list
     rows = []
     for cid, ts in groups.items():
         ts = sorted(ts, key=lambda t: t.number)
-        value = mean_ci([t.value for t in ts], level)
+        value = mean_ci([t.value for t in ts], level, bounds)
         assert value is not None  # every trial in a group has a finite value
         best = (max if maximize else min)(ts, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
         rows.append(ConfigSummary(
             config_id=cid, name=trial_name(ts[0]), params=dict(ts[0].params), trials=[t.number for t in ts],
             seeds=[int(t.user_attrs.get(schema.SEED, 0)) for t in ts], value=value,
-            metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level) for m in METRICS},
+            metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level, bounds_of(m)) for m in METRICS},
             representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)),
         ))
     sign = -1.0 if maximize else 1.0
