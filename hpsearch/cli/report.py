@@ -38,6 +38,8 @@ def add_parsers(sub: Any, command: Callable[[str], Callable[[Command], Command]]
     p.add_argument("--min-gain", type=float, default=0.01,
                    help="under-trained: improvement over the window that counts (absolute for accuracy, "
                         "relative for a loss; default 0.01)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON instead of the summary line "
+                   "(keys in the README)")
     command("report")(_report)
 
     p = sub.add_parser("export", help="one row per trial (params, metrics, state) as csv, parquet or json")
@@ -78,8 +80,21 @@ def _report(args: argparse.Namespace) -> int:
     opts = ReportOptions(where=args.where, group_by=args.group_by, top=args.top, level=args.level,
                          window=args.window, min_gain=args.min_gain)
     md, page, snap = write_report(study, args.out, opts)
-    print(summary_line(md, page, snap))
+    if args.json:
+        import json
+
+        print(json.dumps(_written(md, page, snap)))
+    else:
+        print(summary_line(md, page, snap))
     return 0
+
+
+def _written(md: Any, page: Any, snap: Any) -> dict[str, Any]:
+    """`report --json`: where the report went and what it was made of (keys in the README)."""
+    states = snap.frame["state"].value_counts().to_dict() if len(snap.frame) else {}
+    return {"study": snap.name, "markdown": str(md.resolve()), "html": str(page.resolve()),
+            "figures": str(snap.figures.resolve()), "trials": len(snap.trials), "configurations": len(snap.configs),
+            "taken": snap.taken, "running": int(states.get("running", 0)), "waiting": int(states.get("waiting", 0))}
 
 
 def _export(args: argparse.Namespace) -> int:
