@@ -6,6 +6,10 @@ Importances (each normalized to sum to 1 over the parameters it could judge):
 - PED-ANOVA: how differently a parameter is distributed in the top 10% of trials than overall.
 - MDI: mean decrease in impurity of a random forest fitted to the trials.
 
+The unit of every reading is the configuration: each contributes its parameters and the mean of
+its complete seeds (hpsearch.report.stats.config_points), so n counts configurations, not seeds,
+which are repeated measurements of one point, not independent ones.
+
 Correlations: Spearman's rank correlation for numeric parameters (rank based, so a log-scaled
 parameter needs no transform); for categorical ones the correlation ratio eta^2 (share of the
 metric's variance explained by the category) with a Kruskal-Wallis p-value. A reading ("lower lr
@@ -15,7 +19,6 @@ is better") is stated only where its test is significant at the report's level (
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 MIN_TRIALS = 4  # below this every evaluator returns noise (fANOVA even returns equal shares)
 MAX_TRIALS = 5000
@@ -57,13 +60,16 @@ def _evaluators() -> dict[str, Any]:
 
 
 def complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    """One point per configuration with a complete seed (the mean of its complete seeds)."""
+    from hpsearch.report.stats import config_points
+
+    return config_points(trials)
 
 
 def snapshot_study(trials: Sequence[FrozenTrial], maximize: bool) -> optuna.Study:
-    """An in-memory copy of the complete trials: evaluators see the report's snapshot, never a later state."""
+    """An in-memory study of these points: evaluators see the report's snapshot, never a later state."""
     study = optuna.create_study(direction="maximize" if maximize else "minimize")
-    study.add_trials(complete(trials))
+    study.add_trials(trials)
     return study
 
 
@@ -74,8 +80,8 @@ def importances(trials: Sequence[FrozenTrial], maximize: bool) -> Importances:
     done = complete(trials)
     varied = {p for p in {p for t in done for p in t.params} if len({repr(t.params.get(p)) for t in done}) > 1}
     if len(done) < MIN_TRIALS or not varied:
-        result.notes.append(f"not computed: needs at least {MIN_TRIALS} complete trials and a parameter that "
-                            f"varies (have {len(done)} complete, {len(varied)} varying)")
+        result.notes.append(f"not computed: needs at least {MIN_TRIALS} configurations with a complete seed and "
+                            f"a parameter that varies (have {len(done)}, {len(varied)} varying)")
         return result
     done = sorted(done, key=lambda t: t.number)
     studies: dict[int, optuna.Study] = {}
@@ -84,7 +90,7 @@ def importances(trials: Sequence[FrozenTrial], maximize: bool) -> Importances:
         # most recent trials describe the region being searched now.
         cap = FANOVA_MAX_TRIALS if method == "fANOVA" else MAX_TRIALS
         if len(done) > cap:
-            result.notes.append(f"{method}: computed on the {cap} most recent of {len(done)} complete trials")
+            result.notes.append(f"{method}: computed on the {cap} most recent of {len(done)} configurations")
         n = min(cap, len(done))
         if n not in studies:
             studies[n] = snapshot_study(done[-n:], maximize)

@@ -143,7 +143,8 @@ def importance(snap: Snapshot) -> Section:
         params = imp.params()
         methods = list(imp.by_method)
         rows = [[p, *(_f(imp.by_method[m].get(p), 3) for m in methods)] for p in params]
-        sec.add(Para("fANOVA: share of the metric's variance explained by the parameter (random-forest "
+        sec.add(Para("One point per configuration (the mean of its complete seeds). "
+                     "fANOVA: share of the metric's variance explained by the parameter (random-forest "
                      "surrogate). PED-ANOVA: how differently the parameter is distributed in the top 10% of "
                      "trials. MDI: a random forest's mean decrease in impurity. Each sums to 1; conditional "
                      "parameters are left out by fANOVA and MDI.", "note"))
@@ -161,7 +162,9 @@ def importance(snap: Snapshot) -> Section:
         alpha = 1 - snap.opts.level
         sec.add(Para("Spearman's rho for numeric parameters (rank based: log scale needs no transform); "
                      "for categorical ones eta² (share of variance explained) with a Kruskal-Wallis p-value. "
-                     "Repeats count as separate points. A reading names a direction (or a best level) only "
+                     "The unit is the configuration: each counts once, with the mean of its complete seeds "
+                     "(n counts configurations; its seeds are repeated measurements of one point, not independent "
+                     "ones). A reading names a direction (or a best level) only "
                      f"where its test is significant at the report's level ({snap.opts.level:.0%}: p < {alpha:.2g}); "
                      "otherwise it says there is no evidence of an effect, which is not evidence of none.", "note"))
     return sec

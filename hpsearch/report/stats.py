@@ -162,6 +162,28 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
     return rows
 
 
+def config_points(trials: Sequence[Any]) -> list[FrozenTrial]:
+    """One point per configuration for the readings (correlations, importances): its parameters and
+    the mean of its complete seeds. Seeds of one configuration are not independent samples of the
+    parameters' effect, so counting each would multiply n by the seeds and overstate significance.
+    A point's number is its newest seed's (the most recent configurations come last)."""
+    import optuna
+
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+            groups[config_id(t)].append(t)
+    points = []
+    for ts in groups.values():
+        ts = sorted(ts, key=lambda t: t.number)
+        point = optuna.trial.create_trial(value=math.fsum(t.value for t in ts) / len(ts), params=dict(ts[0].params),
+                                          distributions=dict(ts[0].distributions),
+                                          user_attrs={schema.CONFIG_ID: config_id(ts[0]), "seeds": len(ts)})
+        point.number = ts[-1].number
+        points.append(point)
+    return sorted(points, key=lambda p: p.number)
+
+
 def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
