@@ -15,10 +15,17 @@ Command = Callable[[argparse.Namespace], int]
 
 def add_parsers(sub: Any, command: Callable[[str], Callable[[Command], Command]],
                 storage_arg: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("repeat", help="queue more seeds of the best configurations (per group)")
+    p = sub.add_parser("repeat", help="queue more seeds of the best, the set-aside or named configurations")
     p.add_argument("study")
     storage_arg(p)
-    p.add_argument("--top", type=int, required=True, metavar="K", help="configurations to repeat (per group)")
+    p.add_argument("--top", type=int, metavar="K", help="configurations to repeat (per group); with --set-aside, "
+                   "the top K the set-aside table is taken from (default 5, as `best` and `report`)")
+    p.add_argument("--set-aside", action="store_true",
+                   help="repeat the configurations the set-aside table lists (a pruned or failed seed, but in the "
+                        "top K on their surviving seeds): more seeds settle them")
+    p.add_argument("--config", action="append", default=[], metavar="ID",
+                   help="repeat this configuration: its config_id (or a unique prefix of 6+ characters) or its "
+                        "name, as `best` prints them (repeatable)")
     p.add_argument("--seeds", type=int, required=True, metavar="S", help="new seeds per configuration")
     p.add_argument("--group-by", metavar="PARAM", help="take the top K of each value of this parameter")
     command("repeat")(_repeat)
@@ -65,7 +72,8 @@ def _repeat(args: argparse.Namespace) -> int:
 
     study = _open(args.study, args.storage)
     spec = study_mod.stored_spec(study)
-    queued = queue_repeats(study, spec, args.top, args.seeds, args.group_by)
+    queued = queue_repeats(study, spec, args.top, args.seeds, args.group_by, set_aside_only=args.set_aside,
+                           configs=tuple(args.config))
     for line in describe(queued, spec.metric, args.group_by):
         print(line)
     hint = f" --storage {mask(args.storage)}" if args.storage else ""

@@ -83,7 +83,9 @@ def section(snap: Snapshot) -> Section:
         sec.add(Table(["rank (on surviving seeds)", *headers[1:]], rows, numeric=numeric,
                       title="Set aside: a seed was pruned or failed (mean over the surviving seeds only)"))
         sec.add(Para("These configurations would be in the table above if their pruned or failed seeds were "
-                     "ignored. Their means are over the seeds that survived, so they overstate them.", "note"))
+                     "ignored. Their means are over the seeds that survived, so they overstate them. More seeds "
+                     f"settle them: `hpsearch repeat {snap.name} --set-aside --top {snap.opts.top}"
+                     + (f" --group-by {by}" if by else "") + " --seeds S`.", "note"))
     leaders = [c for _, cs in best_per_group(snap.configs, by, 1) for c in cs]
     return sec.add(*_overlap(snap), *_param_table(snap, leaders))
 
@@ -271,6 +273,8 @@ def _print_tables(data: dict[str, Any]) -> None:
     if data["set_aside"]:
         console.print(_rich_table(f"set aside: a seed was pruned or failed; on its surviving seeds alone each would "
                                   f"be in the top {data['top']}", data["set_aside"], metric, "surviving-seed rank"))
+        console.print(f"more seeds settle them: hpsearch repeat {data['study']} --set-aside --top {data['top']} "
+                      "--seeds S (or --config NAME for one)", highlight=False, markup=False)
     if not data["configurations"][0]["clean"]:
         console.print(f"every one of the {data['n_configurations']} configurations has a pruned or failed seed, so "
                       "there is no clean winner: the values above are over surviving seeds only")

@@ -1,0 +1,97 @@
+"""`hpsearch repeat --set-aside` and `--config`: more seeds for the configurations the set-aside
+table points at, or for named ones (issue 21); what to repeat must be said, once."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli, tiny_spec, unique
+from hpsearch import schema
+from hpsearch.queue import claim as claim_mod
+from hpsearch.queue import plan as plan_mod
+from hpsearch.queue import study as study_mod
+from hpsearch.spec import space as space_mod
+from hpsearch.spec.parse import parse_spec
+from hpsearch.storage.backend import open_storage
+
+
+def _run(study: optuna.Study, outcome: float | None) -> str:
+    """Claim the next trial as a worker does; complete it with `outcome` or prune it (None)."""
+    trial = claim_mod.claim(study)
+    assert trial is not None
+    space_mod.suggest(trial, study_mod.stored_spec(study).space)
+    cid = str(trial.user_attrs[schema.CONFIG_ID])
+    if outcome is None:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, outcome)
+    return cid
+
+
+@pytest.fixture
+def flagged(journal_url: str) -> tuple[str, str, list[str]]:
+    """4 configurations x 2 seeds: a clean best (0.90, 0.88), a lucky one with a pruned seed (0.97,
+    pruned: set aside in the top 1), and two clean weak ones."""
+    name = unique("aside")
+    study, _ = plan_mod.create(parse_spec(tiny_spec(name, repeats=2), "test"), open_storage(journal_url, create=True))
+    outcomes = [0.90, 0.88, 0.97, None, 0.50, 0.52, 0.60, 0.62]
+    cids = [_run(study, v) for v in outcomes]
+    return name, journal_url, cids[::2]
+
+
+def _repeats(name: str, url: str) -> dict[str, list[int]]:
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    out: dict[str, list[int]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(schema.IS_REPEAT):
+            out.setdefault(str(t.user_attrs[schema.CONFIG_ID]), []).append(int(t.user_attrs[schema.SEED]))
+    return out
+
+
+def test_set_aside_repeats_exactly_the_configurations_the_set_aside_table_lists(
+        flagged: tuple[str, str, list[str]]) -> None:
+    name, url, cids = flagged
+    best = json.loads(run_cli("best", name, "--storage", url, "--top", "1", "--json", check=True).stdout)
+    assert [c["config_id"] for c in best["set_aside"]] == [cids[1]]
+    text = run_cli("best", name, "--storage", url, "--top", "1", check=True).stdout
+    assert f"hpsearch repeat {name} --set-aside --top 1" in text
+
+    out = run_cli("repeat", name, "--storage", url, "--set-aside", "--top", "1", "--seeds", "2", check=True).stdout
+    assert "queued 2 repeat trial(s) for 1 configuration(s)" in out and "2 seeds, 1 pruned" in out
+    assert _repeats(name, url) == {cids[1]: [2, 3]}  # above the seeds it used (0 and 1)
+
+
+def test_config_repeats_named_configurations_by_id_prefix_or_name(flagged: tuple[str, str, list[str]]) -> None:
+    name, url, cids = flagged
+    best = json.loads(run_cli("best", name, "--storage", url, "--top", "4", "--json", check=True).stdout)
+    by_id = {c["config_id"]: c["name"] for c in best["configurations"]}
+    run_cli("repeat", name, "--storage", url, "--config", cids[2][:8], "--config", by_id[cids[3]],
+            "--seeds", "1", check=True)
+    assert _repeats(name, url) == {cids[2]: [2], cids[3]: [2]}
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "must be told what to repeat (--top K, --set-aside or --config ID), but got none"),
+    (["--config", "nosuch"], "is not a configuration of"),
+    (["--config", "x", "--top", "2"], "--config must name the configurations alone"),
+    (["--set-aside", "--top", "0"], "--top must be >= 1, but got top=0"),
+])
+def test_bad_selections_are_one_line(flagged: tuple[str, str, list[str]], args: list[str], message: str) -> None:
+    name, url, _ = flagged
+    proc = run_cli("repeat", name, "--storage", url, "--seeds", "1", *args)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert _repeats(name, url) == {}
+
+
+def test_set_aside_with_nothing_set_aside_says_so(journal_url: str) -> None:
+    name = unique("clean")
+    study, _ = plan_mod.create(parse_spec(tiny_spec(name), "test"), open_storage(journal_url, create=True))
+    for v in (0.9, 0.8, 0.7, 0.6):
+        _run(study, v)
+    proc = run_cli("repeat", name, "--storage", journal_url, "--set-aside", "--seeds", "1")
+    assert proc.returncode != 0 and "must find a configuration set aside in the top 5, but got none" in proc.stderr
