@@ -74,6 +74,10 @@ def section(snap: Snapshot) -> Section:
                  "a loss) and the interval is shown as [low, high] (clipped). Test accuracy "
                  "is reported, never used to rank. Baselines are exact expected accuracies."))
     sec.add(Para(_flag_summary(snap.configs) + " " + RULE, "note"))
+    from hpsearch.report.pruning import first_wave, note
+
+    if wave := note(first_wave(snap.trials, snap.spec)):
+        sec.add(Para(wave, "warn"))
     numeric = {i for i, h in enumerate(headers) if "mean" in h}
     sec.add(Table(headers, rows + bases, best=marked, baseline=set(range(len(rows), len(rows) + len(bases))),
                   numeric=numeric))
@@ -189,7 +193,8 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
         raise HpsearchError(f"--top must be >= 1, but got {top=}")
     # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
     trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED,
-                                          schema.RETRY_OF, schema.RETRY_HISTORY, schema.FAIL_REASON],
+                                          schema.RETRY_OF, schema.RETRY_HISTORY, schema.FAIL_REASON,
+                                          schema.WORKER, schema.FUSED, schema.IS_REPEAT],
                              with_params=True)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     metric = spec.metric if spec is not None else "value"
@@ -205,7 +210,17 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
         "configurations": [config_record(r) for r in rows[:top]],
         "set_aside": [config_record(r) for r in aside],
         "failures": _failures(trials),
+        "first_wave": _first_wave(trials, spec),
     }
+
+
+def _first_wave(trials: list[Any], spec: Any) -> dict[str, Any] | None:
+    from dataclasses import asdict
+
+    from hpsearch.report.pruning import first_wave, note
+
+    wave = first_wave(trials, spec)
+    return None if wave is None else {**asdict(wave), "note": note(wave)}
 
 
 def in_order(params: dict[str, Any], order: list[str]) -> dict[str, Any]:
@@ -279,6 +294,8 @@ def _print_tables(data: dict[str, Any]) -> None:
         console.print(f"every one of the {data['n_configurations']} configurations has a pruned or failed seed, so "
                       "there is no clean winner: the values above are over surviving seeds only")
     _print_failures(console, data["failures"])
+    if data["first_wave"] and data["first_wave"]["note"]:
+        console.print(data["first_wave"]["note"], highlight=False, markup=False)
 
 
 def _print_failures(console: Any, failures: list[dict[str, Any]]) -> None:

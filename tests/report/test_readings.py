@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,49 @@ def test_best_lists_parameters_in_the_spec_order_and_clips_the_interval(journal_
     rows = [line for line in text.splitlines() if "optimizer=" in line]
     assert len(rows) == 2 and all(r.index("optimizer=") < r.index("lr=") for r in rows)
     assert "[0.0000," in text and "(clipped)" in text
+
+
+# ---------------------------------------------------------------- pruning's first wave
+
+
+def _waves(url: str, pruner: Any, first: int, fused: int) -> str:
+    """A study whose first `first` trials (2 workers, fused groups of `fused`) all started before any
+    finished, then 4 trials started one by one after that."""
+    name = unique("wave")
+    study, _ = plan_mod.create(parse_spec(tiny_spec(name, pruner=pruner), "test"), open_storage(url, create=True))
+    t0 = time.time() - 3600
+    for i in range(first + 4):
+        start = t0 + (i * 0.1 if i < first else 200 + 100 * i)
+        trial = optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=0.5 + i / 1000, params={"lr": 0.1}, distributions={"lr": LR},
+            user_attrs={schema.WORKER: f"host:{i % 2}", schema.FUSED: fused if i < first else 1, schema.SEED: i,
+                        schema.CONFIG_ID: f"c{i}"})
+        trial.datetime_start = datetime.fromtimestamp(start)
+        trial.datetime_complete = datetime.fromtimestamp(start + 100)
+        study.add_trial(trial)
+    return name
+
+
+def test_report_and_best_say_how_large_the_unprunable_first_wave_was(tmp_path: Path, journal_url: str) -> None:
+    from hpsearch.report.build import write_report
+
+    name = _waves(journal_url, {"name": "median"}, first=16, fused=8)
+    study = optuna.load_study(study_name=name, storage=open_storage(journal_url))
+    md = write_report(study, tmp_path / "r")[0].read_text()
+    assert "Pruning's first wave: 16 trials (2 worker(s) training fused groups of up to 8)" in md
+    assert "n_startup_trials = 5" in md and "`fuse: 1`" in md
+    data = json.loads(run_cli("best", name, "--storage", journal_url, "--json", check=True).stdout)
+    assert {k: data["first_wave"][k] for k in ("trials", "workers", "fused", "startup")} == {
+        "trials": 16, "workers": 2, "fused": 8, "startup": 5}
+    assert "Pruning's first wave: 16 trials" in run_cli("best", name, "--storage", journal_url, check=True).stdout
+
+
+@pytest.mark.parametrize("pruner, first", [({"name": "none"}, 16), ({"name": "median", "n_startup_trials": 16}, 16),
+                                           ({"name": "percentile"}, 3)])
+def test_no_first_wave_note_without_a_median_pruner_or_within_its_startup(
+        tmp_path: Path, journal_url: str, pruner: dict[str, Any], first: int) -> None:
+    from hpsearch.report.build import write_report
+
+    name = _waves(journal_url, pruner, first=first, fused=8)
+    study = optuna.load_study(study_name=name, storage=open_storage(journal_url))
+    assert "first wave" not in write_report(study, tmp_path / "r")[0].read_text()
