@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 def build(snap: Snapshot) -> Document:
-    parts = [sections.dataset, report_best.section, sections.parallel, sections.importance, sections.curves,
-             sections.confusion, sections.cost]
+    parts = [sections.dataset, report_best.section, sections.parallel, sections.views, sections.importance,
+             sections.curves, sections.confusion, sections.cost]
     return Document(title=f"Search report: {snap.name}", meta=sections.meta(snap), sections=[p(snap) for p in parts])
 
 

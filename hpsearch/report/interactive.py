@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 from hpsearch.report.axes import Axis
 from hpsearch.report.curves import curve, panels, series
 from hpsearch.report.export import trial_name
-from hpsearch.report.plots import FLAG_COLORS
+from hpsearch.report.plots import FLAG_COLORS, LATER
 
 PLOTLY_JS = "plotly.min.js"
 CONFIG = {"displaylogo": False, "responsive": True}
@@ -112,4 +112,68 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: st
     fig.update_layout(title=title, xaxis_title="predicted class", yaxis_title="true class",
                       yaxis_autorange="reversed", xaxis_type="category", yaxis_type="category",
                       height=max(380, 40 * len(labels) + 160), width=max(460, 40 * len(labels) + 220))
+    return fig
+
+
+# ---------------------------------------------------------------- history, slice, contour (report.views)
+
+
+def _scatter(n: int) -> Any:
+    import plotly.graph_objects as go
+
+    return go.Scattergl if n > 5000 else go.Scatter  # WebGL only where SVG would crawl
+
+
+def history(h: Any, metric: str, maximize: bool) -> Any:
+    import plotly.graph_objects as go
+
+    xs = list(range(1, len(h.values) + 1))
+    fig = go.Figure()
+    fig.add_trace(_scatter(len(xs))(x=xs, y=h.values, mode="markers", name="a complete trial",
+                                    marker={"size": 5, "color": FLAG_COLORS["other"], "opacity": 0.6},
+                                    customdata=h.numbers, hovertemplate="trial #%{customdata}: %{y}<extra></extra>"))
+    line = "best configuration so far (mean of its seeds)" if h.seeds else "best so far"
+    fig.add_scatter(x=xs, y=h.best, mode="lines", line={"shape": "hv", "color": "#d62728"}, name=line)
+    fig.update_layout(title=f"optimization history ({'higher' if maximize else 'lower'} is better)", height=420,
+                      xaxis_title="trials completed (in the order they finished)", yaxis_title=metric)
+    return fig
+
+
+def slices(panels: Sequence[Any], metric: str, maximize: bool) -> Any:
+    from plotly.subplots import make_subplots
+
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.18)
+    for i, s in enumerate(panels):
+        row, col = i // cols + 1, i % cols + 1
+        fig.add_trace(_scatter(len(s.values))(
+            x=s.axis.positions, y=s.values, mode="markers", showlegend=False, name=s.axis.label,
+            marker={"size": 5, "color": s.order, "colorscale": list(LATER), "cmin": 1,
+                    "showscale": i == 0, "colorbar": {"title": {"text": "finishing order"}}},
+            hovertemplate=f"{s.axis.label}: %{{x}}<br>{metric}: %{{y}}<extra></extra>"), row=row, col=col)
+        fig.update_xaxes(title_text=s.axis.label, tickvals=[p for p, _ in s.axis.ticks],
+                         ticktext=[t for _, t in s.axis.ticks], row=row, col=col)
+    fig.update_yaxes(title_text=metric, col=1)
+    fig.update_layout(title=f"slice: {metric} against each parameter ({'higher' if maximize else 'lower'} is better)",
+                      height=340 * rows)
+    return fig
+
+
+def contours(panels: Sequence[Any], metric: str, maximize: bool) -> Any:
+    from plotly.subplots import make_subplots
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.09, vertical_spacing=0.2)
+    for i, c in enumerate(panels):
+        row, col = i // cols + 1, i % cols + 1
+        fig.add_heatmap(x=c.x_labels, y=c.y_labels, z=c.mean, customdata=c.count, coloraxis="coloraxis",
+                        hovertemplate=f"{c.x} %{{x}}, {c.y} %{{y}}: mean {metric} %{{z}} over %{{customdata}} "
+                                      "trial(s)<extra></extra>", row=row, col=col)
+        fig.update_xaxes(title_text=c.x, type="category", row=row, col=col)
+        fig.update_yaxes(title_text=c.y, type="category", row=row, col=col)
+    fig.update_layout(title="contour: pairs of parameters (bright = better)", height=360 * rows,
+                      coloraxis={"colorscale": "Viridis", "reversescale": not maximize,
+                                 "colorbar": {"title": {"text": f"mean {metric}"}}})
     return fig

@@ -15,6 +15,7 @@ from hpsearch.report.curves import panels, series
 DPI = 110
 FLAG_COLORS = {"divergent": "#d62728", "under-trained": "#ff7f0e", "best configuration": "#111111",
                "other": "#1f77b4"}
+LATER = ("#a6cbe3", "#08306b")  # the slice view's colours: first to last finished trial
 
 
 def _plt() -> Any:
@@ -161,4 +162,72 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("share of true class")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- history, slice, contour (report.views)
+
+
+def history(h: Any, metric: str, maximize: bool, path: Path) -> Path:
+    """Each complete trial in the order it finished; the line: the best configuration so far."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    xs = range(1, len(h.values) + 1)
+    ax.scatter(xs, h.values, s=10 if len(xs) < 2000 else 3, color=FLAG_COLORS["other"], alpha=0.6,
+               label="a complete trial")
+    line = "best configuration so far (mean of its seeds)" if h.seeds else "best so far"
+    ax.step(xs, h.best, where="post", color="#d62728", lw=1.6, label=line)
+    ax.set(xlabel="trials completed (in the order they finished)", ylabel=metric,
+           title=f"optimization history ({'higher' if maximize else 'lower'} is better)")
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def _grid(n: int, cols: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    plt = _plt()
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [a for row in axes for a in row]
+    fig.subplots_adjust(wspace=0.4, hspace=0.45)  # each panel's own tick labels and axis names
+    for extra in flat[n:]:
+        extra.set_visible(False)
+    return fig, flat[:n]
+
+
+def slices(panels: Sequence[Any], metric: str, maximize: bool, path: Path) -> Path:
+    """The metric against each parameter; colour: the finishing order (later = darker)."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    later = LinearSegmentedColormap.from_list("later", LATER)
+    fig, axes = _grid(len(panels), 4, 3.4, 3.0)
+    for ax, s in zip(axes, panels, strict=True):
+        points = ax.scatter(s.axis.positions, s.values, c=s.order, cmap=later, vmin=1,
+                            s=12 if len(s.values) < 2000 else 3, edgecolors="none")
+        ax.set_xticks([p for p, _ in s.axis.ticks], [t for _, t in s.axis.ticks], fontsize=7,
+                      rotation=30 if len(s.axis.ticks) > 4 else 0)
+        ax.set_xlabel(s.axis.label, fontsize=9)
+    axes[0].set_ylabel(metric)
+    fig.colorbar(points, ax=axes, fraction=0.02, pad=0.01).set_label("finishing order")
+    fig.suptitle(f"slice: {metric} against each parameter ({'higher' if maximize else 'lower'} is better)", fontsize=10)
+    return _save(fig, path)
+
+
+def contours(panels: Sequence[Any], metric: str, maximize: bool, path: Path) -> Path:
+    """Pairs of parameters; a cell: the mean metric of the trials in it (blank: none there)."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    fig, axes = _grid(len(panels), 3, 4.2, 3.6)
+    values = [v for c in panels for row in c.mean for v in row if v is not None]
+    lo, hi = min(values), max(values)
+    cmap = colormaps["viridis" if maximize else "viridis_r"].with_extremes(bad="#f3f3f3")
+    for ax, c in zip(axes, panels, strict=True):
+        z = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in c.mean], dtype=float))
+        im = ax.imshow(z, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
+        ax.set_xticks(range(len(c.x_labels)), c.x_labels, fontsize=7, rotation=45 if len(c.x_labels) > 4 else 0)
+        ax.set_yticks(range(len(c.y_labels)), c.y_labels, fontsize=7)
+        ax.set(xlabel=c.x, ylabel=c.y)
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01).set_label(f"mean {metric} of the trials in the cell")
+    fig.suptitle("contour: pairs of parameters (bright = better)", fontsize=10)
     return _save(fig, path)

@@ -131,6 +131,42 @@ def _parallel_view(snap: Snapshot, trials: list[Any], stem: str, title: str) -> 
                         lambda: live.parallel_coordinates(axes, color, crange, snap.metric, title, snap.maximize))]
 
 
+# ---------------------------------------------------------------- 3b. history, slice, contour
+
+
+def views(snap: Snapshot) -> Section:
+    """Optuna's optimization-history, slice and contour views (the choices that differ: report.views)."""
+    from hpsearch.report import views as v
+
+    sec = Section("Optimization history, slices and contours", "views")
+    h = v.history(snap.trials, snap.maximize)
+    if not h.values:
+        return sec.add(Para("No complete trial yet.", "note"))
+    unit = ("the best configuration's mean over its complete seeds so far (as `best` ranks them, not the best "
+            "single seed)" if h.seeds else "the best value so far")
+    sec.add(Para(f"History: every complete trial in the order it finished (parallel workers finish out of number "
+                 f"order); the line is {unit}.", "note"))
+    sec.add(snap.figure("history", f"Optimization history of {snap.metric}",
+                        lambda p: plots.history(h, snap.metric, snap.maximize, p),
+                        lambda: live.history(h, snap.metric, snap.maximize)))
+    panels = v.slices(snap.trials, snap.params)
+    if panels:
+        sec.add(snap.figure("slice", f"{snap.metric} against each parameter; darker = finished later",
+                            lambda p: plots.slices(panels, snap.metric, snap.maximize, p),
+                            lambda: live.slices(panels, snap.metric, snap.maximize)))
+    pairs = v.contours(snap.trials, snap.params)
+    if pairs:
+        sec.add(Para(f"Contour: each cell is the mean {snap.metric} of the complete trials that fell in it, over "
+                     f"the parameter's own values or {v.BINS} bins of its range (of the first "
+                     f"{v.MAX_CONTOUR_PARAMS} parameters that vary); a blank cell had no trial. Unlike an "
+                     "interpolated surface, no cell shows a value nobody measured; a cell averages over the other "
+                     "parameters.", "note"))
+        sec.add(snap.figure("contour", "Mean metric over pairs of parameters",
+                            lambda p: plots.contours(pairs, snap.metric, snap.maximize, p),
+                            lambda: live.contours(pairs, snap.metric, snap.maximize)))
+    return sec
+
+
 # ---------------------------------------------------------------- 4. importance
 
 

@@ -91,7 +91,7 @@ def test_report_of_a_constructed_study_shows_the_constructed_answers(tmp_path: P
     assert html.count('class="best"') == 1 and 'src="figures/plotly.min.js"' in html
     pngs = sorted((tmp_path / "report" / "figures").glob("*.png"))
     assert {p.stem for p in pngs} == {"class_histogram", "parallel_all", "parallel_where1", "parallel_where2",
-                                      "importance", "learning_curves", "confusion"}
+                                      "history", "slice", "contour", "importance", "learning_curves", "confusion"}
     assert all(_png_ok(p) for p in pngs)
 
 
@@ -160,14 +160,15 @@ def test_real_small_study_repeat_report_export_and_browser(tmp_path: Path, brows
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
     plots = browser.execute_script("return [...document.querySelectorAll('.js-plotly-plot')].map(d => d.id)")
-    figures = ("class_histogram", "parallel_all", "importance", "learning_curves", "confusion")
+    figures = ("class_histogram", "parallel_all", "history", "slice", "contour", "importance", "learning_curves",
+               "confusion")
     assert {f"fig-{f}" for f in figures} <= set(plots)
     ids = browser.execute_script("return [...document.querySelectorAll('[id]')].map(e => e.id)")
     assert len(ids) == len(set(ids))  # a figure drawn into a section anchor would land in the wrong place
     headings = browser.execute_script("return [...document.querySelectorAll('h2')].map(h => h.textContent)")
     assert headings == ["Dataset and baselines", "Best configurations", "Parallel coordinates",
-                        "Hyperparameter importance", "Learning curves", "Confusion matrix of the best configuration",
-                        "Cost of the search"]
+                        "Optimization history, slices and contours", "Hyperparameter importance", "Learning curves",
+                        "Confusion matrix of the best configuration", "Cost of the search"]
     browser.save_screenshot(str(report / "screenshot.png"))
 
     # --- export -----------------------------------------------------------------------------------
