@@ -441,7 +441,8 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
         spec = None
     single = len(summary.directions) == 1
     trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,
-                                          schema.REPEAT_OF, schema.FAIL_REASON, *METRICS], with_params=single)
+                                          schema.REPEAT_OF, schema.FAIL_REASON, schema.IS_REPEAT, *METRICS],
+                            with_params=single)
     _, finished, _, _, remaining, more_seeds = progress(trials, attrs, spec)
     best = None
     if single:

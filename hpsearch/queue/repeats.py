@@ -143,7 +143,7 @@ def describe(queued: list[Queued], metric: str, group_by: str | None) -> list[st
     for q in queued:
         group = f"[{group_by}={q.config.group}] " if group_by else ""
         lines.append(f"{group}#{q.config.rank} {q.config.name}: {metric} {q.config.value.text()} over "
-                     f"{q.config.value.n} complete seed(s) ({q.config.runs.text()}); queued seeds "
+                     f"{q.config.value.n} complete seed(s) ({q.config.seeds_text()}); queued seeds "
                      f"{', '.join(map(str, q.seeds))} "
                      f"(repeat of trial {q.config.representative})")
     total = sum(len(q.seeds) for q in queued)

@@ -30,8 +30,10 @@ RULE = ("A configuration is clean when every seed it ran completed. Clean config
         "one with a pruned or failed seed is ranked after every clean one, on the mean of its complete seeds "
         "only, and its seeds column says what happened (\"2 seeds, 1 pruned\"). A pruned seed adds nothing "
         "to the mean: its last value is a partial-training number, not a result, and the seed that survived "
-        "the pruner is the luckier one, so its value alone overstates the configuration. Pending seeds "
-        "(waiting or running) have no outcome yet and do not demote.")
+        "the pruner is the luckier one, so its value alone overstates the configuration. More seeds settle it: "
+        "once seeds queued by `hpsearch repeat` (which run unpruned) have completed, it is ranked with the clean "
+        "ones on the mean of those repeat seeds alone (\"3 seeds, 1 pruned; ranked on its 2 repeat seeds\"). "
+        "Pending seeds (waiting or running) have no outcome yet and do not demote.")
 
 
 # ---------------------------------------------------------------- report section
@@ -113,7 +115,7 @@ def _config_rows(snap: Snapshot, cols: list[str], groups: list[tuple[Any, list[C
         for c in configs:
             winner = c.rank == 1 and c.clean and not survivor
             rank = f"{c.survivor_rank} (ranked {c.rank})" if survivor else f"{c.rank} ★" if winner else str(c.rank)
-            row = [rank, *([_group_text(group)] if by else []), c.name, c.runs.text()]
+            row = [rank, *([_group_text(group)] if by else []), c.name, c.seeds_text()]
             for m in cols:
                 row += _interval(c.value if m == snap.metric else c.metrics.get(m))
             if winner:
@@ -248,7 +250,7 @@ def config_record(r: ConfigSummary) -> dict[str, Any]:
 
     return {
         "rank": r.rank, "survivor_rank": r.survivor_rank, "clean": r.clean, "config_id": r.config_id,
-        "name": r.name, "seeds": r.runs.as_dict(), "value": interval(r.value),
+        "name": r.name, "seeds": r.runs.as_dict(), "settled_by_repeats": r.settled_by, "value": interval(r.value),
         "metrics": {m: interval(i) for m, i in r.metrics.items()}, "trials": r.trials,
         "representative": r.representative, "params": r.params,
     }
@@ -322,7 +324,8 @@ def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col
         rank = str(r["rank"]) if rank_col == "rank" else f"{r['survivor_rank']} (ranked {r['rank']})"
         trials = ",".join(map(str, r["trials"][:6])) + ("…" if len(r["trials"]) > 6 else "")
         params = ", ".join(f"{k}={_v(v)}" for k, v in r["params"].items()) or "-"
-        table.add_row(rank, _interval_text(r["value"]), _seeds_text(r["seeds"]), *cells, trials, params)
+        table.add_row(rank, _interval_text(r["value"]), _seeds_text(r["seeds"], r.get("settled_by_repeats", 0)),
+                      *cells, trials, params)
     return table
 
 
@@ -332,10 +335,11 @@ def _interval_text(i: dict[str, Any] | None) -> str:
     return Interval(i["mean"], i["n"], 0.0, i["low"], i["high"], bool(i.get("clipped"))).text()
 
 
-def _seeds_text(seeds: dict[str, int]) -> str:
+def _seeds_text(seeds: dict[str, int], settled_by: int = 0) -> str:
     from hpsearch.report.export import SeedRuns
 
-    return SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()
+    text = SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()
+    return text + (f"; ranked on its {settled_by} repeat seed{'s' if settled_by != 1 else ''}" if settled_by else "")
 
 
 def _v(v: Any) -> str:

@@ -13,6 +13,10 @@ reported value is a partial-training number, neither a lower nor an upper bound 
 run, and the seed that survived the pruner is, by that very selection, the luckier one, so its
 value alone overstates the configuration. Seeds still waiting or running have no outcome yet:
 they are counted as pending and do not demote (a snapshot of a running study says it is one).
+
+More seeds settle a flagged configuration: once `hpsearch repeat` seeds of it have completed (none
+pruned or failed), it is ranked with the clean ones on the mean of those repeat seeds alone, which
+the pruner did not select, and says so ("3 seeds, 1 pruned; ranked on its 2 repeat seeds").
 """
 
 from __future__ import annotations
@@ -121,10 +125,15 @@ class ConfigSummary:
     rank: int = 0  # 1 = best overall: clean configurations first, then by the validation metric
     runs: SeedRuns = field(default_factory=SeedRuns)  # its seed runs by outcome, pending ones included
     survivor_rank: int = 0  # its rank by the mean of its complete seeds alone (pruned seeds ignored)
+    settled_by: int = 0  # flagged, but ranked on this many complete `repeat` seeds alone (see summarize)
 
     @property
     def clean(self) -> bool:
-        return self.runs.clean
+        return self.runs.clean or self.settled_by > 0
+
+    def seeds_text(self) -> str:
+        return self.runs.text() + (f"; ranked on its {self.settled_by} repeat seed{'s' if self.settled_by != 1 else ''}"
+                                   if self.settled_by else "")
 
 
 def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
@@ -139,9 +148,13 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
         if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
             groups[config_id(t)].append(t)
     runs = seed_runs(trials)
+    repeat_runs = seed_runs([t for t in trials if t.user_attrs.get(schema.IS_REPEAT)])
     rows = []
     for cid, ts in groups.items():
         ts = sorted(ts, key=lambda t: t.number)
+        settled = _settling_repeats(ts, runs.get(cid), repeat_runs.get(cid))
+        if settled:
+            ts = settled
         value = mean_ci([t.value for t in ts], level, bounds)
         assert value is not None  # every trial in a group has a finite value
         best = (max if maximize else min)(ts, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
@@ -149,7 +162,7 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
             config_id=cid, name=trial_name(ts[0]), params=dict(ts[0].params), trials=[t.number for t in ts],
             seeds=[int(t.user_attrs.get(schema.SEED, 0)) for t in ts], value=value,
             metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level, bounds_of(m)) for m in METRICS},
-            representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)),
+            representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)), settled_by=len(settled),
         ))
     sign = -1.0 if maximize else 1.0
     # More seeds break ties: the better-measured configuration comes first.
@@ -160,6 +173,18 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
     for i, r in enumerate(rows, 1):
         r.rank = i
     return rows
+
+
+def _settling_repeats(complete: list[Any], runs: SeedRuns | None, repeats: SeedRuns | None) -> list[Any]:
+    """The complete `hpsearch repeat` seeds a flagged configuration is ranked on instead, or [].
+
+    A configuration with a pruned or failed seed is ranked on its repeat seeds alone once one has
+    completed and none was pruned or failed: repeats run unpruned, so unlike the seed that survived
+    the pruner they were not selected by it, and their mean is a fair measure of the configuration.
+    The surviving ordinary seeds stay out of that mean (their selection is what flagged it)."""
+    if runs is None or runs.clean or repeats is None or repeats.pruned or repeats.failed:
+        return []
+    return [t for t in complete if t.user_attrs.get(schema.IS_REPEAT)]
 
 
 def config_points(trials: Sequence[Any]) -> list[FrozenTrial]:

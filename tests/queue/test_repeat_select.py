@@ -95,3 +95,35 @@ def test_set_aside_with_nothing_set_aside_says_so(journal_url: str) -> None:
         _run(study, v)
     proc = run_cli("repeat", name, "--storage", journal_url, "--set-aside", "--seeds", "1")
     assert proc.returncode != 0 and "must find a configuration set aside in the top 5, but got none" in proc.stderr
+
+
+@pytest.mark.parametrize("repeat_values, rank", [((0.95, 0.93), 1), ((0.30, 0.32), 4)])
+def test_completed_repeats_settle_a_set_aside_configuration_on_their_own_mean(
+        flagged: tuple[str, str, list[str]], repeat_values: tuple[float, float], rank: int) -> None:
+    name, url, cids = flagged
+    run_cli("repeat", name, "--storage", url, "--set-aside", "--top", "1", "--seeds", "2", check=True)
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    for v in repeat_values:
+        assert _run(study, v) == cids[1]
+    data = json.loads(run_cli("best", name, "--storage", url, "--top", "4", "--json", check=True).stdout)
+    (lucky,) = [c for c in data["configurations"] if c["config_id"] == cids[1]]
+    # Ranked with the clean ones on the two unpruned repeat seeds alone, not on the seed that survived
+    # the pruner (0.97): (0.95 + 0.93) / 2 tops the clean 0.89; (0.30 + 0.32) / 2 is last.
+    assert lucky["clean"] and lucky["settled_by_repeats"] == 2 and lucky["rank"] == rank
+    assert lucky["value"]["mean"] == pytest.approx(sum(repeat_values) / 2) and lucky["value"]["n"] == 2
+    assert lucky["seeds"] == {"seeds": 4, "complete": 3, "pruned": 1, "failed": 0, "pending": 0}
+    assert data["set_aside"] == [] and data["n_flagged"] == 0
+    assert "4 seeds, 1 pruned; ranked on its 2 repeat seeds" in run_cli("best", name, "--storage", url, "--top", "4",
+                                                                        check=True).stdout
+
+
+def test_a_failed_repeat_leaves_the_configuration_set_aside(flagged: tuple[str, str, list[str]]) -> None:
+    name, url, cids = flagged
+    run_cli("repeat", name, "--storage", url, "--set-aside", "--top", "1", "--seeds", "2", check=True)
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    _run(study, 0.95)
+    trial = claim_mod.claim(study)
+    assert trial is not None
+    study.tell(trial, state=TrialState.FAIL)
+    data = json.loads(run_cli("best", name, "--storage", url, "--top", "1", "--json", check=True).stdout)
+    assert [c["config_id"] for c in data["set_aside"]] == [cids[1]] and not data["set_aside"][0]["clean"]

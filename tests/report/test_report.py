@@ -369,16 +369,24 @@ def test_real_study_with_pruned_seeds_ranks_them_apart_and_repeats_run_unpruned(
         states.setdefault(t.user_attrs["config_id"], []).append(t.state)
     flagged = {c for c, s in states.items() if TrialState.COMPLETE in s and TrialState.PRUNED in s}
     assert space_mod.config_id(bad) in flagged
+    # A complete `repeat` seed (unpruned, so not selected by the pruner) settles a flagged configuration:
+    # it is ranked with the clean ones on its repeat seeds alone (issue 21).
+    repeats = {t.user_attrs["config_id"] for t in trials if t.user_attrs.get("is_repeat")
+               and t.state == TrialState.COMPLETE}
+    assert space_mod.config_id(bad) in repeats
 
     best = json.loads(run_cli("best", name, "--storage", url, "--top", "100", "--json", check=True).stdout)
     ranked = best["configurations"]
-    assert len(ranked) == sum(TrialState.COMPLETE in s for s in states.values()) and best["n_flagged"] == len(flagged)
+    assert len(ranked) == sum(TrialState.COMPLETE in s for s in states.values())
+    assert best["n_flagged"] == len(flagged - repeats)
     assert [c["clean"] for c in ranked] == sorted((c["clean"] for c in ranked), reverse=True)  # clean ones first
     for c in ranked:
         s = states[c["config_id"]]
-        assert c["clean"] == (c["config_id"] not in flagged)
+        assert c["clean"] == (c["config_id"] not in flagged - repeats)
         assert (c["seeds"]["complete"], c["seeds"]["pruned"]) == (s.count(TrialState.COMPLETE), s.count(TrialState.PRUNED))
-        assert c["value"]["n"] == s.count(TrialState.COMPLETE)
+        settled = c["config_id"] in flagged & repeats
+        assert c["settled_by_repeats"] == (1 if settled else 0)
+        assert c["value"]["n"] == (1 if settled else s.count(TrialState.COMPLETE))
 
 
 def test_export_without_out_writes_the_data_to_stdout_and_nothing_else(planned: tuple[str, str],
