@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
+import weakref
 
 import optuna
 
@@ -17,7 +18,8 @@ from hpsearch import schema
 from hpsearch.storage.optuna_internals import storage_of, study_id
 
 STOP_POLL_S = 5.0
-_last: dict[int, tuple[float, bool]] = {}  # study id -> (when read, stopped)
+# Per loaded study (not per id: ids repeat across storages in one process): (when read, stopped).
+_last: weakref.WeakKeyDictionary[optuna.Study, tuple[float, bool]] = weakref.WeakKeyDictionary()
 
 
 def stopped_at(study: optuna.Study) -> str | None:
@@ -29,12 +31,11 @@ def stopped_at(study: optuna.Study) -> str | None:
 
 def stop_requested(study: optuna.Study, poll: float = STOP_POLL_S) -> bool:
     """Whether the study was stopped, as read at most `poll` seconds ago (the first call reads)."""
-    sid = study_id(study)
     now = time.monotonic()
-    seen = _last.get(sid)
+    seen = _last.get(study)
     if seen is None or now - seen[0] >= poll:
         seen = (now, stopped_at(study) is not None)
-        _last[sid] = seen
+        _last[study] = seen
     return seen[1]
 
 

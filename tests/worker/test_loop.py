@@ -55,10 +55,18 @@ def test_a_worker_loads_its_study_once_and_records_class_counts_once(monkeypatch
 
 
 def test_limits_are_checked_before_each_claim() -> None:
-    w = loop.Worker(loop.Options(study="s", n_trials=2), "url", "wid", print, None, None, None)  # type: ignore[arg-type]
+    study = optuna.create_study()  # in memory: `hpsearch stop` is read from the study
+    w = loop.Worker(loop.Options(study="s", n_trials=2), "url", "wid", print, None, study, None)  # type: ignore[arg-type]
     assert loop._limit_reached(w) is None
     w.summary.states["complete"] = 2
     assert loop._limit_reached(w) == "--n-trials 2 reached"
     w.summary.states.clear()
     w.deadline = 1.0  # the study's wall-clock budget ended long ago
     assert loop._limit_reached(w) == "the study's wall-clock budget is spent"
+    w.deadline = None
+    from hpsearch.queue import control
+
+    control.set_stopped(study, True)
+    assert loop._limit_reached(w) is None  # read a moment ago: not again for a few seconds
+    assert control.stop_requested(study, poll=0)
+    assert loop._limit_reached(w) == "the study was stopped (hpsearch stop); to go on: hpsearch resume s"
