@@ -25,6 +25,7 @@ from hpsearch.report.stats import (
     best_per_group,
     bounds_of,
     check_group_by,
+    params_text,
     set_aside,
     summarize,
 )
@@ -101,9 +102,16 @@ def _select(ranked: list[ConfigSummary], sel: Selection, study_name: str) -> lis
     return chosen
 
 
+def _as_set(text: str) -> frozenset[str]:
+    return frozenset(part.strip().replace(" ", "") for part in text.split(",") if part.strip())
+
+
 def _named(ranked: list[ConfigSummary], name: str, study_name: str) -> ConfigSummary:
-    """A configuration by its id (or a unique prefix of at least 6 characters) or its name."""
+    """A configuration by its id (or a unique prefix of at least 6 characters), its name, or its
+    parameters as `best` prints them (in any order)."""
     exact = [c for c in ranked if name in (c.config_id, c.name)]
+    if not exact and "=" in name:
+        exact = [c for c in ranked if _as_set(params_text(c.params)) == _as_set(name)]
     found = exact or ([c for c in ranked if c.config_id.startswith(name)] if len(name) >= 6 else [])
     if len(found) == 1:
         return found[0]

@@ -18,6 +18,7 @@ from hpsearch.report.stats import (
     Interval,
     baselines,
     best_per_group,
+    params_text,
     set_aside,
 )
 
@@ -291,7 +292,7 @@ def _print_tables(data: dict[str, Any]) -> None:
         console.print(_rich_table(f"set aside: a seed was pruned or failed; on its surviving seeds alone each would "
                                   f"be in the top {data['top']}", data["set_aside"], metric, "surviving-seed rank"))
         console.print(f"more seeds settle them: hpsearch repeat {data['study']} --set-aside --top {data['top']} "
-                      "--seeds S (or --config NAME for one)", highlight=False, markup=False)
+                      "--seeds S (or one: --config 'PARAMETERS as printed')", highlight=False, markup=False)
     if not data["configurations"][0]["clean"]:
         console.print(f"every one of the {data['n_configurations']} configurations has a pruned or failed seed, so "
                       "there is no clean winner: the values above are over surviving seeds only")
@@ -323,7 +324,7 @@ def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col
         cells = [_interval_text(r["metrics"].get(m)) for m in extra]
         rank = str(r["rank"]) if rank_col == "rank" else f"{r['survivor_rank']} (ranked {r['rank']})"
         trials = ",".join(map(str, r["trials"][:6])) + ("…" if len(r["trials"]) > 6 else "")
-        params = ", ".join(f"{k}={_v(v)}" for k, v in r["params"].items()) or "-"
+        params = params_text(r["params"]) or "-"
         table.add_row(rank, _interval_text(r["value"]), _seeds_text(r["seeds"], r.get("settled_by_repeats", 0)),
                       *cells, trials, params)
     return table
@@ -340,7 +341,3 @@ def _seeds_text(seeds: dict[str, int], settled_by: int = 0) -> str:
 
     text = SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()
     return text + (f"; ranked on its {settled_by} repeat seed{'s' if settled_by != 1 else ''}" if settled_by else "")
-
-
-def _v(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

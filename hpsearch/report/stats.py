@@ -213,6 +213,11 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def params_text(params: dict[str, Any]) -> str:
+    """Parameters as `best` prints them, "optimizer=sgd, lr=0.1" (and `repeat --config` reads them)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def check_group_by(group_by: str | None, trials: Sequence[FrozenTrial], space: Iterable[str] = ()) -> None:
     if group_by is None:
         return

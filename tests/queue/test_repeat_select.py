@@ -65,13 +65,17 @@ def test_set_aside_repeats_exactly_the_configurations_the_set_aside_table_lists(
     assert _repeats(name, url) == {cids[1]: [2, 3]}  # above the seeds it used (0 and 1)
 
 
-def test_config_repeats_named_configurations_by_id_prefix_or_name(flagged: tuple[str, str, list[str]]) -> None:
+def test_config_repeats_configurations_by_id_prefix_name_or_printed_parameters(flagged: tuple[str, str, list[str]]) -> None:
     name, url, cids = flagged
     best = json.loads(run_cli("best", name, "--storage", url, "--top", "4", "--json", check=True).stdout)
     by_id = {c["config_id"]: c["name"] for c in best["configurations"]}
+    params = {c["config_id"]: c["params"] for c in best["configurations"]}
+    printed = ", ".join(f"{k}={v}" for k, v in reversed(params[cids[0]].items()))  # in any order
     run_cli("repeat", name, "--storage", url, "--config", cids[2][:8], "--config", by_id[cids[3]],
-            "--seeds", "1", check=True)
-    assert _repeats(name, url) == {cids[2]: [2], cids[3]: [2]}
+            "--config", printed, "--seeds", "1", check=True)
+    assert _repeats(name, url) == {cids[2]: [2], cids[3]: [2], cids[0]: [2]}
+    text = run_cli("best", name, "--storage", url, "--top", "4", check=True).stdout
+    assert f"optimizer={params[cids[0]]['optimizer']}" in text
 
 
 @pytest.mark.parametrize("args, message", [
