@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from rich.table import Table
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import study as study_mod
+from hpsearch.report.cost import last_alive
 from hpsearch.storage import bulk as fastread
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 from hpsearch.storage.optuna_internals import trial_id
@@ -41,8 +41,6 @@ STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
 RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
 RECENT_SECONDS = 600.0  # ... or all of the last 10 minutes when more than 20 finished in them
 HANDED_BACK = "preempted"  # how the worker's fail_reason of a hand-back starts
-# The reaper's fail_reason (hpsearch.queue.faults) says how long the trial had been silent.
-_REAPED = re.compile(r"stale: no heartbeat for (\d+(?:\.\d+)?)s")
 MAX_REASONS = 5  # distinct failure reasons shown in the table (--json has them all)
 
 
@@ -189,18 +187,6 @@ def recent_throughput(trials: list[Any], now: float, stale: Iterable[int] = ()) 
             busy += end - max(start, reach)
             reach = end
     return (len(counted) / busy * 3600 if busy > 0 else 0.0), len(counted), busy
-
-
-def last_alive(trial: Any) -> float:
-    """When a finished trial last worked: its end, or for one the reaper failed (a dead worker's),
-    its last heartbeat, so the silence before the reaper noticed is not counted as busy."""
-    end = float(trial.datetime_complete.timestamp())
-    if trial.state == TrialState.FAIL:
-        match = _REAPED.match(str(trial.user_attrs.get(schema.FAIL_REASON) or ""))
-        if match:
-            start = trial.datetime_start.timestamp() if trial.datetime_start else end
-            return max(start, end - float(match.group(1)))
-    return end
 
 
 def _span(trial: Any, end: float) -> tuple[float, float]:

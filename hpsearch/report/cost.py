@@ -2,7 +2,8 @@
 
 - wall time: first trial start -> last trial finish (-> now while trials run): the span the
   search actually occupied workers, not the study's age.
-- compute time: the sum of trials' own durations (`duration_s`, else start -> finish); GPU-hours
+- compute time: the sum of trials' own durations (`duration_s`, else start -> finish, or for a
+  trial the reaper failed, start -> its last heartbeat: a dead worker's silence is no work); GPU-hours
   is the part of it spent on CUDA devices (running trials count up to now).
 - epochs saved by pruning: for each pruned trial, its configured epochs minus the epoch it was
   pruned at; the share is relative to what the pruned trials would have trained unpruned.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +28,8 @@ from hpsearch.report.curves import divergence_reason
 from hpsearch.report.export import state_name
 
 ORDER = ("complete", "pruned", "fail", "running", "waiting")
+# The reaper's fail_reason (hpsearch.queue.faults) says how long the trial had been silent.
+_REAPED = re.compile(r"stale: no heartbeat for (\d+(?:\.\d+)?)s")
 
 
 @dataclass
@@ -53,12 +57,24 @@ def _configured_epochs(t: FrozenTrial, default: int | None) -> int | None:
     return int(epochs) if isinstance(epochs, (int, float)) else None
 
 
+def last_alive(trial: Any) -> float:
+    """When a finished trial last worked: its end, or for one the reaper failed (a dead worker's),
+    its last heartbeat, so the silence before the reaper noticed is not counted as work."""
+    end = float(trial.datetime_complete.timestamp())
+    if trial.state == TrialState.FAIL:
+        match = _REAPED.match(str(trial.user_attrs.get(schema.FAIL_REASON) or ""))
+        if match:
+            start = trial.datetime_start.timestamp() if trial.datetime_start else end
+            return max(start, end - float(match.group(1)))
+    return end
+
+
 def _duration(t: FrozenTrial, now: float) -> float:
     if isinstance(t.user_attrs.get(schema.DURATION_S), (int, float)):
         return float(t.user_attrs[schema.DURATION_S])
     if t.datetime_start is None:
         return 0.0
-    end = t.datetime_complete.timestamp() if t.datetime_complete else now
+    end = last_alive(t) if t.datetime_complete else now
     return max(0.0, end - t.datetime_start.timestamp())
 
 

@@ -127,3 +127,15 @@ def test_a_reaped_trials_silence_is_not_busy_time(journal_url: str) -> None:
     assert snap["window_s"] == pytest.approx(6 * 60, abs=1)  # not 5 * 60 + 3,060
     assert snap["per_hour"] == pytest.approx(60, rel=0.01)
     assert snap["eta"] == pytest.approx(60, rel=0.01)  # one waiting trial at one a minute
+
+
+def test_the_reports_compute_time_ends_a_reaped_trial_at_its_last_heartbeat(journal_url: str) -> None:
+    from hpsearch.report.cost import cost
+
+    study = optuna.create_study(storage=open_storage(journal_url, create=True), study_name=unique("cost"))
+    now = time.time()
+    _add(study, TrialState.COMPLETE, 1.0, start=now - 4000, end=now - 3940)
+    _add(study, TrialState.FAIL, start=now - 3700, end=now - 640,
+         fail_reason="stale: no heartbeat for 3000s (limit 45s); worker presumed dead")
+    _add(study, TrialState.FAIL, start=now - 600, end=now - 540, fail_reason="RuntimeError: boom")
+    assert cost(study.get_trials(deepcopy=False), now=now).compute_s == pytest.approx(3 * 60, abs=1)
