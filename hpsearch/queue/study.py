@@ -33,6 +33,7 @@ def load(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.sample
         known = [s.study_name for s in storage.get_all_studies()]
         from hpsearch.registry import unknown_name_message
 
+        known = known or ["(none: hpsearch create-study SPEC makes one)"]  # not a bare "known: "
         raise StudyNotFound(unknown_name_message("study", name, known).replace("is not registered", "does not exist")) from None
 
 
