@@ -75,9 +75,11 @@ def test_more_workers_than_gpus_share_the_least_held_one_and_a_dead_ones_gpu_com
         assert _read(again := _hold(tmp_path, 3))[0] == "2"  # the dead worker's GPU, not a shared one
         procs.append(again)
         # Held now: 0 twice, 1 once, 2 once: the next two take 1 and 2, never by process id.
-        fifth, sixth = _hold(tmp_path, 3), _hold(tmp_path, 3)
-        procs += [fifth, sixth]
+        fifth = _hold(tmp_path, 3)
+        procs.append(fifth)
         assert _read(fifth)[0] == "1"
+        sixth = _hold(tmp_path, 3)
+        procs.append(sixth)
         assert _read(sixth)[0] == "2"
     finally:
         _stop(procs)
@@ -325,8 +327,9 @@ def test_two_fused_workers_on_an_8_point_grid_each_train_members(tmp_path: Path,
     for t in trials:
         by_worker[t.user_attrs[schema.WORKER]] = by_worker.get(t.user_attrs[schema.WORKER], 0) + 1
     # The first claim takes its share of 8 among 2 workers (4); the second, half of the 4 left (2),
-    # and whichever is free first takes the last 2: about half each, never 8 and 0.
-    assert sorted(by_worker.values()) == [4, 4], (by_worker, [log.read_text() for log in logs])
+    # and whichever is free first takes its share of the rest: about half each (4/4, or 5/3 when
+    # one group ends much sooner), never 8 and 0 as before.
+    assert min(by_worker.values()) >= 3 and len(by_worker) == 2, (by_worker, [log.read_text() for log in logs])
     assert max(t.user_attrs[schema.FUSED] for t in trials) == 4
     assert_exactly_once(_study(name, pg_url), 8)
 
