@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,27 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@contextmanager
+def moto_s3(monkeypatch: pytest.MonkeyPatch, bucket: str, artifacts: str) -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1 (a real HTTP server) with an empty `bucket`, and
+    the environment a worker reads (AWS_* and HPSEARCH_ARTIFACTS=`artifacts`); yields the endpoint."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from pgcluster import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "HPSEARCH_ARTIFACTS": artifacts}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    try:
+        yield endpoint
+    finally:
+        server.stop()

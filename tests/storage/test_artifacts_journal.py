@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, cli_env, run_cli, tiny_spec, unique, write_spec
+from conftest import ROOT, cli_env, moto_s3, run_cli, tiny_spec, unique, write_spec
 from hpsearch.errors import HpsearchError
 from hpsearch.storage.backend import open_storage
 from hpsearch.storage.journal import JournalError, SafeJournalFileBackend
@@ -337,31 +336,11 @@ def test_a_retry_in_another_directory_resumes_from_the_recorded_artifacts(pg_ses
 # ---------------------------------------------------------------- S3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """moto's S3-compatible server on 127.0.0.1 (a real HTTP server) with an empty bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "HPSEARCH_ARTIFACTS": "s3://checkpoints"}.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="checkpoints")
-    try:
+    with moto_s3(monkeypatch, "checkpoints", "s3://checkpoints") as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ them, and `hpsearch delete` removes them; on moto's S3 server (a real HTTP serve
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,39 +13,20 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from conftest import ROOT, cli_env, moto_s3, run_cli, start_worker, tiny_spec, unique, write_spec
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
 from hpsearch.storage.backend import open_storage
 
 BUCKET, PREFIX = "shared-bucket", "team-a/checkpoints"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """moto's S3 server with an empty bucket; HPSEARCH_ARTIFACTS points under a prefix of it."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "HPSEARCH_ARTIFACTS": f"s3://{BUCKET}/{PREFIX}/"}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    try:
-        yield client
-    finally:
-        server.stop()
+    with moto_s3(monkeypatch, BUCKET, f"s3://{BUCKET}/{PREFIX}/") as endpoint:
+        yield boto3.client("s3", endpoint_url=endpoint)
 
 
 def _keys(client: Any) -> list[str]:
