@@ -20,9 +20,10 @@ figure is the median over rounds with the spread (min-max) beside it; ratios are
    and to its exit after one trial; with the shared dataset cache cold (HPSEARCH_DATA_CACHE=off)
    and warm, alternating.
 c. contention: one training step of the dense MLP and the CNN (batch 64) in a fresh process,
-   1 or 2 threads, OpenMP's wait policy active (its default) or passive (what a worker sets),
-   on a quiet machine and beside one busy process (a Python loop): median ms per step over the
-   rounds, alternating. Why a worker sets OMP_WAIT_POLICY=PASSIVE.
+   1 or 2 threads, with OpenMP's idle threads as libgomp leaves them (spin a while, then sleep),
+   always spinning (ACTIVE), never (PASSIVE) or spinning briefly (GOMP_SPINCOUNT=10000), on a
+   quiet machine and beside one busy process (a Python loop): median ms per step over the rounds,
+   alternating. How a worker with more than one thread should wait.
 3. optuna: a 24-point dense grid (lr x optimizer x dropout), two hpsearch workers against two
    processes of a plain Optuna script (GridSampler on one PostgreSQL study, a torchvision
    DataLoader with ToTensor + Normalize, the model trained and validated as hpsearch does), as
@@ -245,28 +246,40 @@ print((time.perf_counter() - t0) / n * 1000)
 """
 
 
+# (label, threads, environment): OpenMP's default (libgomp spins a while, then sleeps), always
+# spinning, never spinning, and a short spin.
+CONTENTION_CASES = [
+    ("1 thread", 1, {}),
+    ("2 threads, default", 2, {}),
+    ("2, ACTIVE", 2, {"OMP_WAIT_POLICY": "ACTIVE"}),
+    ("2, PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("2, spin 10k", 2, {"GOMP_SPINCOUNT": "10000"}),
+]
+
+
 def part_contention(a: argparse.Namespace, tmp: Path, url: str, data: dict[str, Path]) -> None:
     print(f"\nc. ms per training step, batch 64 (median over {a.rounds + 1} rounds, min-max)")
-    cases = [(1, "ACTIVE"), (2, "ACTIVE"), (1, "PASSIVE"), (2, "PASSIVE")]
     for shape in ("dense", "cnn"):
-        got: dict[tuple[str, int, str], list[float]] = {}
+        got: dict[tuple[str, str], list[float]] = {}
         for r in range(a.rounds + 1):
             for busy in (False, True):
                 hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
                 try:
-                    for threads, policy in cases[:: 1 if r % 2 == 0 else -1]:
-                        env = {**user_env(data["dense"]), "OMP_WAIT_POLICY": policy}
-                        out = subprocess.run([sys.executable, "-c", STEP, str(threads), shape], env=env,
+                    for label, threads, extra in CONTENTION_CASES[:: 1 if r % 2 == 0 else -1]:
+                        env = {k: v for k, v in user_env(data["dense"]).items()
+                               if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+                        out = subprocess.run([sys.executable, "-c", STEP, str(threads), shape], env={**env, **extra},
                                              capture_output=True, text=True, check=True).stdout
-                        got.setdefault(("busy" if busy else "quiet", threads, policy), []).append(float(out))
+                        got.setdefault(("busy" if busy else "quiet", label), []).append(float(out))
                 finally:
                     if hog is not None:
                         hog.kill()
                         hog.wait()
         print(f"  {shape}:")
         for where in ("quiet", "busy"):
-            row = "   ".join(f"{t} thr {p.lower():<7} {statistics.median(got[(where, t, p)]):6.2f} "
-                           f"({min(got[(where, t, p)]):.2f}-{max(got[(where, t, p)]):.2f})" for t, p in cases)
+            row = "   ".join(f"{label} {statistics.median(got[(where, label)]):6.2f} "
+                           f"({min(got[(where, label)]):.2f}-{max(got[(where, label)]):.2f})"
+                           for label, _, _ in CONTENTION_CASES)
             print(f"    {'quiet' if where == 'quiet' else 'one busy process'}: {row}", flush=True)
 
 

@@ -125,7 +125,6 @@ def pick_device(name: str, gpu: int | None = None) -> Any:
 
 
 def run_worker(opts: Options) -> int:
-    share_mod.calm_openmp()  # before torch is imported
     w = _open(opts)
     try:
         _check_before_claiming(w)

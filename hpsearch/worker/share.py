@@ -120,19 +120,6 @@ def scheduler_cpus(env: dict[str, str] | None = None) -> int | None:
     return None
 
 
-def calm_openmp() -> None:
-    """Let OpenMP's idle threads sleep instead of spinning (unless the user chose otherwise).
-
-    With the default (active) wait policy a thread that finishes its part of a product spins for
-    the others, so when anything else runs on the same cores (another process, a compile, a
-    worker of another user) the threads that wait burn the CPU the late one needs: measured here,
-    a 2-thread MLP step took 19-113 ms with one busy process beside it, against 3-4 ms passive and
-    2-9 ms with one thread (bench/machine.py, part contention). Read by OpenMP when torch loads,
-    so it is set before the worker imports torch.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def explicit_threads(env: dict[str, str] | None = None) -> int | None:
     """HPSEARCH_THREADS, validated: it wins over the share when set."""
     raw = (os.environ if env is None else env).get("HPSEARCH_THREADS", "").strip()
