@@ -185,7 +185,7 @@ def fair_threads(mine: Slot, cap: float | None, peers: list[Slot]) -> tuple[int,
     cpus = set(mine.cpus)
     overlap = max(1, sum(1 for s in peers if cpus & set(s.cpus)))
     threads = len(cpus) // overlap
-    why = f"{len(cpus)} CPUs shared by {overlap} worker{'s' if overlap > 1 else ''}"
+    why = f"{len(cpus)} CPU{'s' if len(cpus) > 1 else ''} shared by {overlap} worker{'s' if overlap > 1 else ''}"
     if cap is not None:
         same = max(1, sum(1 for s in peers if s.cgroup == mine.cgroup))
         by_cap = math.floor(cap + 1e-9) // same

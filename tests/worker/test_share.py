@@ -146,7 +146,7 @@ def test_threads_are_the_cpus_divided_among_the_live_workers(tmp_path: Path) -> 
         assert _ask(first)[1:] == (n // 2, f"{n} CPUs shared by 2 workers")  # the newcomer counts at once
         pinned = _hold(tmp_path, cpus="0")  # taskset: one CPU, shared with the two others
         procs.append(pinned)
-        assert _read(pinned)[1:] == (1, "1 CPUs shared by 3 workers")
+        assert _read(pinned)[1:] == (1, "1 CPU shared by 3 workers")
         second.kill()  # kill -9: its share comes back to the others at their next question
         second.wait()
         assert _ask(first)[1] == n // 2  # first and pinned still overlap on CPU 0
@@ -257,7 +257,7 @@ def test_a_worker_under_taskset_trains_with_one_thread_and_records_how(tmp_path:
                            "--storage", journal_url, "--fuse", "2"], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 thread: 1 CPUs shared by 1 worker" in proc.stdout
+    assert "1 thread: 1 CPU shared by 1 worker" in proc.stdout
     trials = _trials(name, journal_url)
     assert len(trials) == 4
     import torch
