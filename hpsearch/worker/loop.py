@@ -341,6 +341,9 @@ def _nothing_to_claim(w: Worker) -> bool:
         waiting, running = study_mod.active_counts(w.study)
         unissued = plan_mod.unissued(w.study)
     if waiting == 0 and running == 0 and unissued == 0:
+        # Nothing waits or runs in *this* study id: also what a study deleted or replaced under the
+        # worker looks like (writes to its vanished trials can pass unnoticed), so say which it is.
+        _check_study(w.study)
         return True
     # Others still run trials that may come back to the queue: wait, reap, retry.
     # The wait grows while idle, so a crowd of idle workers does not flood the storage.

@@ -342,8 +342,11 @@ def test_a_slow_member_start_gets_no_member_of_the_group_reaped(pg_session_db: s
     assert_exactly_once(study, planned=4)
 
 
-def test_replacing_the_study_under_a_fused_worker_is_one_clear_line(pg_session_db: str, tmp_path: Path) -> None:
-    url, name = pg_session_db, unique("fused-replaced")
+def test_replacing_the_study_under_a_fused_worker_is_one_clear_line(pg_url: str, tmp_path: Path) -> None:
+    # A database of its own: on the session's shared one, another test holding table or row locks
+    # open (tests/queue/test_exactly_once.py does, on purpose) kept create-study --replace waiting
+    # until this worker had finished, and the replacement then came too late to be seen.
+    url, name = pg_url, unique("fused-replaced")
     _create(tmp_path, url, name, repeats=2, space={"lr": {"choices": [0.01, 0.02]}}, train={**SLOW_TRAIN, "epochs": 40})
     w = start_worker(name, url, "--device", "cpu", "--heartbeat", "2", "--checkpoint-every", "0", env=FUSE4)
     tail = Tail(w)
