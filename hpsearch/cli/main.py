@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 # `ps` until then. hpsearch.storage.backend (optuna) is imported where it is used.
 from hpsearch.errors import HpsearchError, StorageUnavailable
 from hpsearch.redact import VISIBLE_WARNING, mask, scrub_argv, userinfo_problem
+from hpsearch.spec.model import MAX_TRIAL_TIMEOUT
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 MAX_HEARTBEAT = 86400  # a day; beyond it threads' timers overflow and nobody would wait that long
@@ -88,7 +89,7 @@ def worker_arguments(p: argparse.ArgumentParser) -> None:
     _storage_arg(p)
     p.add_argument("--n-trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=POSITIVE, help="stop claiming new trials after this many seconds")
-    p.add_argument("--trial-timeout", type=POSITIVE, metavar="SECONDS",
+    p.add_argument("--trial-timeout", type=_number(False, 0, MAX_TRIAL_TIMEOUT, above=True), metavar="SECONDS",
                    help="a trial's time limit (default: the spec's trial_timeout, else none): past it the trial "
                         "is asked to stop and ends failed with the reason; one that does not stop within a grace "
                         "(10%% of the limit, 5-60 s) is ended by a watchdog and the worker restarts itself clean")

@@ -66,10 +66,10 @@ def check_exposure(host: str, tls: bool, insecure: bool, no_auth: bool) -> None:
 def reap(study: Any) -> None:
     """Workers behind the proxy run no reaper of their own (200 of them would flood it): do it here."""
     from hpsearch.queue.faults import fail_and_requeue, stale_trials
+    from hpsearch.queue.retries import stale_reason
 
     for trial_id, age, limit in stale_trials(study, default_interval=30):
-        fail_and_requeue(study, trial_id, f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); "
-                         "worker presumed dead", only_if_stale=limit)
+        fail_and_requeue(study, trial_id, stale_reason(age, limit), only_if_stale=limit)
 
 
 def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> None:

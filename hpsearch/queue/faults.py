@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.queue.lock import StudyLock, study_key
-from hpsearch.queue.retries import max_retries, retry_template, retryable
+from hpsearch.queue.retries import max_retries, retry_template, retryable, stale_reason
 from hpsearch.schema import BEAT, BEAT_INTERVAL, FAIL_REASON, RETRY_EXHAUSTED, RETRY_HISTORY
 from hpsearch.storage import heartbeats, optuna_internals
 from hpsearch.storage.backend import mask
@@ -309,7 +309,7 @@ class Reaper:
             if time.monotonic() - self.since <= limit:
                 continue
             number = optuna_internals.storage_of(self.study).get_trial_number_from_id(trial_id)
-            reason = f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); worker presumed dead"
+            reason = stale_reason(age, limit)
             if fail_and_requeue(self.study, trial_id, reason, only_if_stale=limit):
                 n += 1
                 self.out(f"trial {number} had no heartbeat for {age:.0f}s: marked failed (stale) and re-queued")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,6 +22,19 @@ from hpsearch.schema import (
     SYSTEM_RETRY_HISTORY,
     WORKER,
 )
+
+_STALE = re.compile(r"stale: no heartbeat for (\d+(?:\.\d+)?)s")
+
+
+def stale_reason(age: float, limit: float) -> str:
+    """The fail_reason of a trial the reaper failed: how long it had been silent, and the limit."""
+    return f"stale: no heartbeat for {age:.0f}s (limit {limit:.0f}s); worker presumed dead"
+
+
+def stale_silence(reason: str) -> float | None:
+    """How long a reaped trial had been silent, read back from its stale_reason (None: not reaped)."""
+    match = _STALE.match(reason)
+    return float(match.group(1)) if match else None
 
 
 def retryable(reason: str) -> bool:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -24,12 +23,11 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import schema
+from hpsearch.queue.retries import stale_silence
 from hpsearch.report.curves import divergence_reason
 from hpsearch.report.export import state_name
 
 ORDER = ("complete", "pruned", "fail", "running", "waiting")
-# The reaper's fail_reason (hpsearch.queue.faults) says how long the trial had been silent.
-_REAPED = re.compile(r"stale: no heartbeat for (\d+(?:\.\d+)?)s")
 
 
 @dataclass
@@ -62,10 +60,10 @@ def last_alive(trial: Any) -> float:
     its last heartbeat, so the silence before the reaper noticed is not counted as work."""
     end = float(trial.datetime_complete.timestamp())
     if trial.state == TrialState.FAIL:
-        match = _REAPED.match(str(trial.user_attrs.get(schema.FAIL_REASON) or ""))
-        if match:
+        silence = stale_silence(str(trial.user_attrs.get(schema.FAIL_REASON) or ""))
+        if silence is not None:
             start = trial.datetime_start.timestamp() if trial.datetime_start else end
-            return max(start, end - float(match.group(1)))
+            return max(start, end - silence)
     return end
 
 

@@ -13,8 +13,10 @@ hpsearch.worker.stopping.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -199,8 +201,6 @@ def _check_before_claiming(w: Worker) -> None:
 
 def _carried_over(w: Worker) -> None:
     """A worker restarted clean (hpsearch.worker.loop._restart) goes on counting its trials and its --timeout."""
-    import json
-
     raw = os.environ.pop(_CARRY, None)
     if not raw:
         return
@@ -364,7 +364,7 @@ def _run(w: Worker, trial: optuna.Trial) -> list[str]:
         group = claim_mod.claim_group(w.study, trial, k, w.fuse.key)
     w.ctx["fused"] = len(group)
     limit = w.opts.trial_timeout or w.spec.trial_timeout
-    stopping.start_clock(limit, stopping.overrun_grace(limit) if limit else 0.0, lambda lim: _overrun(w, lim))
+    stopping.start_clock(limit, lambda lim: _overrun(w, lim))
     try:
         if len(group) > 1:
             return w.fuse.run_group(w.study, group, w.spec, w.ctx, w.opts, w.out)  # type: ignore[no-any-return]
@@ -393,10 +393,7 @@ _CARRY = "_HPSEARCH_WORKER_CARRY"  # what a restarted worker carries over: its t
 
 def _restart(w: Worker, why: str) -> None:
     """Start this worker again as a fresh process (the same command line), or exit for its launcher."""
-    import json
-    import sys
-
-    w.out(f"worker {w.wid}: {why}; restarting clean ({w.summary.line(w.wid).split(': ', 1)[1]})")
+    w.out(f"worker {w.wid}: {why}; restarting clean after {w.done} trials")
     left = w.my_deadline - time.monotonic() if w.my_deadline else None
     os.environ[_CARRY] = json.dumps({"done": w.done, "timeout_left": left})
     try:

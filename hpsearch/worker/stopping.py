@@ -53,36 +53,42 @@ def restart_reason() -> str | None:
 class _Clock:
     limit: float
     deadline: float  # monotonic
-    timer: threading.Timer | None = None
+    timer: threading.Timer
 
 
-_CLOCK: list[_Clock] = []  # the running trial's (or fused group's) clock, if it has a limit
+_clock: _Clock | None = None  # the running trial's (or fused group's) clock, when it has a limit
 
 
-def start_clock(limit: float | None, grace: float, overrun: Callable[[float], None]) -> None:
+def start_clock(limit: float | None, overrun: Callable[[float], None]) -> None:
     """The running trial's time limit: should_stop() turns True at `limit` seconds, and if the
-    trial has not ended `grace` seconds later (code that ignores should_stop, a hang inside a C
-    call) `overrun(limit)` runs on a watchdog thread: it ends the trial and restarts the worker."""
+    trial has not ended overrun_grace(limit) seconds later (code that ignores should_stop, a hang
+    inside a C call) `overrun(limit)` runs on a watchdog thread: it ends the trial and restarts
+    the worker."""
+    global _clock
     stop_clock()
     if limit is None:
         return
-    clock = _Clock(limit, time.monotonic() + limit)
-    clock.timer = threading.Timer(limit + grace, lambda: _CLOCK and _CLOCK[0] is clock and overrun(limit))
+
+    def fire() -> None:
+        if _clock is clock:  # not a trial that ended meanwhile
+            overrun(limit)
+
+    clock = _Clock(limit, time.monotonic() + limit, threading.Timer(limit + overrun_grace(limit), fire))
     clock.timer.daemon = True
-    _CLOCK.append(clock)
+    _clock = clock
     clock.timer.start()
 
 
 def stop_clock() -> None:
-    while _CLOCK:
-        clock = _CLOCK.pop()
-        if clock.timer is not None:
-            clock.timer.cancel()
+    global _clock
+    if _clock is not None:
+        _clock.timer.cancel()
+    _clock = None
 
 
 def timed_out() -> float | None:
     """The running trial's limit (seconds) once it has passed, else None."""
-    clock = _CLOCK[0] if _CLOCK else None
+    clock = _clock
     return clock.limit if clock is not None and time.monotonic() > clock.deadline else None
 
 

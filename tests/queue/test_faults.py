@@ -194,3 +194,11 @@ def test_one_heartbeat_beats_a_group_until_each_member_is_released(tmp_path: Pat
         beat.release(ids[1])
         beat.release(ids[2])
         assert not beat._thread.is_alive()
+
+
+def test_a_reaped_trials_silence_reads_back_from_its_reason() -> None:
+    from hpsearch.queue.retries import retryable, stale_reason, stale_silence
+
+    reason = stale_reason(47.4, 45.0)
+    assert stale_silence(reason) == 47.0 and retryable(reason)
+    assert stale_silence("preempted: stop requested") is None

@@ -125,3 +125,13 @@ def test_the_stop_timeout_holds_while_the_database_is_down(throwaway_pg: Cluster
         proc.kill()
         throwaway_pg.start()
     assert time.monotonic() - t0 < 2 + stopping.HAND_BACK_WAIT + 15, (tmp_path / "w.log").read_text()
+
+
+def test_a_bad_trial_timeout_flag_is_one_line(journal_url: str) -> None:
+    # A limit past the spec's bound (30 days) used to reach the watchdog's timer, which cannot wait
+    # that long: a traceback on its thread, and no limit at all.
+    for bad in ("1e300", "0", "-5", "inf", "soon"):
+        proc = run_cli("worker", "--study", "s", "--storage", journal_url, "--trial-timeout", bad)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--trial-timeout: must be a number in (0, 2592000]" in lines[0], proc.stderr
