@@ -142,6 +142,24 @@ RDB_PRIVATE_CALLS = ("_get_stale_trial_ids", "_get_trials", "_create_new_trial",
                      "_get_best_trial_id")
 
 
+def rdb_delete_study(rdb: optuna.storages.RDBStorage, study_id: int, lock_rows: Callable[[Any, int], None] | None) -> None:
+    """Optuna's RDBStorage.delete_study, which either deletes the study or raises.
+
+    Optuna's own runs with ignore_integrity_error: when a worker writes a report or an attribute to
+    one of the study's trials between the ORM's loading of the rows and their deletion, the
+    foreign-key check fails and the delete is rolled back without a word (create-study --replace
+    then found the study still there and said "nothing to do"). `lock_rows(session, study_id)`, run first in
+    the same transaction, locks the rows so that no such write can land in between.
+    """
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(rdb.scoped_session) as session:
+        if lock_rows is not None:
+            lock_rows(session, study_id)
+        session.delete(models.StudyModel.find_or_raise_by_id(study_id, session))
+
+
 def check_schema(rdb: optuna.storages.RDBStorage) -> None:
     """Optuna's schema check, one connection at a time.
 

@@ -169,6 +169,11 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         with _storage_errors("storage statement"), self.engine.begin() as conn:
             return int(conn.execute(stmt, params).rowcount)
 
+    def delete_study(self, study_id: int) -> None:
+        # The study's row first (no new trial can then be created in it), then its trials' (no
+        # report, attribute or heartbeat can then be written to them) until the delete commits.
+        optuna_internals.rdb_delete_study(self, study_id, _lock_study_rows if self.lean else None)
+
     # ------------------------------------------------------------ reads
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
@@ -297,3 +302,9 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
             if not isinstance(exc.__cause__, sa.exc.IntegrityError):  # a deleted trial: Optuna ignores it
                 raise
 
+
+def _lock_study_rows(session: Any, study_id: int) -> None:
+    """FOR UPDATE on a study's row and its trials' rows, in the session about to delete them."""
+    params = {"s": study_id}
+    session.execute(sa.text("SELECT study_id FROM studies WHERE study_id = :s FOR UPDATE"), params)
+    session.execute(sa.text("SELECT trial_id FROM trials WHERE study_id = :s ORDER BY trial_id FOR UPDATE"), params)

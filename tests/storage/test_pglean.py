@@ -134,3 +134,41 @@ def test_a_claimed_trial_takes_a_handful_of_statements(pg_session_db: str) -> No
     assert done.state == TrialState.COMPLETE and done.value == x and done.params == {"x": x}
     assert done.intermediate_values == {s: x + s for s in range(5)}
     assert done.user_attrs == {"seed": 1, "worker": "w", "duration_s": 1.0}
+
+
+def test_deleting_a_study_while_a_worker_writes_to_its_trial_deletes_it(pg_url: str) -> None:
+    # Optuna's delete_study ignores integrity errors: a write to one of the study's trials landing
+    # between its loading of the rows and their deletion rolled the delete back without a word, and
+    # `create-study --replace` then said "already exists ... nothing to do" (seen in CI under a
+    # fused worker). A second session holds such a write open across the delete.
+    import threading
+
+    import psycopg2
+
+    lean = open_storage(pg_url, create=True)
+    name = unique("doomed")
+    sid = lean.create_new_study([StudyDirection.MAXIMIZE], name)
+    tid = lean.create_new_trial(sid)
+    worker = psycopg2.connect(pg_url)
+    cur = worker.cursor()
+    cur.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, 'epoch', '1')", (tid,))
+    errors: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            lean.delete_study(sid)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    deleter.join(timeout=2)
+    assert deleter.is_alive()  # waiting for the worker's write, as it must
+    worker.commit()  # the write lands while the delete waits
+    deleter.join(timeout=30)
+    worker.close()
+    assert not deleter.is_alive() and errors == []
+    with pytest.raises(KeyError):
+        lean.get_study_id_from_name(name)
+    with pytest.raises(KeyError):
+        lean.get_trial(tid)
