@@ -129,7 +129,7 @@ def _study_parsers(sub: Any) -> None:
     p.add_argument("spec", help="YAML study spec")
     _storage_arg(p)
     p.add_argument("--name", help="study name (default: the spec's name)")
-    p.add_argument("--sampler", help="override the spec's sampler: grid, random, tpe, qmc")
+    p.add_argument("--sampler", help="override the spec's sampler: grid, random, tpe, qmc, gp, cmaes, nsga2, nsga3")
     p.add_argument("--pruner", help="override the spec's pruner: none, median, percentile, successive_halving, hyperband")
     p.add_argument("--replace", action="store_true", help="delete an existing study of that name and its trials first")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -313,12 +313,14 @@ def _setup_logging() -> None:
 @command("create-study")
 def _create_study(args: argparse.Namespace) -> int:
     from hpsearch.queue import plan as plan_mod
+    from hpsearch.search.samplers import check_sampler_fits
     from hpsearch.spec.loading import load_spec
     from hpsearch.storage.artifacts import artifact_location
     from hpsearch.storage.backend import open_storage, resolve_url
 
     overrides = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
     spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
+    check_sampler_fits(spec, args.spec)  # what the sampler cannot do with this space and budget
     if spec.objective:
         from hpsearch.registry import load_plugin
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import unknown_name_message
 from hpsearch.search.filters import FilteredSampler
+
+if TYPE_CHECKING:
+    from hpsearch.spec.model import StudySpec
 
 
 def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
@@ -34,6 +39,46 @@ def _qmc(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
     return FilteredSampler(optuna.samplers.QMCSampler(seed=seed, **kw))
 
 
+# The learning samplers below are wrapped in FilteredSampler without a window. The filter hides
+# `hpsearch repeat` seeds (fixed parameters the sampler did not choose; GP would fit each as a new
+# observation). A window would break CMA-ES and NSGA-II/III: they keep their state across trials
+# (CMA-ES's pickled optimizer, NSGA's generations and cached parent ids), which a window cuts off.
+
+
+def _gp(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
+    # Optuna's GP already treats running trials as pending points, so parallel workers spread out.
+    return FilteredSampler(optuna.samplers.GPSampler(seed=seed, **kw))
+
+
+def _cmaes(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
+    return FilteredSampler(optuna.samplers.CmaEsSampler(seed=seed, **kw))
+
+
+CROSSOVERS: dict[str, Callable[[], Any]] = {
+    "uniform": optuna.samplers.nsgaii.UniformCrossover,
+    "blxalpha": optuna.samplers.nsgaii.BLXAlphaCrossover,
+    "sbx": optuna.samplers.nsgaii.SBXCrossover,
+    "spx": optuna.samplers.nsgaii.SPXCrossover,
+    "undx": optuna.samplers.nsgaii.UNDXCrossover,
+    "vsbx": optuna.samplers.nsgaii.VSBXCrossover,
+}
+
+
+def _ga_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """The spec names a crossover; Optuna takes an instance."""
+    if "crossover" in kw:
+        kw["crossover"] = CROSSOVERS[kw["crossover"]]()
+    return kw
+
+
+def _nsga2(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
+    return FilteredSampler(optuna.samplers.NSGAIISampler(seed=seed, **_ga_options(kw)))
+
+
+def _nsga3(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
+    return FilteredSampler(optuna.samplers.NSGAIIISampler(seed=seed, **_ga_options(kw)))
+
+
 # Grid points are all enqueued at create-study with fixed parameters; a worker only ever pops
 # them, so its sampler is never asked for a value. RandomSampler is a harmless placeholder.
 SAMPLERS: dict[str, tuple[Callable[..., optuna.samplers.BaseSampler], Any]] = {
@@ -41,8 +86,61 @@ SAMPLERS: dict[str, tuple[Callable[..., optuna.samplers.BaseSampler], Any]] = {
     "random": (_random, optuna.samplers.RandomSampler),
     "tpe": (_tpe, optuna.samplers.TPESampler),
     "qmc": (_qmc, optuna.samplers.QMCSampler),
+    "gp": (_gp, optuna.samplers.GPSampler),
+    "cmaes": (_cmaes, optuna.samplers.CmaEsSampler),
+    "nsga2": (_nsga2, optuna.samplers.NSGAIISampler),
+    "nsga3": (_nsga3, optuna.samplers.NSGAIIISampler),
 }
 EXTRA_OPTIONS = {"tpe": {"window"}}
+# Every sampler but grid fills in parameterless tickets, so its study needs a trial budget.
+BUDGETED_SAMPLERS = frozenset(SAMPLERS) - {"grid"}
+
+
+# ---------------------------------------------------------------- option values
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if _is_int(v) and v >= low else f"must be an integer >= {low}, but got {v!r}"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, but got {v!r}"
+
+
+def _positive(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return None if ok else f"must be a number > 0, but got {v!r}"
+
+
+def _probability(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+    return None if ok else f"must be a number in [0, 1], but got {v!r}"
+
+
+def _mapping(v: Any) -> str | None:
+    return None if isinstance(v, dict) else f"must be a mapping of parameter: value, but got {v!r}"
+
+
+def _crossover(v: Any) -> str | None:
+    return None if v in CROSSOVERS else unknown_name_message("crossover", v, CROSSOVERS)
+
+
+_GA_OPTIONS = {"population_size": _int_at_least(2), "mutation_prob": _probability, "crossover": _crossover,
+               "crossover_prob": _probability, "swapping_prob": _probability}
+# The options a spec may give the newer samplers, each with its check. Optuna's other arguments take
+# Python objects (callables, trials, arrays) a YAML spec cannot hold, or are deprecated
+# (CMA-ES's restart_strategy falls back to none since Optuna 4.4).
+OPTIONS: dict[str, dict[str, Callable[[Any], str | None]]] = {
+    "gp": {"n_startup_trials": _int_at_least(1), "deterministic_objective": _bool},
+    "cmaes": {"n_startup_trials": _int_at_least(1), "sigma0": _positive, "x0": _mapping, "popsize": _int_at_least(2),
+              "use_separable_cma": _bool, "with_margin": _bool, "lr_adapt": _bool, "consider_pruned_trials": _bool},
+    "nsga2": _GA_OPTIONS,
+    "nsga3": {**_GA_OPTIONS, "dividing_parameter": _int_at_least(1)},
+}
 
 
 def _nop(**kw: Any) -> optuna.pruners.BasePruner:
@@ -89,8 +187,11 @@ def _check(kind: str, table: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[
     name = cfg.get("name")
     if name not in table:
         return [(f"{kind}", unknown_name_message(kind, name, table))]
-    accepted = set(inspect.signature(table[name][1]).parameters) - {"self", "seed"}
-    accepted |= EXTRA_OPTIONS.get(name, set())
+    if kind == "sampler" and name in OPTIONS:
+        accepted = set(OPTIONS[name])
+    else:
+        accepted = set(inspect.signature(table[name][1]).parameters) - {"self", "seed"}
+        accepted |= EXTRA_OPTIONS.get(name, set())
     out = []
     for key in cfg:
         if key != "name" and key not in accepted:
@@ -99,7 +200,26 @@ def _check(kind: str, table: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[
 
 
 def check_sampler(cfg: dict[str, Any]) -> list[tuple[str, str]]:
-    return _check("sampler", SAMPLERS, cfg)
+    """Name, option names, option values, then what Optuna's constructor refuses (e.g. a
+    population smaller than its crossover's parents): each as (where, message)."""
+    problems = _check("sampler", SAMPLERS, cfg)
+    if problems:
+        return problems
+    name = cfg["name"]
+    for key, check in OPTIONS.get(name, {}).items():
+        msg = check(cfg[key]) if key in cfg else None
+        if msg:
+            problems.append((f"sampler.{key}", msg))
+    if problems or name not in OPTIONS:
+        return problems
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-argument notices; the worker shows them
+            SAMPLERS[name][0](0, **{k: v for k, v in cfg.items() if k != "name"})
+    except (TypeError, ValueError) as exc:
+        text = str(exc).strip().strip("'\"") or repr(exc)
+        problems.append(("sampler", f"{name}: {text.splitlines()[0]}"))
+    return problems
 
 
 def check_pruner(cfg: dict[str, Any]) -> list[tuple[str, str]]:
@@ -129,3 +249,68 @@ def build_pruner(cfg: dict[str, Any], epochs: int | None = None) -> optuna.prune
         return PRUNERS[cfg["name"]][0](**opts)
     except (TypeError, ValueError) as exc:
         raise HpsearchError(f"pruner {cfg['name']!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------- the sampler against the space
+
+
+def _default_popsize(space: dict[str, Any]) -> int:
+    """CMA-ES's default population, as the cmaes package computes it: 4 + floor(3 ln n)."""
+    n = sum(1 for p in space.values() if not p.is_categorical and p.low != p.high)
+    return 4 + math.floor(3 * math.log(max(n, 1)))
+
+
+def _cmaes_fits(cfg: dict[str, Any], space: dict[str, Any]) -> list[tuple[str, str]]:
+    """CMA-ES samples a fixed vector of numbers: no choices, no conditions, x0 inside the ranges."""
+    out = []
+    for p in space.values():
+        if p.is_categorical:
+            out.append((f"space.{p.name}", "CMA-ES samples numeric ranges only, but this parameter has `choices` "
+                        "(Optuna would sample it at random); fix it under train:, or use sampler gp or tpe"))
+        elif p.when:
+            out.append((f"space.{p.name}", "CMA-ES needs every parameter in every trial, but this one has a "
+                        "`when:` condition (Optuna would sample it at random); use sampler gp or tpe"))
+    if not out and not any(p.low != p.high for p in space.values()):
+        out.append(("space", "CMA-ES needs at least one numeric range to search, but the space has none"))
+    for key, value in (cfg.get("x0") or {}).items():
+        p = space.get(key)
+        if p is None or p.is_categorical:
+            out.append((f"sampler.x0.{key}", f"must name a numeric parameter of the space; known: "
+                        f"{', '.join(sorted(n for n, q in space.items() if not q.is_categorical)) or 'none'}"))
+        elif not (isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high):
+            out.append((f"sampler.x0.{key}", f"must be a number in [{p.low}, {p.high}], but got {value!r}"))
+    return out
+
+
+def _budget_fits(cfg: dict[str, Any], spec: StudySpec) -> list[tuple[str, str]]:
+    """A learning phase the budget never reaches would quietly make the study a random search."""
+    name, budget = cfg["name"], spec.budget_trials
+    if budget is None:
+        return []
+    if name in ("nsga2", "nsga3"):
+        size, key, what = cfg.get("population_size", 50), "population_size", "its first generation"
+    elif name == "cmaes":
+        size, key, what = cfg.get("popsize", _default_popsize(spec.space)), "popsize", "one generation"
+    elif name == "gp":
+        size, key, what = cfg.get("n_startup_trials", 10), "n_startup_trials", "its random start-up trials"
+    else:
+        return []
+    if budget > size:
+        return []
+    return [(f"sampler.{key}", f"must be below the budget (budget.trials={budget}), but got {key}={size}: "
+             f"{name} would never get past {what}, a random search; raise the budget or lower {key}")]
+
+
+def check_sampler_fits(spec: StudySpec, source: str) -> None:
+    """What the spec's sampler cannot do with its space, budget and repeats, as one line (create-study).
+
+    The spec's own validation sees the sampler's options alone; these need the whole spec.
+    """
+    cfg = spec.sampler
+    problems = _cmaes_fits(cfg, spec.space) if cfg["name"] == "cmaes" else []
+    if cfg.get("deterministic_objective") and spec.repeats > 1:
+        problems.append(("sampler.deterministic_objective", f"must be false with repeats={spec.repeats}: each "
+                         "repeat trains with another seed, so one configuration gives different values"))
+    problems += _budget_fits(cfg, spec)
+    if problems:
+        raise HpsearchError(f"{source}: " + "; ".join(f"{where}: {msg}" for where, msg in problems))
