@@ -31,6 +31,7 @@ from rich.table import Table
 
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
+from hpsearch.queue import control
 from hpsearch.queue import study as study_mod
 from hpsearch.report.cost import last_alive
 from hpsearch.storage import bulk as fastread
@@ -81,17 +82,23 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
     per_hour, window_n, window_s = recent_throughput(trials, now, stale)
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
-    # A finished study's clock stops at its last trial's end: nothing is being spent after it.
-    until = max(ends, default=now) if trials and remaining == 0 else now
+    stopped = control.stopped_in(attrs)
+    state = study_state(len(trials), remaining, stopped)
+    # A finished study's clock stops at its last trial's end, and a stopped one's once its running
+    # trials have ended: nothing is being spent after it (a stop before any trial: the stop's time).
+    idle = state == "done" or (state == "stopped" and not counts["running"])
+    until = max(ends, default=created_time(stopped) or now) if idle else now
     active = (now if counts["running"] else max(ends, default=now)) - min(starts, default=now)
     workers, gpu_s = _workers(trials, spec, now, stale)
     return {
         "study": study, "spec": spec, "counts": counts, "n": len(trials), "finished": finished,
+        "state": state, "stopped_at": stopped,
         "elapsed": _elapsed(created, until, active), "active": active,
         "per_hour": per_hour, "window_trials": window_n, "window_s": window_s,
         "plan": plan, "issued": issued, "planned": finished + remaining, "remaining": remaining,
         "upper_bound": more_seeds > 0, "stale": stale,
-        "eta": remaining / per_hour * 3600 if remaining and per_hour > 0 else None,
+        # Stopped: no worker claims anything until `hpsearch resume`, so no time of arrival.
+        "eta": remaining / per_hour * 3600 if remaining and per_hour > 0 and state != "stopped" else None,
         "best": _best_trial(study), "gpu_hours": gpu_s / 3600, "workers": workers, "failures": failure_reasons(trials),
         "retried": sum(1 for t in trials if schema.RETRY_OF in t.user_attrs and t.state != TrialState.WAITING),
     }
@@ -107,6 +114,18 @@ def progress(trials: list[Any], attrs: dict[str, Any], spec: Any) -> tuple[Count
     more_seeds = _seeds_to_come(trials, spec, not_issued)
     remaining = counts["waiting"] + counts["running"] + not_issued + more_seeds
     return counts, finished, plan, issued, remaining, more_seeds
+
+
+def study_state(n_trials: int, remaining: int, stopped: str | None) -> str:
+    """'done' (trials, and nothing waits, runs or remains to be issued), 'stopped' (`hpsearch stop`
+    with work left: workers claim nothing until `hpsearch resume`) or 'active'."""
+    if n_trials and remaining == 0:
+        return "done"
+    return "stopped" if stopped else "active"
+
+
+def resume_hint(name: str) -> str:
+    return f"resume with: hpsearch resume {name}"
 
 
 def _elapsed(created: Any, until: float, active: float) -> float:
@@ -264,6 +283,7 @@ def _summary_table(snap: dict[str, Any]) -> Table:
         table.add_row("search", f"{spec.sampler['name']} sampler, {spec.pruner['name']} pruner, "
                       f"{spec.direction} {spec.metric}, {spec.repeats} seed(s) per configuration")
         table.add_row("plan", _plan_text(snap))
+    table.add_row("state", _state_text(snap))
     stale = f" ({len(snap['stale'])} stale)" if snap["stale"] else ""
     table.add_row("trials", "  ".join(f"{k} {c.get(k, 0)}" + (stale if k == "running" else "") for k in STATES)
                   + f"  (total {snap['n']})")
@@ -283,6 +303,8 @@ def _summary_table(snap: dict[str, Any]) -> Table:
         if c.get("running", 0) <= len(snap["stale"]):
             notes.append("at the recent pace, once a worker runs: none is running now")
         table.add_row("eta", _fmt_time(snap["eta"]) + (f" ({'; '.join(notes)})" if notes else ""))
+    elif snap["state"] == "stopped":
+        table.add_row("eta", f"none while stopped ({resume_hint(study.study_name)})")
     for number, (age, limit) in sorted(snap["stale"].items()):
         table.add_row("stale", f"trial {number}: no heartbeat for {_fmt_time(age)} (limit {limit:.0f}s): its worker "
                       "is presumed dead; a running worker re-queues it")
@@ -305,6 +327,18 @@ def _summary_table(snap: dict[str, Any]) -> Table:
     else:
         table.add_row("best trial", "no complete trial yet")
     return table
+
+
+def _state_text(snap: dict[str, Any]) -> str:
+    if snap["state"] == "done":
+        return "done: nothing waits, runs or remains to be issued"
+    if snap["state"] == "active":
+        return "active: workers claim the trials to go"
+    running = snap["counts"].get("running", 0)
+    ending = f"; its {running} running trial{'s' if running != 1 else ''} finish first" if running else ""
+    return (f"STOPPED since {snap['stopped_at']} (hpsearch stop): workers claim nothing more{ending}; "
+            f"{'at most ' if snap['upper_bound'] else ''}{snap['remaining'] - running} to go stay queued; "
+            f"{resume_hint(snap['study'].study_name)}")
 
 
 def _plan_text(snap: dict[str, Any]) -> str:
@@ -353,6 +387,8 @@ def status_record(snap: dict[str, Any]) -> dict[str, Any]:
     spec, c, best = snap["spec"], snap["counts"], snap["best"]
     return {
         "study": snap["study"].study_name,
+        "state": snap["state"], "stopped_at": snap["stopped_at"],
+        "resume": f"hpsearch resume {snap['study'].study_name}" if snap["state"] == "stopped" else None,
         "metric": spec.metric if spec is not None else "value",
         "direction": snap["study"].direction.name.lower(),
         "trials": {**{k.replace(" ", "_"): c.get(k, 0) for k in STATES}, "stale": len(snap["stale"]),
@@ -409,7 +445,8 @@ def watch(name: str, storage: str | None, interval: float) -> int:
 
 
 def _done(snap: dict[str, Any]) -> bool:
-    return bool(snap["n"]) and snap["remaining"] == 0
+    """Nothing will change: the study is done, or stopped with nothing left running."""
+    return snap["state"] == "done" or (snap["state"] == "stopped" and not snap["counts"].get("running", 0))
 
 
 def list_record(summary: Any, storage: Any) -> dict[str, Any]:
@@ -430,6 +467,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
                                           schema.REPEAT_OF, schema.FAIL_REASON, schema.IS_REPEAT, *METRICS],
                             with_params=single)
     _, finished, _, _, remaining, more_seeds = progress(trials, attrs, spec)
+    stopped = control.stopped_in(attrs)
     best = None
     if single:
         metric = spec.metric if spec is not None else "value"
@@ -443,7 +481,8 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
     if created is None and summary.datetime_start is not None:
         created = summary.datetime_start.timestamp()
     return {
-        "study": summary.study_name, "trials": len(trials), "finished": finished,
+        "study": summary.study_name, "state": study_state(len(trials), remaining, stopped), "stopped_at": stopped,
+        "trials": len(trials), "finished": finished,
         "planned": finished + remaining, "planned_upper_bound": more_seeds > 0,
         # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
         "directions": [d.name.lower() for d in summary.directions],
@@ -465,14 +504,19 @@ def print_list(storage: str | None, as_json: bool = False) -> None:
         console.print(f"no studies in {mask(url)}")
         return
     table = Table(title=f"studies in {mask(url)}")
-    for col in ("study", "trials done/planned", "direction", "best configuration (mean of its seeds)", "created"):
+    for col in ("study", "state", "trials done/planned", "direction", "best configuration (mean of its seeds)",
+                "created"):
         table.add_column(col)
     for r in records:
         bound = "at most " if r["planned_upper_bound"] else ""
         created = datetime.fromisoformat(r["created"]).strftime("%Y-%m-%d %H:%M UTC") if r["created"] else "-"
-        table.add_row(r["study"], f"{r['finished']}/{bound}{r['planned']}", ", ".join(r["directions"]),
+        table.add_row(r["study"], r["state"], f"{r['finished']}/{bound}{r['planned']}", ", ".join(r["directions"]),
                       _best_text(r["best_configuration"]), created)
     console.print(table)
+    for r in records:  # what to type, under the table (a cell would wrap it)
+        if r["state"] == "stopped":
+            console.print(f"{r['study']}: stopped since {r['stopped_at']}; {resume_hint(r['study'])}",
+                          highlight=False, soft_wrap=True)
 
 
 def _best_text(best: dict[str, Any] | None) -> str:

@@ -24,7 +24,11 @@ _last: weakref.WeakKeyDictionary[optuna.Study, tuple[float, bool]] = weakref.Wea
 
 def stopped_at(study: optuna.Study) -> str | None:
     """When the study was stopped (ISO time), or None when it runs; read from the storage now."""
-    attrs = storage_of(study).get_study_user_attrs(study_id(study))
+    return stopped_in(storage_of(study).get_study_user_attrs(study_id(study)))
+
+
+def stopped_in(attrs: dict[str, object]) -> str | None:
+    """When the study whose user attributes these are was stopped, or None (never, or resumed)."""
     value = attrs.get(schema.STOPPED_ATTR)
     return value if isinstance(value, str) and value else None
 
