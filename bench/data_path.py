@@ -44,9 +44,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hpsearch.models import build_model  # noqa: E402
 from hpsearch.training import settings as config  # noqa: E402
 from hpsearch.training.data import loading as data  # noqa: E402
-from hpsearch.training.models import build_model  # noqa: E402
 
 MODELS = {
     "dense": ("dense MLP 784-256-128-10", {"model": "dense", "widths": [256, 128]}),

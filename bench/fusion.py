@@ -10,7 +10,7 @@ longer epochs: run the dense shape with --samples 10000 to see it (--shapes dens
 
 1. Trials per hour for the seed grid's two shapes, the dense MLP 784-256-128-10 and the two-block
    CNN (32-64 conv, 128 fc), SGD and Adam members with dropout 0..0.5 as in studies/mnist-grid.yaml:
-   K trials trained one after another (objective.run, what a worker does without fusion) against
+   K trials trained one after another (trainer.run, what a worker does without fusion) against
    the same K trials fused (hpsearch.worker.fused.run_group). Alone and fused runs alternate for --rounds
    rounds and the fastest round of each counts, so load from other processes on a shared machine
    hits both alike. Ratio = alone time / fused time = trials/hour fused / trials/hour alone.
@@ -87,12 +87,12 @@ def _study(members: list[dict[str, Any]]) -> Any:
 
 
 def time_alone(spec: Any, members: list[dict[str, Any]], device: Any) -> float:
-    from hpsearch.training import objective
+    from hpsearch.training import trainer
 
     study = _study(members)
     t0 = time.perf_counter()
     for _ in members:
-        objective.run(study.ask(), spec, objective.Context(device=device, progress=lambda m: None))
+        trainer.run(study.ask(), spec, trainer.Context(device=device, progress=lambda m: None))
     return time.perf_counter() - t0
 
 
@@ -151,7 +151,7 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
 
     import torch
 
-    from hpsearch.training import objective
+    from hpsearch.training import trainer
     from hpsearch.training.fused_model import FusedModel
     from hpsearch.training.fused_steps import Steps
     from hpsearch.training.optim import build_loss, build_optimizer
@@ -159,9 +159,9 @@ def _step_times(spec: Any, d: Any, k: int, device: Any, segments: int) -> tuple[
     def members() -> list[tuple[Any, Any, Any]]:
         out = []
         for m in _members(k):
-            cfg = objective.resolve_config(spec, {n: v for n, v in m.items() if n != "seed"})
-            objective.seed_everything(m["seed"])
-            model = objective.build_model(cfg, d.input_shape, d.n_classes).to(device)
+            cfg = trainer.resolve_config(spec, {n: v for n, v in m.items() if n != "seed"})
+            trainer.seed_everything(m["seed"])
+            model = trainer.build_model(cfg, d.input_shape, d.n_classes).to(device)
             out.append((model, build_optimizer(model.parameters(), cfg), build_loss(cfg["loss"])))
         return out
 

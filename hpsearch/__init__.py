@@ -6,8 +6,9 @@ and may move between releases. Names load on first use, so `import hpsearch` sta
 worker running a user objective never imports torch unless the objective does.
 
 - specs: `load_spec(path)`, `spec_from_dict(raw)`, `StudySpec`, `SpecError`
-- a user objective: `should_stop()` (True once the worker was asked to stop) and `Preempted`
-  (raise it to hand the trial back; it resumes from its checkpoint elsewhere)
+- a user objective (hpsearch/objective.py): `should_stop()` (True once the worker was asked to
+  stop) and `Preempted` (raise it to hand the trial back; it resumes from its checkpoint
+  elsewhere), `Divergent` (raise it when the loss blew up)
 - registries of the built-in trainer, each a `@REGISTRY.register("name")` decorator and a
   `build`: `MODELS`, `OPTIMIZERS`, `LOSSES`, `SCHEDULES`, `DATASETS` (datasets register with
   `register_dataset(name, options)` and return `Raw`); `reads(*keys)` declares the training
@@ -28,12 +29,13 @@ _PUBLIC = {
     "spec_from_dict": "hpsearch.spec.parse",
     "StudySpec": "hpsearch.spec.model",
     "SpecError": "hpsearch.spec.model",
-    "should_stop": "hpsearch.worker.stopping",
-    "Preempted": "hpsearch.errors",
+    "should_stop": "hpsearch.objective",
+    "Preempted": "hpsearch.objective",
+    "Divergent": "hpsearch.objective",
     "HpsearchError": "hpsearch.errors",
     "StudyNotFound": "hpsearch.errors",
     "StorageUnavailable": "hpsearch.errors",
-    "MODELS": "hpsearch.training.models",
+    "MODELS": "hpsearch.models",
     "OPTIMIZERS": "hpsearch.training.optim",
     "LOSSES": "hpsearch.training.optim",
     "SCHEDULES": "hpsearch.training.optim",

@@ -15,10 +15,3 @@ class StudyNotFound(HpsearchError):
 
 class StorageUnavailable(HpsearchError):
     exit_code = 4
-
-
-class Preempted(Exception):  # noqa: N818 - an event, not an error
-    """The worker was asked to stop (SIGTERM/SIGINT): the trial is handed back and resumed elsewhere.
-
-    User objectives raise it when `hpsearch.should_stop()` turns True.
-    """

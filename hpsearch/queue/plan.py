@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
 from hpsearch.queue.lock import StudyLock, study_key
 from hpsearch.schema import (
@@ -35,7 +36,6 @@ from hpsearch.schema import (
     SEED,
     SPEC_ATTR,
 )
-from hpsearch.spec import space as space_mod
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import atomic, claims, optuna_internals
 from hpsearch.storage.kinds import GRPC, POSTGRES, backend_of

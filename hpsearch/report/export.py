@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import schema
+from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
-from hpsearch.spec import space as space_mod
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -46,7 +46,8 @@ def _value_checks() -> dict[str, Check]:
 
 def name_checks() -> dict[str, Check]:
     """key -> check of one fixed value or choice; "dataset" checks the dataset's name."""
-    from hpsearch.training import models, optim
+    from hpsearch import models
+    from hpsearch.training import optim
     from hpsearch.training.data import registry as data
 
     return {

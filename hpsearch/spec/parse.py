@@ -13,6 +13,7 @@ from typing import Any
 from hpsearch import schema
 from hpsearch.registry import is_plugin_ref
 from hpsearch.search.samplers import check_pruner, check_sampler
+from hpsearch.space import grid_size
 from hpsearch.spec import trainer
 from hpsearch.spec.model import (
     MAX_FUSE,
@@ -26,7 +27,6 @@ from hpsearch.spec.model import (
 )
 from hpsearch.spec.params import check_conditions, parse_space
 from hpsearch.spec.problems import Problems, did_you_mean, is_int, is_num, short
-from hpsearch.spec.space import grid_size
 
 TOP_KEYS = {
     "name", "description", "metric", "direction", "sampler", "pruner", "repeats", "seed",

@@ -1,7 +1,7 @@
 """Every use of Optuna's (and optuna-dashboard's) private names, behind named functions.
 
 hpsearch needs a few things Optuna does not expose: a trial's and a study's storage ids, the
-storage under a study, suggesting from a prebuilt distribution, the cache around an RDB storage
+storage under a study, the cache around an RDB storage
 (unwrapping it, telling it about a claimed trial), the RDB storage's session factory, row building,
 base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup, the gRPC proxy's
 client channel and service.
@@ -44,11 +44,6 @@ def study_id(study: optuna.Study) -> int:
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     """The storage a study was loaded with (Optuna wraps an RDB storage in its cache)."""
     return study._storage
-
-
-def suggest(trial: optuna.trial.BaseTrial, name: str, distribution: optuna.distributions.BaseDistribution) -> Any:
-    """Suggest `name` from a ready-made distribution (what suggest_float/int/categorical build)."""
-    return trial._suggest(name, distribution)  # type: ignore[attr-defined]
 
 
 def study_trials(study: optuna.Study, deepcopy: bool, states: Any, use_cache: bool) -> list[optuna.trial.FrozenTrial]:

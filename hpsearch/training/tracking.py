@@ -389,5 +389,6 @@ def _call_quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 def _is_preempted(exc: BaseException) -> bool:
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return True  # the worker hands such a trial back too
-    objective = sys.modules.get("hpsearch.training.objective")
-    return objective is not None and isinstance(exc, objective.Preempted)
+    from hpsearch.objective import Preempted
+
+    return isinstance(exc, Preempted)

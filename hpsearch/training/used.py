@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpsearch.training.models import MODELS
+from hpsearch.models import MODELS
 from hpsearch.training.optim import OPTIMIZERS, SCHEDULES
 from hpsearch.training.settings import TRAIN_KEYS, TRAINER_READS, declared_reads, setting
 

@@ -6,7 +6,7 @@ Everything else stays per member: learning rate, optimizer (each member keeps it
 optimizer, so momentum, betas, weight decay and schedules are its own), loss, dropout rate, init,
 seed, batch order, augmentation, gradient clipping, patience.
 
-Each member remains its own trial in every respect. objective.start/end_epoch/finish do for it
+Each member remains its own trial in every respect. trainer.start/end_epoch/finish do for it
 exactly what they do for a trial trained alone (per-epoch report and pruning, checkpoint in the
 same format, W&B run, test with its best-validation weights, the same user attrs), and the worker's
 own helpers end it (its heartbeat, hand-back, tell, repeats, checkpoint removal). A member that is
@@ -32,18 +32,18 @@ import optuna
 import torch
 
 from hpsearch import schema
-from hpsearch.errors import HpsearchError, Preempted
+from hpsearch.errors import HpsearchError
+from hpsearch.models import build_model
+from hpsearch.objective import BadResult, Preempted, checked
 from hpsearch.queue.faults import Heartbeat
 from hpsearch.spec.model import MAX_FUSE, StudySpec
 from hpsearch.storage.optuna_internals import trial_id
-from hpsearch.training import objective
+from hpsearch.training import trainer
 from hpsearch.training.data import loading as data_mod
 from hpsearch.training.fused_model import FusedModel, fusable, leaves
 from hpsearch.training.fused_steps import Steps
-from hpsearch.training.models import build_model
 from hpsearch.worker import train
 from hpsearch.worker import trial as trial_mod
-from hpsearch.worker.result import BadResult, checked
 from hpsearch.worker.stopping import CURRENT
 
 # Models whose forward is their layers in order (what FusedModel runs); plugins may branch.
@@ -89,7 +89,7 @@ def fusion_key(spec: StudySpec, params: dict[str, Any], input_shape: tuple[int, 
     """
     if spec.objective is not None:
         return None
-    cfg = objective.resolve_config(spec, params)
+    cfg = trainer.resolve_config(spec, params)
     if cfg.get("model") not in SEQUENTIAL_MODELS:
         return None
     return _key(json.dumps(cfg, sort_keys=True, default=str), json.dumps(spec.dataset, sort_keys=True, default=str),
@@ -138,8 +138,8 @@ class Member:
     trial: optuna.Trial
     timing: Callable[[], dict[str, Any]]
     heartbeat: Heartbeat  # the group's, shared: release()d for this member when it ends
-    ctx: objective.Context | None = None
-    run: objective.TrialRun | None = None
+    ctx: trainer.Context | None = None
+    run: trainer.TrialRun | None = None
     dropout: torch.Generator | None = None
     state: str | None = None  # how it ended: complete, pruned, preempted, failed, divergent, dropped
     epoch: int = 0
@@ -168,7 +168,7 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
             for m in members:
                 m.ctx = train.trainer_context(m.trial, spec, ctx, opts, lambda msg, m=m: out(f"[{m.label}] {msg}"))
                 try:
-                    m.run = objective.start(m.trial, spec, m.ctx)
+                    m.run = trainer.start(m.trial, spec, m.ctx)
                     # Right away: the next member's start() reseeds torch's global generator.
                     m.dropout = _dropout_generator(m.run, ctx["device"])
                 except Exception as exc:  # noqa: BLE001 - this member's configuration: it fails alone
@@ -206,7 +206,7 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
         leaving: list[tuple[Member, BaseException | None]] = []
         for (loss, correct, seen), m in zip(sums, members, strict=True):
             try:
-                stop = objective.end_epoch(m.run, m.epoch, loss, correct, seen, t0)  # type: ignore[arg-type]
+                stop = trainer.end_epoch(m.run, m.epoch, loss, correct, seen, t0)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - pruned, divergent or failed: this member leaves
                 leaving.append((m, exc))
                 continue
@@ -222,7 +222,7 @@ def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dic
         for m, exc in leaving:
             if exc is None:
                 try:
-                    value = objective.finish(m.run)  # type: ignore[arg-type]
+                    value = trainer.finish(m.run)  # type: ignore[arg-type]
                 except Exception as failed:  # noqa: BLE001
                     _end(study, m, spec, ctx, out, exc=failed)
                     continue
@@ -239,7 +239,7 @@ def _launch_bound(device: Any) -> bool:
     return torch.device(device).type != "cpu"
 
 
-def _fused_epoch(net: FusedModel, runs: list[objective.TrialRun], data: data_mod.Data,
+def _fused_epoch(net: FusedModel, runs: list[trainer.TrialRun], data: data_mod.Data,
                  batched_loss: bool = False) -> list[tuple[float, int, int]]:
     """One epoch for every member: each its own batches (its generator), one fused step per batch.
     `batched_loss`: every member's cross-entropy in one call (every member's loss is cross_entropy)."""
@@ -280,7 +280,7 @@ class _Stop(Exception):
     """The worker was asked to stop during a fused epoch: every member is handed back."""
 
 
-def _dropout_generator(r: objective.TrialRun, device: Any) -> torch.Generator:
+def _dropout_generator(r: trainer.TrialRun, device: Any) -> torch.Generator:
     """The generator of the member's dropout masks. On CPU it continues torch's global generator
     from where start() left it (seeded, then drawn by the init or restored from the checkpoint), so
     the masks are those of the trial alone; checkpoints save it as the trial's torch_rng."""

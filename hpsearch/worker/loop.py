@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from hpsearch import schema
+from hpsearch import objective, schema
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import claim as claim_mod
 from hpsearch.queue import control
@@ -45,7 +45,7 @@ from hpsearch.worker.options import Options
 from hpsearch.worker.record import CLASS_COUNTS_STORED
 
 # User objectives of earlier releases import should_stop from here (hpsearch.should_stop is public).
-should_stop = stopping.should_stop
+should_stop = objective.should_stop
 
 __all__ = ["Options", "Summary", "pick_device", "run_worker", "should_stop"]
 

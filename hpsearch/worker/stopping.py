@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hpsearch import objective
 from hpsearch.queue.faults import fail_and_requeue
 from hpsearch.storage.optuna_internals import trial_id
 
@@ -27,10 +28,10 @@ CURRENT: dict[int, Any] = {}
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def should_stop() -> bool:
-    """For user objectives: True once the worker was asked to stop (preemption, Ctrl-C) or the
-    running trial is past its time limit (`trial_timeout`); raise hpsearch.Preempted then."""
-    return STOP.is_set() or timed_out()
+def asked_to_stop() -> bool:
+    """What hpsearch.objective.should_stop() answers in a worker: asked to stop (preemption,
+    Ctrl-C), or the running trial is past its time limit (`trial_timeout`)."""
+    return STOP.is_set() or timed_out() is not None
 
 
 # Why this worker must start clean before its next trial (an out-of-memory error leaves the leak).
@@ -144,3 +145,6 @@ def hard_exit() -> None:
     writer.start()
     writer.join(HAND_BACK_WAIT)
     os._exit(0)
+
+
+objective.stop_when(asked_to_stop)  # a worker process answers should_stop() with its own flag and clock

@@ -17,7 +17,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import schema
-from hpsearch.errors import Preempted, StorageUnavailable
+from hpsearch.errors import StorageUnavailable
+from hpsearch.objective import BadResult, Preempted, checked, is_divergent
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.queue.faults import Heartbeat, fail_and_requeue
@@ -27,7 +28,6 @@ from hpsearch.storage.optuna_internals import storage_of, trial_id
 from hpsearch.worker import stopping
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import how_computed, safe
-from hpsearch.worker.result import BadResult, checked
 from hpsearch.worker.stopping import CURRENT
 from hpsearch.worker.train import objective
 
@@ -146,8 +146,7 @@ def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, label:
         # Whatever leaked stays in this process and would fail every later trial: the worker
         # restarts clean once this one is recorded (hpsearch.worker.loop).
         stopping.restart_after(f"trial {trial.number} ran out of memory")
-    # The built-in trainer's non-finite loss (Divergent) and a non-finite result (BadResult) alike.
-    divergent = type(exc).__name__ == "Divergent" or getattr(exc, "divergent", False) is True
+    divergent = is_divergent(exc)
     safe(trial.set_user_attr, schema.FAIL_REASON, reason)
     safe(trial.set_user_attr, schema.DIVERGENT, divergent)
     safe(trial.set_user_attr, schema.TRACEBACK, "".join(traceback.format_exception(exc))[-4000:])

@@ -15,11 +15,11 @@ from optuna.trial import TrialState
 
 from conftest import run_cli, tiny_spec, unique
 from hpsearch import schema
+from hpsearch import space as space_mod
 from hpsearch.ops import status
 from hpsearch.queue import claim as claim_mod
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
-from hpsearch.spec import space as space_mod
 from hpsearch.spec.parse import parse_spec
 from hpsearch.storage.backend import open_storage
 

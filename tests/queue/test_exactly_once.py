@@ -279,7 +279,7 @@ def test_journal_hand_back_cut_between_its_two_writes_is_requeued(tmp_path: Path
 
 def test_journal_chunk_cut_before_its_count_runs_nothing_twice(tmp_path: Path) -> None:
     """Item 5 on the journal: two plan items enqueued, `issued` not yet advanced."""
-    from hpsearch.spec import space as space_mod
+    from hpsearch import space as space_mod
     from hpsearch.spec.loading import load_spec
 
     name = unique("jchunk")
@@ -296,7 +296,7 @@ def test_journal_chunk_cut_before_its_count_runs_nothing_twice(tmp_path: Path) -
 
 def test_journal_create_cut_after_the_spec_is_finished_by_a_worker(tmp_path: Path) -> None:
     """Item 2 on the journal: spec stored, 3 of 8 plan items enqueued, no ready flag."""
-    from hpsearch.spec import space as space_mod
+    from hpsearch import space as space_mod
     from hpsearch.spec.loading import load_spec
 
     name = unique("jcreate")

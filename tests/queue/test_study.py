@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
-from hpsearch.spec import space
+from hpsearch import space
 from hpsearch.spec.loading import load_spec
 from hpsearch.storage.backend import open_storage
 
@@ -176,7 +176,7 @@ def test_median_pruner_prunes_clearly_bad_configurations(journal_url: str, tmp_p
 
 
 def test_same_parameters_and_seed_give_the_same_metrics(tmp_path: Path) -> None:
-    from hpsearch.training import objective
+    from hpsearch.training import trainer
 
     spec = load_spec(write_spec(tmp_path, tiny_spec("det", space={"lr": {"choices": [0.05]}},
                                                       train={"epochs": 2, "batch_size": 64, "model": "dense",
@@ -186,7 +186,7 @@ def test_same_parameters_and_seed_give_the_same_metrics(tmp_path: Path) -> None:
         study = optuna.create_study(direction="maximize")
         study.enqueue_trial({"lr": 0.05}, user_attrs={"seed": 3})
         trial = study.ask()
-        value = objective.run(trial, spec, objective.Context(device="cpu", progress=lambda m: None))
+        value = trainer.run(trial, spec, trainer.Context(device="cpu", progress=lambda m: None))
         curves.append((value, trial.user_attrs["curve"], trial.user_attrs["test_acc"]))
     strip = [(v, [{k: r[k] for k in r if k != "epoch_time"} for r in c], t) for v, c, t in curves]
     assert strip[0] == strip[1]

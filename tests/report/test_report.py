@@ -20,12 +20,12 @@ from scipy import stats
 from test_report_data import CONFIGS, DISTS, build
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from hpsearch import space as space_mod
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.report.build import ReportOptions, write_report
 from hpsearch.report.export import trials_frame
 from hpsearch.report.stats import summarize
-from hpsearch.spec import space as space_mod
 from hpsearch.storage.backend import open_storage
 
 

@@ -22,6 +22,7 @@ from scipy import stats
 
 from conftest import unique
 from hpsearch import schema
+from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import study as study_mod
 from hpsearch.queue.repeats import queue_repeats
@@ -30,7 +31,6 @@ from hpsearch.report.curves import divergent_runs, under_trained_runs
 from hpsearch.report.export import export, trials_frame
 from hpsearch.report.stats import baselines, best_per_group, mean_ci, summarize
 from hpsearch.report.where import select
-from hpsearch.spec import space as space_mod
 from hpsearch.spec.parse import parse_spec
 from hpsearch.storage.backend import open_storage
 

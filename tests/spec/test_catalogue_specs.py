@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli, start_worker, tiny_spec, unique, write_spec
+from hpsearch import space
 from hpsearch.queue import plan as plan_mod
-from hpsearch.spec import catalog, space
+from hpsearch.spec import catalog
 from hpsearch.spec.loading import load_spec
 from hpsearch.spec.model import SpecError
 from hpsearch.storage.backend import open_storage

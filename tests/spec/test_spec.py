@@ -256,7 +256,7 @@ def test_edges_of_the_accepted_ranges_load(tmp_path: Path, change: dict[str, Any
 
 
 def test_plan_size_is_counted_without_enumerating_conditional_grids() -> None:
-    from hpsearch.spec import space
+    from hpsearch import space
 
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         spec = load_spec(path)

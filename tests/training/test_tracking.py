@@ -170,8 +170,8 @@ DENSE_ADAM = {"model", "optimizer", "loss", "schedule", "epochs", "batch_size", 
 def test_a_cnn_momentum_run_gets_its_own_settings_and_named_layer_norms(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # One real offline run written in this process, for the model/optimizer pair the worker test lacks.
-    from hpsearch.training.models import build_model
-    from hpsearch.training.objective import resolve_config
+    from hpsearch.models import build_model
+    from hpsearch.training.trainer import resolve_config
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     # wandb.init exports its in-process service's address; the worker processes later tests start

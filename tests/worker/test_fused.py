@@ -19,10 +19,11 @@ from conftest import ROOT, cli_env, run_cli, start_worker, tiny_spec, unique, wr
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
+from hpsearch.objective import Divergent
 from hpsearch.spec.model import SpecError
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
-from hpsearch.training import objective
+from hpsearch.training import trainer
 from hpsearch.worker import fused, stopping
 from hpsearch.worker import loop as worker_mod
 
@@ -60,8 +61,8 @@ def _alone(spec: Any, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for _ in members:
         trial = study.ask()
         try:
-            objective.run(trial, spec, objective.Context(device=CPU, progress=lambda m: None))
-        except objective.Divergent:
+            trainer.run(trial, spec, trainer.Context(device=CPU, progress=lambda m: None))
+        except Divergent:
             pass
         out.append(dict(trial.user_attrs))
     return out
@@ -163,7 +164,7 @@ def test_a_fused_checkpoint_resumes_alone_on_the_same_curve(tmp_path: Path) -> N
     assert len(retries) == 3 and all(t.user_attrs["checkpoint_epoch"] == 2 for t in retries)
     for a, _ in zip(alone, retries, strict=True):
         trial = study.ask()
-        objective.run(trial, spec, objective.Context(device=CPU, artifact_store=store, progress=lambda m: None))
+        trainer.run(trial, spec, trainer.Context(device=CPU, artifact_store=store, progress=lambda m: None))
         assert trial.user_attrs["resumed_from_epoch"] == 2
         _assert_same_curve(a, trial.user_attrs)
 

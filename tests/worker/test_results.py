@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 
 from conftest import run_cli, unique, write_spec
 from faultkit import assert_exactly_once
+from hpsearch.objective import BadResult, checked
 from hpsearch.storage.backend import open_storage
-from hpsearch.worker.result import BadResult, checked
 
 # hps_objectives.returns gives back what its `result` parameter names (its RESULTS), or prunes.
 RESULTS = ["ok", "nan", "inf", "-inf", "abc", "none", "tuple"]

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from conftest import tiny_spec, write_spec
-from hpsearch.spec import space
+from hpsearch import space
 from hpsearch.spec.loading import load_spec
 
 

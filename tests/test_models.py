@@ -12,10 +12,10 @@ from settings_alternates import ALTERNATES, read_settings
 from torch import nn
 
 from conftest import ROOT
+from hpsearch import models
 from hpsearch.errors import HpsearchError
-from hpsearch.training import models
+from hpsearch.models import MODELS, build_model
 from hpsearch.training import settings as config
-from hpsearch.training.models import MODELS, build_model
 from hpsearch.training.used import used_config
 
 sys.path.insert(0, str(ROOT / "tests" / "plugins"))

@@ -1,4 +1,9 @@
-"""Spec parameters -> trial.suggest_*, grid enumeration, conditional parameters, config ids."""
+"""The search space: spec parameters -> trial.suggest_*, grid enumeration, conditions, config ids.
+
+`suggest(trial, spec.space)` is what both the built-in trainer and a user objective's trial go
+through first: every active parameter through Optuna's public suggest_float/suggest_int/
+suggest_categorical, in an order where a condition's parameter comes before the ones it gates.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,8 @@ import sys
 from typing import Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 
 from hpsearch.spec.model import Param, StudySpec
-from hpsearch.storage.optuna_internals import suggest as suggest_from
 
 GRID_LIMIT = 1_000_000
 
@@ -42,22 +40,23 @@ def active(p: Param, params: dict[str, Any]) -> bool:
     return all(other in params and params[other] in values for other, values in p.when.items())
 
 
-def distribution(p: Param) -> BaseDistribution:
-    if p.is_categorical:
-        return CategoricalDistribution(p.choices)  # type: ignore[arg-type]
-    if p.is_int:
-        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))  # type: ignore[arg-type]
-    return FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)  # type: ignore[arg-type]
-
-
 def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Param]) -> dict[str, Any]:
     """Suggest every active parameter; inactive conditional ones are simply absent."""
     params: dict[str, Any] = {}
     for p in ordered(space):
         if not active(p, params):
             continue
-        params[p.name] = suggest_from(trial, p.name, distribution(p))
+        params[p.name] = suggest_one(trial, p)
     return params
+
+
+def suggest_one(trial: optuna.trial.BaseTrial, p: Param) -> Any:
+    """One parameter through Optuna's public suggest_categorical/suggest_int/suggest_float."""
+    if p.is_categorical:
+        return trial.suggest_categorical(p.name, p.choices)  # type: ignore[arg-type]
+    if p.is_int:
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)  # type: ignore[arg-type]
+    return trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)  # type: ignore[arg-type]
 
 
 def values(p: Param) -> list[Any]:

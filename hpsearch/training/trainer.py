@@ -1,4 +1,6 @@
-"""One trial of the built-in trainer: set up, (resume,) train epoch by epoch, test.
+"""The built-in trainer: one trial set up, (resumed,) trained epoch by epoch, tested.
+
+What runs when a spec names no `objective:` (hpsearch.objective.run picks it).
 
 Reads top to bottom: start() resolves the configuration, seeds, builds data/model/optimizer and
 restores the last checkpoint if this trial is a retry; then train_epoch()/end_epoch() per epoch
@@ -21,19 +23,15 @@ import optuna
 import torch
 
 from hpsearch import schema
-from hpsearch.errors import Preempted
+from hpsearch import space as space_mod
+from hpsearch.models import build_model, count_parameters
+from hpsearch.objective import Divergent, Preempted, checked
 from hpsearch.queue.study import set_user_attrs
-from hpsearch.spec import space as space_mod
 from hpsearch.spec.model import StudySpec
 from hpsearch.training import settings
 from hpsearch.training.checkpoints import load_checkpoint, save_checkpoint, snapshot
 from hpsearch.training.data import loading as data_mod
-from hpsearch.training.models import build_model, count_parameters
 from hpsearch.training.optim import build_loss, build_optimizer, build_schedule
-
-
-class Divergent(Exception):
-    """The loss became NaN or infinite: recorded as a failed, divergent trial."""
 
 
 @dataclass
@@ -87,6 +85,20 @@ def evaluate(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, 
 
 
 def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
+    """Train one trial alone; its W&B run (ctx.tracker) ends with it, failed or complete."""
+    try:
+        # Checked here, so a bad result ends the W&B run as failed, not complete.
+        value = checked(_train(trial, spec, ctx), spec.metric)
+    except BaseException as exc:
+        if ctx.tracker is not None:
+            ctx.tracker.finish_error(exc)
+        raise
+    if ctx.tracker is not None:
+        ctx.tracker.finish("complete")
+    return value
+
+
+def _train(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     r = start(trial, spec, ctx)
     for epoch in range(r.start_epoch + 1, r.epochs + 1):
         t0 = time.monotonic()

@@ -1,0 +1,153 @@
+"""The objective a user implements, and what runs a trial's objective.
+
+A study's own objective is named in its spec as `objective: package.module:function` and is
+called once per trial as
+
+    def objective(trial: optuna.Trial, spec: dict) -> float
+
+with the trial's search space already suggested (read `trial.params`, or suggest more) and the
+resolved spec as a plain dict (`spec["train"]` holds the fixed settings). It returns the value of
+the spec's `metric`, a finite number. While it runs:
+
+- `should_stop()` turns True when the worker is asked to stop (SIGTERM, Ctrl-C, a cluster's
+  pre-emption warning) or the trial passes its `trial_timeout`; raise `Preempted` then and the
+  trial is handed back and resumed elsewhere (or, past its time limit, ends failed);
+- raise `Divergent` when training blew up (a NaN loss): the trial fails marked divergent, as a
+  returned NaN or infinity does; any other exception fails it with the exception as its reason.
+
+Without `objective:`, the built-in trainer (hpsearch.training.trainer) trains the trial: `run`
+below is the one place that picks between the two. This module imports neither torch nor
+optuna, so a user objective's process pays for neither unless the objective does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.redact import mask
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpsearch.spec.model import StudySpec
+
+Objective = Callable[["optuna.Trial", dict[str, Any]], float]  # what `objective:` names
+
+
+class Preempted(Exception):  # noqa: N818 - an event, not an error
+    """The worker was asked to stop (SIGTERM/SIGINT): the trial is handed back and resumed elsewhere.
+
+    User objectives raise it when `should_stop()` turns True.
+    """
+
+
+class Divergent(Exception):  # noqa: N818 - named for the trial it marks
+    """The loss became NaN or infinite: recorded as a failed, divergent trial."""
+
+
+class BadResult(Exception):  # noqa: N818 - named for what the trial records: its result was bad
+    """The objective's result is not a finite number; its message is the trial's fail_reason."""
+
+    def __init__(self, message: str, divergent: bool) -> None:
+        super().__init__(message)
+        self.divergent = divergent
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def _never() -> bool:
+    return False
+
+
+_stop_check: list[Callable[[], bool]] = [_never]  # the worker's, once it installs one
+
+
+def should_stop() -> bool:
+    """True once the worker was asked to stop (preemption, Ctrl-C) or the running trial is past its
+    time limit (`trial_timeout`); raise Preempted then. Outside a worker: always False."""
+    return bool(_stop_check[0]())
+
+
+def stop_when(check: Callable[[], bool]) -> None:
+    """What should_stop() asks: the worker installs its stop flag and time limit here."""
+    _stop_check[0] = check
+
+
+def is_divergent(exc: BaseException) -> bool:
+    """The built-in trainer's non-finite loss (Divergent) and a non-finite result (BadResult) alike."""
+    return isinstance(exc, Divergent) or getattr(exc, "divergent", False) is True
+
+
+# ---------------------------------------------------------------- the result
+
+
+def checked(value: Any, metric: str) -> float:
+    """`value` as a float, or BadResult: only a finite number is a result.
+
+    Optuna stores NaN as a FAIL without a reason and +-inf as COMPLETE (so -inf would be the best
+    value of a minimised metric): a non-finite number ends the trial as a diverged loss does, and
+    anything else (a string, None, a tuple where one value is expected) is a bug in the objective.
+    """
+    if value is None or isinstance(value, (str, bytes, bool, tuple, list, dict, set)) or not hasattr(
+            value, "__float__"):
+        raise BadResult(_message(metric, value), divergent=False)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # e.g. a tensor of several values
+        raise BadResult(_message(metric, value), divergent=False) from None
+    if not math.isfinite(number):
+        raise BadResult(f"the objective's result must be a finite number, but got {metric}={number} "
+                        "(diverged?)", divergent=True)
+    return number
+
+
+def _message(metric: str, value: Any) -> str:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    kind = type(value).__name__
+    if isinstance(value, (tuple, list)):
+        kind += ": one value is expected"
+    return mask(f"the objective's result must be a finite number, but got {metric}={shown} ({kind})")
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def load(spec: StudySpec) -> Objective | None:
+    """The study's own objective, imported (one line if it does not import); None: the built-in trainer."""
+    if spec.objective is None:
+        return None
+    from hpsearch.registry import load_plugin
+
+    return load_plugin(spec.objective, "objective")
+
+
+def run(trial: optuna.Trial, spec: StudySpec, trainer_context: Callable[[], Any]) -> float:
+    """The trial's value, checked: the study's own objective, else the built-in trainer with the
+    context `trainer_context()` builds (device, checkpoints, W&B run; made only when it is needed)."""
+    fn = load(spec)
+    if fn is None:
+        from hpsearch.training import trainer
+
+        return trainer.run(trial, spec, trainer_context())
+    return checked(fn(trial, _suggested(trial, spec)), spec.metric)
+
+
+def _suggested(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Suggest the spec's space and record the trial's configuration; the spec as the objective gets it.
+
+    The space is suggested here, so grid points, conditions and samplers work the same for user
+    objectives; they read trial.params (or suggest more of their own)."""
+    from hpsearch import schema
+    from hpsearch import space as space_mod
+    from hpsearch.queue.study import set_user_attrs
+
+    params = space_mod.suggest(trial, spec.space)
+    seed = trial.user_attrs.get(schema.SEED, spec.seed)
+    # "seed" inside the config is the training setting (the config is what the trainer resolved).
+    set_user_attrs(trial, {schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params),
+                           schema.CONFIG: {**spec.train, **params, "seed": seed}})
+    return spec.to_dict()
