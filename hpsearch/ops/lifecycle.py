@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import schema
+from hpsearch.errors import HpsearchError
 from hpsearch.queue import control
 from hpsearch.queue import study as study_mod
 from hpsearch.storage.optuna_internals import storage_of
@@ -71,9 +72,12 @@ def _remove_checkpoints(study: optuna.Study, url: str) -> int:
 
     ids = [t.user_attrs.get(schema.CHECKPOINT) for t in study.get_trials(deepcopy=False)]
     ids = [i for i in ids if isinstance(i, str) and i]
-    if not ids:
-        return 0
-    store: Any = artifact_store(url, study.user_attrs.get(schema.ARTIFACTS_ATTR), study=study.study_name)
+    try:
+        store: Any = artifact_store(url, study.user_attrs.get(schema.ARTIFACTS_ATTR), study=study.study_name)
+    except HpsearchError:
+        if not ids:  # S3 without boto3, and nothing there to remove: no reason to stop the delete
+            return 0
+        raise
     removed = 0
     for artifact_id in ids:
         try:
@@ -85,4 +89,6 @@ def _remove_checkpoints(study: optuna.Study, url: str) -> int:
             log.warning("checkpoint %s not removed (%s); the study is deleted all the same", artifact_id,
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             break
+    if hasattr(store, "drop_if_empty"):  # a directory: the study's folder goes with its last checkpoint
+        store.drop_if_empty()
     return removed

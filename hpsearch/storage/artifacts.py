@@ -1,4 +1,10 @@
-"""Where checkpoints go: a directory (shared across machines on a cluster) or S3."""
+"""Where checkpoints go: a directory (shared across machines on a cluster) or S3, one folder per study.
+
+A study's checkpoints live under ROOT/STUDY/ID on a directory, as under PREFIX/STUDY/ID on S3: two
+studies sharing a location never meet, and a study's checkpoints are found (and deleted) by its
+name. Checkpoints written before that layout (ROOT/ID) are still read and removed, so a study
+created earlier resumes its trials as before.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +40,9 @@ def artifact_store(url: str | None = None, recorded: str | None = None, study: s
     """Checkpoints: a directory (shared across machines on a cluster) or S3.
 
     HPSEARCH_ARTIFACTS wins, then the location the study recorded at create-study (`recorded`),
-    then the default beside the journal (./.hpsearch/artifacts for database storages). On S3 the
-    keys are PREFIX/STUDY/ID: a bucket shared by teams is scoped by prefix, and a study's
-    checkpoints are found (and deleted) by its name.
+    then the default beside the journal (./.hpsearch/artifacts for database storages). Given a
+    `study`, its checkpoints go in the study's own folder: ROOT/STUDY on a directory, PREFIX/STUDY on
+    S3 (a bucket shared by teams is scoped by prefix). Without one (the dashboard's uploads): ROOT.
     """
     from optuna.artifacts import FileSystemArtifactStore
 
@@ -49,7 +55,14 @@ def artifact_store(url: str | None = None, recorded: str | None = None, study: s
         # A checkpoint is an optimisation: trials run without one (each says so once).
         log.warning("artifacts directory %s cannot be created (%s); trials run without checkpoints",
                     target, exc.strerror or exc)
-    return FileSystemArtifactStore(target)
+    return StudyDirStore(target, study) if study else FileSystemArtifactStore(target)
+
+
+def study_segment(study: str) -> str:
+    """The study's name as one path segment or key segment, whatever it holds ('/' included)."""
+    segment = quote(study, safe="")
+    # '.' and '..' are the only names quote() leaves meaning something else in a path.
+    return segment.replace(".", "%2E") if not segment.strip(".") else segment
 
 
 def _s3_store(target: str, study: str | None = None) -> Any:
@@ -62,7 +75,7 @@ def _s3_store(target: str, study: str | None = None) -> Any:
     if not bucket:
         raise HpsearchError(f"HPSEARCH_ARTIFACTS must be s3://BUCKET[/PREFIX], but got {target=}")
     # The study's name is one key segment whatever it holds ('/' included), so names never collide.
-    parts = [p for p in prefix.split("/") if p] + ([quote(study, safe="")] if study else [])
+    parts = [p for p in prefix.split("/") if p] + ([study_segment(study)] if study else [])
     # AWS_ENDPOINT_URL selects an S3-compatible server (MinIO, Ceph, moto); boto3 reads
     # credentials and region the usual way (environment, ~/.aws).
     client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
@@ -91,3 +104,49 @@ class PrefixedS3Store:
 
     def remove(self, artifact_id: str) -> None:
         self._inner.remove(self.key(artifact_id))
+
+
+class StudyDirStore:
+    """Optuna's FileSystemArtifactStore in the study's folder ROOT/STUDY (S3: PrefixedS3Store).
+
+    The folder is made by the first write, so a full or read-only disk fails that write (said
+    once by the trainer) rather than the worker's start. A checkpoint not in the folder is looked
+    for at ROOT, where checkpoints were written before studies had a folder: a trial of such a
+    study still resumes from it (its id, held by the trial, names no other study's file).
+    """
+
+    def __init__(self, root: str | Path, study: str) -> None:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        self.root = Path(root)
+        self.path = self.root / study_segment(study)
+        self._inner = FileSystemArtifactStore(self.path)
+        self._legacy = FileSystemArtifactStore(self.root)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            return self._inner.open_reader(artifact_id)
+        except ArtifactNotFound:
+            return self._legacy.open_reader(artifact_id)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._inner.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            self._inner.remove(artifact_id)
+        except ArtifactNotFound:
+            self._legacy.remove(artifact_id)
+
+    def drop_if_empty(self) -> None:
+        """Remove the study's folder once nothing is left in it (`hpsearch delete`). A file written
+        in it meanwhile (a worker of a same-named study of another storage) keeps it."""
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass

@@ -74,7 +74,13 @@ def save_checkpoint(ctx: Saving, trial: optuna.Trial, model: torch.nn.Module, op
                    state["epoch"], where, _why(exc),
                    f"epoch {trial.user_attrs.get(CHECKPOINT_EPOCH)}" if previous else "scratch")
         return
-    set_user_attrs(trial, {CHECKPOINT: artifact_id, CHECKPOINT_EPOCH: state["epoch"]})
+    try:
+        set_user_attrs(trial, {CHECKPOINT: artifact_id, CHECKPOINT_EPOCH: state["epoch"]})
+    except BaseException:
+        # The trial cannot name it (its study was deleted or replaced under the worker, the storage
+        # is gone): nothing would find it, and it would lie in the study's folder for good.
+        _remove(ctx.artifact_store, artifact_id, quiet=True)
+        raise
     # Only the newest checkpoint is needed to resume; older ones would fill the disk.
     if previous and previous != artifact_id:
         _remove(ctx.artifact_store, previous)
@@ -120,7 +126,9 @@ def discard_checkpoint(artifact_store: Any, trial_user_attrs: dict[str, Any]) ->
 
 
 def describe_store(store: Any) -> str:
-    """The store's place for messages: a directory or s3://bucket."""
+    """The store's place for messages: a directory (the study's folder) or s3://bucket/prefix."""
+    if isinstance(getattr(store, "path", None), Path):  # hpsearch.storage.artifacts.StudyDirStore
+        return str(store.path)
     path = file_store_path(store)
     if path is not None:
         return path

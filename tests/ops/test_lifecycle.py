@@ -84,8 +84,8 @@ def test_delete_removes_the_study_its_trials_and_its_checkpoints(journal_url: st
     tail.wait_for("[trial 0] epoch 3/8")
     victim.send_signal(signal.SIGKILL)  # its trial keeps its checkpoint (a retry would resume from it)
     victim.wait()
-    artifacts = tmp_path / "artifacts"  # beside the journal
-    assert [p.name for p in artifacts.iterdir() if p.name.startswith("checkpoint-")], list(artifacts.iterdir())
+    artifacts = tmp_path / "artifacts"  # beside the journal, in the study's own folder
+    assert [p.name for p in (artifacts / name).iterdir() if p.name.startswith("checkpoint-")], list(artifacts.rglob("*"))
 
     refused = _delete(name, "--storage", journal_url)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
@@ -95,7 +95,7 @@ def test_delete_removes_the_study_its_trials_and_its_checkpoints(journal_url: st
     done = _delete(name, "--storage", journal_url, "--yes")
     assert done.returncode == 0, done.stderr
     assert f"deleted study {name!r} (1 trials, 1 checkpoint removed)" in done.stdout, done.stdout
-    assert not [p for p in artifacts.iterdir() if p.name.startswith("checkpoint-")]
+    assert not (artifacts / name).exists() and not list(artifacts.iterdir())  # the study's folder goes too
     with pytest.raises(KeyError):
         _load(name, journal_url)
 
