@@ -1,0 +1,133 @@
+"""GP, CMA-ES and NSGA-II/III (issue 23): each runs a study with two real workers on PostgreSQL and
+on the journal, every planned (configuration, seed) exactly once, the sampler really learning, repeat
+seeds never sampled and fused; what cannot work is refused at create-study in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli, start_worker, tiny_spec, unique, write_spec
+from faultkit import assert_exactly_once
+from hpsearch.storage.backend import open_storage
+
+BUDGET, REPEATS = 12, 2
+NUMERIC = {
+    "lr": {"low": 1.0e-3, "high": 0.3, "log": True},
+    "dropout": {"low": 0.0, "high": 0.5},
+    "weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+}
+# Small populations and start-ups, so a 12-trial study gets past the random start.
+SAMPLERS = {
+    "gp": {"name": "gp", "n_startup_trials": 4},
+    "cmaes": {"name": "cmaes", "popsize": 4},
+    "nsga2": {"name": "nsga2", "population_size": 4},
+    "nsga3": {"name": "nsga3", "population_size": 4},
+}
+# What each sampler writes on a trial it chose from what it learned (not at random).
+LEARNED_MARK = {
+    "gp": lambda t: "gp:relative_params:0" in t.system_attrs,
+    "cmaes": lambda t: t.system_attrs.get("cma:generation", 0) >= 1,
+    "nsga2": lambda t: t.system_attrs.get("NSGAIISampler:generation", 0) >= 1,
+    "nsga3": lambda t: t.system_attrs.get("NSGAIIISampler:generation", 0) >= 1,
+}
+SAMPLED_MARK = ("gp:relative_params:0", "cma:generation", "NSGAIISampler:generation", "NSGAIIISampler:generation")
+
+
+def numeric_spec(name: str, sampler: Any, **over: Any) -> dict[str, Any]:
+    """A numeric space (CMA-ES applies) whose configurations all fuse (no searched shape)."""
+    train = {"epochs": 1, "batch_size": 128, "model": "dense", "hidden_size": 16, "hidden_layers": 1,
+             "optimizer": "adam"}
+    return tiny_spec(name, **{"sampler": sampler, "budget": BUDGET, "repeats": REPEATS, "train": train,
+                              "space": dict(NUMERIC), **over})
+
+
+@pytest.mark.parametrize("storage", ["pg_url", "journal_url"])
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_two_workers_run_every_planned_trial_once(sampler: str, storage: str, request: pytest.FixtureRequest,
+                                                  tmp_path: Path) -> None:
+    url = request.getfixturevalue(storage)
+    name = unique(sampler)
+    run_cli("create-study", str(write_spec(tmp_path, numeric_spec(name, SAMPLERS[sampler]))), "--storage", url,
+            check=True)
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    workers = [start_worker(name, url, "--device", "cpu", "--fuse", "4", log=log) for log in logs]
+    for w, log in zip(workers, logs, strict=True):
+        assert w.wait(timeout=600) == 0, log.read_text()
+        assert "Traceback" not in log.read_text(), log.read_text()
+        assert f"({sampler}," in log.read_text()
+
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    assert_exactly_once(study, BUDGET * REPEATS)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    sampled = [t for t in done if t.user_attrs.get("repeat_of") is None]
+    repeats = [t for t in done if t.user_attrs.get("repeat_of") is not None]
+    assert len(sampled) == BUDGET and len(repeats) == BUDGET * (REPEATS - 1)
+    # The sampler learned: some configurations came from its model, not its random start.
+    assert any(LEARNED_MARK[sampler](t) for t in sampled), [t.system_attrs for t in sampled]
+    # A repeat seed trains its configuration's parameters; the sampler was never asked for it.
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for t in repeats:
+        assert t.params == by_number[t.user_attrs["repeat_of"]].params
+        assert not any(key in t.system_attrs for key in SAMPLED_MARK), t.system_attrs
+    # Sampled tickets train alone (their parameters exist only once claimed); repeat seeds fuse.
+    assert {t.user_attrs.get("fused_group") for t in sampled} == {1}
+    assert max(t.user_attrs.get("fused_group", 1) for t in repeats) > 1
+
+
+def _nested(name: str) -> dict[str, Any]:
+    space = {"lr": NUMERIC["lr"], "hidden_layers": {"low": 1, "high": 2},
+             "momentum": {"low": 0.5, "high": 0.9, "when": {"hidden_layers": [2]}}}
+    spec = numeric_spec(name, "cmaes")
+    del spec["train"]["hidden_layers"]  # searched here
+    return {**spec, "space": space}
+
+
+REFUSED = [
+    # (id, spec, --sampler, the line's gist)
+    ("cmaes-categorical", lambda n: {**numeric_spec(n, "random"), "space": {**NUMERIC, "lr": {"choices": [0.1, 0.01]}}},
+     "cmaes", "space.lr: CMA-ES samples numeric ranges only"),
+    ("cmaes-conditional", _nested, None, "space.momentum: CMA-ES needs every parameter in every trial"),
+    ("cmaes-x0-outside", lambda n: numeric_spec(n, {"name": "cmaes", "x0": {"lr": 5}}), None,
+     "sampler.x0.lr: must be a number in [0.001, 0.3], but got 5"),
+    ("unknown-option", lambda n: numeric_spec(n, {"name": "gp", "n_startup": 3}), None,
+     "sampler.n_startup: is not an option of sampler 'gp'; known: deterministic_objective, n_startup_trials"),
+    ("bad-value", lambda n: numeric_spec(n, {"name": "cmaes", "sigma0": -1}), None,
+     "sampler.sigma0: must be a number > 0, but got -1"),
+    ("bad-crossover", lambda n: numeric_spec(n, {"name": "nsga2", "crossover": "sbxx"}), None,
+     "crossover 'sbxx' is not registered"),
+    ("optuna-refuses", lambda n: numeric_spec(n, {"name": "nsga3", "population_size": 2, "crossover": "undx"}), None,
+     "population size should be greater than or equal to 3"),
+    ("population-over-budget", lambda n: numeric_spec(n, "nsga2"), None,
+     "sampler.population_size: must be below the budget (budget.trials=12), but got population_size=50"),
+    ("gp-deterministic-repeats", lambda n: numeric_spec(n, {"name": "gp", "deterministic_objective": True,
+                                                            "n_startup_trials": 4}), None,
+     "sampler.deterministic_objective: must be false with repeats=2"),
+]
+
+
+@pytest.mark.parametrize(("case", "make", "override", "gist"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_what_cannot_work_is_refused_in_one_line(case: str, make: Any, override: str | None, gist: str,
+                                                 journal_url: str, tmp_path: Path) -> None:
+    name = unique(case)
+    path = write_spec(tmp_path, make(name))
+    proc = run_cli("create-study", str(path), "--storage", journal_url, *(["--sampler", override] if override else []))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and gist in lines[0], proc.stderr
+    assert str(path) in lines[0] and "Traceback" not in proc.stderr + proc.stdout
+    assert "created study" not in proc.stdout
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_the_same_sampler_on_the_command_line_is_accepted(sampler: str, journal_url: str, tmp_path: Path) -> None:
+    """The valid half: `--sampler NAME` with its defaults on a numeric space and a budget that fits."""
+    name = unique(sampler)
+    spec = numeric_spec(name, "random", budget=60, repeats=1)
+    proc = run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, "--sampler", sampler)
+    assert proc.returncode == 0, proc.stderr
+    assert f"created study {name!r} ({sampler}," in proc.stdout
