@@ -3,7 +3,7 @@
 hpsearch needs a few things Optuna does not expose: a trial's and a study's storage ids, the
 storage under a study, the cache around an RDB storage
 (unwrapping it, telling it about a claimed trial), the RDB storage's session factory, row building,
-base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup, the gRPC proxy's
+base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup and notes, the gRPC proxy's
 client channel and service.
 They are reached here and nowhere else, so a new Optuna release is checked against one file, and
 the version is checked when hpsearch first touches storage: a different Optuna stops with one
@@ -233,3 +233,24 @@ def add_grpc_storage_service(server: Any, storage: optuna.storages.BaseStorage) 
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+
+
+# --- optuna-dashboard's notes ------------------------------------------------------------------
+
+
+def dashboard_note(system_attrs: dict[str, Any], trial_id: int | None) -> tuple[int, str]:
+    """(version, Markdown body) of optuna-dashboard's note on the study (trial_id None) or one of its
+    trials, from the study's system attributes (where the dashboard keeps every note)."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    note = get_note_from_system_attrs(system_attrs, trial_id)
+    return int(note["version"]), str(note["body"])
+
+
+def save_dashboard_note(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int | None,
+                        version: int, body: str) -> None:
+    """Write the note as the dashboard's own editor does: `version` must be the stored one + 1, so
+    an editor left open on the older version is told of the conflict instead of overwriting it."""
+    from optuna_dashboard._note import save_note_with_version
+
+    save_note_with_version(storage, study_id, trial_id, version, body)
