@@ -254,3 +254,11 @@ def save_dashboard_note(storage: optuna.storages.BaseStorage, study_id: int, tri
     from optuna_dashboard._note import save_note_with_version
 
     save_note_with_version(storage, study_id, trial_id, version, body)
+
+
+def dashboard_plot(system_attrs: dict[str, Any], graph_object_id: str) -> str | None:
+    """The JSON of a Plotly figure saved with optuna_dashboard.save_plotly_graph_object under that
+    id (shown on the study's top page), or None."""
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    return get_plotly_graph_objects(system_attrs).get(graph_object_id)
