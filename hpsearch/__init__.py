@@ -12,7 +12,8 @@ worker running a user objective never imports torch unless the objective does.
 - registries of the built-in trainer, each a `@REGISTRY.register("name")` decorator and a
   `build`: `MODELS`, `OPTIMIZERS`, `LOSSES`, `SCHEDULES`, `DATASETS` (datasets register with
   `register_dataset(name, options)` and return `Raw`); `reads(*keys)` declares the training
-  settings a model or optimizer builder reads
+  settings a model or optimizer builder reads. A spec's `plugins: [mypkg.models]` imports such a
+  module at create-study and in every worker, so its names work there (README: "Add your own")
 - storage for scripts: `open_storage(url)` (None: $HPSEARCH_STORAGE or the embedded default)
 - errors: `HpsearchError` (the one user-facing error type), `StudyNotFound`, `StorageUnavailable`
 """

@@ -50,6 +50,15 @@ def load_plugin(ref: str, kind: str = "plugin") -> Callable[..., Any]:
     return obj
 
 
+def import_plugin(module_name: str) -> None:
+    """Import a plugin module, so its `@MODELS.register(...)` (optimizers', datasets') lines run here."""
+    try:
+        importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - user code: a SyntaxError or a failing import line too
+        raise HpsearchError(f"cannot import plugin module {module_name!r} here (install its package, or put its "
+                            f"folder on PYTHONPATH): {_one_line(exc)}") from None
+
+
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

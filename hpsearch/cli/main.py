@@ -158,6 +158,13 @@ def _reading_parsers(sub: Any) -> None:
     _storage_arg(p)
     p.add_argument("--json", action="store_true", help="print the studies as JSON (keys in the README)")
 
+    p = sub.add_parser("catalog", help="what a spec can name: models, optimizers, datasets, losses, schedules, "
+                       "activations, samplers, pruners")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first, as a spec's `plugins:` does, and list what it registers too "
+                   "(repeatable)")
+    p.add_argument("--json", action="store_true", help="print {kind: [names]} as JSON")
+
 
 def _launch_parser(sub: Any) -> None:
     p = sub.add_parser("launch", help="start workers: local processes, or a SLURM/PBS job array")
@@ -380,6 +387,26 @@ def _list(args: argparse.Namespace) -> int:
     from hpsearch.ops import status
 
     status.print_list(args.storage, as_json=args.json)
+    return 0
+
+
+@command("catalog")
+def _catalog(args: argparse.Namespace) -> int:
+    import json
+
+    from hpsearch.registry import import_plugin
+    from hpsearch.spec.catalog import PLUGGABLE, catalogue
+
+    for module in args.plugin:
+        import_plugin(module)
+    names = catalogue()
+    if args.json:
+        print(json.dumps(names, indent=2))
+        return 0
+    width = max(map(len, names)) + 1
+    for kind, known in names.items():
+        also = " (or your own: package.module:function)" if kind in PLUGGABLE else ""
+        print(f"{kind + ':':<{width}} {', '.join(known)}{also}")
     return 0
 
 

@@ -42,7 +42,9 @@ def stored_spec(study: optuna.Study) -> StudySpec:
     raw = attrs.get(schema.SPEC_ATTR)
     if raw is None:
         raise HpsearchError(f"study {study.study_name!r} has no hpsearch spec; create it with hpsearch create-study")
-    return spec_from_dict(raw, source=f"study {study.study_name}")
+    # Structural: checked against the registries at create-study; reading it imports neither torch
+    # nor the plugins (a worker checks them once before its first claim: spec.parse.check_registries).
+    return spec_from_dict(raw, source=f"study {study.study_name}", registries=False)
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:

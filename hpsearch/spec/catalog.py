@@ -1,4 +1,6 @@
-"""Checks for spec validation across the torch-side registries (imports torch).
+"""The catalogue of what a spec can name, and its checks across the torch-side registries (imports torch).
+
+`catalogue()` lists every registered name by kind (`hpsearch catalog` prints it).
 
 `name_checks()` maps a training key to a check of one fixed value or one choice: registry names
 (model, optimizer, ...), flags and paths, so `model: resnt` fails at create-study with the field's
@@ -67,3 +69,22 @@ def dataset_problems(dataset: Mapping[str, Any]) -> list[tuple[str, str]]:
     from hpsearch.training.data import registry as data
 
     return [(f"dataset.{key}", msg) for key, msg in data.option_problems(dataset)]
+
+
+def catalogue() -> dict[str, list[str]]:
+    """Every name a spec can give, by kind (imports torch); plugins imported before are included.
+
+    Models, optimizers and datasets also take a user's `package.module:function` (PLUGGABLE)."""
+    from hpsearch import models
+    from hpsearch.search.samplers import PRUNERS, SAMPLERS
+    from hpsearch.training import optim
+    from hpsearch.training.data import registry as data
+
+    return {
+        "models": models.MODELS.names(), "optimizers": optim.OPTIMIZERS.names(), "datasets": data.DATASETS.names(),
+        "losses": optim.LOSSES.names(), "schedules": optim.SCHEDULES.names(),
+        "activations": sorted(models.ACTIVATIONS), "samplers": sorted(SAMPLERS), "pruners": sorted(PRUNERS),
+    }
+
+
+PLUGGABLE = ("models", "optimizers", "datasets")  # kinds whose registry takes package.module:function

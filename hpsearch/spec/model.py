@@ -79,6 +79,7 @@ class StudySpec:
     description: str = ""
     fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.worker.fused); None: its default
     trial_timeout: float | None = None  # seconds a trial may run (hpsearch.worker.stopping); None: no limit
+    plugins: list[str] = field(default_factory=list)  # modules every worker imports first (their @register)
 
     @property
     def is_grid(self) -> bool:
@@ -104,6 +105,7 @@ class StudySpec:
             # Only when set: a spec without it keeps the hash it had before the field existed.
             **({"fuse": self.fuse} if self.fuse is not None else {}),
             **({"trial_timeout": self.trial_timeout} if self.trial_timeout is not None else {}),
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
 
     def hash(self) -> str:

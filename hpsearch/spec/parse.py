@@ -2,7 +2,13 @@
 
 parse_spec runs labelled phases in a fixed order (the order of the problems a user reads): the
 identity and objective, the search (sampler, pruner, repeats, seed, budget), what is trained
-(dataset, train:, space:), then tracking and fusion, and last the names in torch-side registries.
+(dataset, train:, space:), then tracking and fusion, and last the plugins and the names in
+torch-side registries.
+
+A spec read back from a study (`registries=False`) is checked structurally only: it was checked
+against the registries when it was created, and reading it (status, list, report, a worker's
+start) must not import torch or the user's plugins. The registry check is `check_registries`,
+which create-study runs inside parse_spec and a worker runs once before its first claim.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ import re
 from typing import Any
 
 from hpsearch import schema
-from hpsearch.registry import is_plugin_ref
+from hpsearch.errors import HpsearchError
+from hpsearch.registry import import_plugin, is_plugin_ref
 from hpsearch.search.samplers import check_pruner, check_sampler
 from hpsearch.space import grid_size
 from hpsearch.spec import trainer
@@ -30,20 +37,23 @@ from hpsearch.spec.problems import Problems, did_you_mean, is_int, is_num, short
 
 TOP_KEYS = {
     "name", "description", "metric", "direction", "sampler", "pruner", "repeats", "seed",
-    "budget", "dataset", "train", "space", "objective", "tracking", "fuse", "trial_timeout",
+    "budget", "dataset", "train", "space", "objective", "tracking", "fuse", "trial_timeout", "plugins",
 }
 BUILTIN_METRICS = {schema.VAL_ACC, schema.VAL_LOSS}  # each also the trial attribute holding its value
 # fullmatch, not `$`: `$` also matches before a trailing newline ("name\n" would be stored).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 RESERVED = ("seed", "trial", "config_id")  # names a searched parameter cannot take
+MODULE_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # a plugin: an importable module's dotted name
 
 
-def spec_from_dict(raw: dict[str, Any], source: str = "<stored spec>") -> StudySpec:
-    return parse_spec(dict(raw), source=source)
+def spec_from_dict(raw: dict[str, Any], source: str = "<stored spec>", registries: bool = True) -> StudySpec:
+    """A StudySpec from a mapping; `registries=False`: structurally only (no plugin imports, no torch)."""
+    return parse_spec(dict(raw), source=source, registries=registries)
 
 
-def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
+def parse_spec(raw: dict[str, Any], source: str, registries: bool = True) -> StudySpec:
+    """Every field validated, every problem at once (SpecError); registry names too unless `registries=False`."""
     err = Problems(source)
     # --- identity and objective ----------------------------------------------------------
     _check_top_keys(raw, err)
@@ -70,9 +80,10 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
     tracking = _tracking(raw.get("tracking"), err)
     fuse = _fuse(raw.get("fuse"), builtin, err)
     trial_timeout = _trial_timeout(raw.get("trial_timeout"), err)
-    if builtin:
+    plugins = _plugins(raw.get("plugins"), err)
+    if registries:
         # Even when other fields are wrong: every problem at once, a misspelled name included.
-        trainer.check_registry_names(dataset, train, space, err)
+        _check_registries(plugins, dataset, train, space if builtin else None, err)
     if err:
         raise SpecError(err.lines)
     return StudySpec(
@@ -80,7 +91,33 @@ def parse_spec(raw: dict[str, Any], source: str) -> StudySpec:
         repeats=repeats, seed=seed, budget_trials=budget_trials, wall_clock=wall_clock,
         dataset=dataset, train=dict(train), space=space, objective=objective, tracking=tracking,
         description=str(raw.get("description", "") or ""), fuse=fuse, trial_timeout=trial_timeout,
+        plugins=plugins,
     )
+
+
+def check_registries(spec: StudySpec, source: str) -> None:
+    """Import the spec's plugins and check its names in the registries (SpecError): what a worker
+    runs once before its first claim, on the spec it read back structurally."""
+    err = Problems(source)
+    _check_registries(spec.plugins, spec.dataset, spec.train, spec.space if spec.objective is None else None, err)
+    if err:
+        raise SpecError(err.lines)
+
+
+def _check_registries(plugins: list[str], dataset: dict[str, Any], train: dict[str, Any],
+                      space: dict[str, Param] | None, err: Problems) -> None:
+    """Plugins first (their @register lines fill the registries), then the built-in trainer's
+    names (space None: a user objective's are its own). A plugin that does not import is its own
+    line, and the names are not checked against registries it may have been meant to fill."""
+    broken = False
+    for i, module in enumerate(plugins):
+        try:
+            import_plugin(module)
+        except HpsearchError as exc:
+            err(f"plugins[{i}]", str(exc))
+            broken = True
+    if space is not None and not broken:
+        trainer.check_registry_names(dataset, train, space, err)
 
 
 # ---------------------------------------------------------------- identity and objective
@@ -298,6 +335,18 @@ def _trial_timeout(value: Any, err: Problems) -> float | None:
             f"but got trial_timeout={short(value)}")
         return None
     return float(value)
+
+
+def _plugins(value: Any, err: Problems) -> list[str]:
+    """Modules a worker imports before its first trial, so their @MODELS.register (and optimizers',
+    datasets') run there too: a module name or a list of them."""
+    if value is None:
+        return []
+    modules = [value] if isinstance(value, str) else value
+    if not isinstance(modules, list) or not all(isinstance(m, str) and MODULE_RE.fullmatch(m) for m in modules):
+        err("plugins", f"must be a list of module names like mypkg.models, but got plugins={short(value)}")
+        return []
+    return list(dict.fromkeys(modules))
 
 
 def _fuse(fuse: Any, builtin: bool, err: Problems) -> int | None:

@@ -79,7 +79,7 @@ def setting(cfg: Mapping[str, Any], key: str) -> Any:
 # (tests/training/test_models.py and test_optim.py check that a builder reads exactly what it
 # declares). hpsearch.training.used puts the two together (it imports the builders: torch).
 
-# Read by the training loop (hpsearch.training.objective) whatever the model and optimizer; `sweep` is a
+# Read by the training loop (hpsearch.training.trainer) whatever the model and optimizer; `sweep` is a
 # label the reports (and W&B's grouping) use.
 TRAINER_READS = frozenset({"model", "optimizer", "loss", "schedule", "epochs", "batch_size", "augment",
                            "grad_clip", "patience", "sweep"})

@@ -36,6 +36,7 @@ from hpsearch.queue.faults import Reaper, fail_for_good, sweep_orphans
 from hpsearch.queue.lock import StudyLock
 from hpsearch.search.samplers import build_pruner, build_sampler
 from hpsearch.spec.model import StudySpec
+from hpsearch.spec.parse import check_registries
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 from hpsearch.storage.optuna_internals import storage_of, study_id, trial_id
 from hpsearch.worker import share as share_mod
@@ -185,6 +186,9 @@ def _check_before_claiming(w: Worker) -> None:
 
     w.ctx = _context(spec, opts, w.url, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)  # type: ignore[union-attr]
     w.ctx[CLASS_COUNTS_STORED] = schema.CLASS_COUNTS_ATTR in attrs
+    # The spec was read structurally: its plugins are imported here, before any claim, and its names
+    # checked against the registries they fill (a model a plugin no longer registers is one line now).
+    check_registries(spec, f"study {opts.study}")
     if spec.objective is not None:
         # A plugin that does not import would fail every trial it is given: stop before claiming.
         from hpsearch.registry import load_plugin

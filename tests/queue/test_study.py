@@ -190,3 +190,25 @@ def test_same_parameters_and_seed_give_the_same_metrics(tmp_path: Path) -> None:
         curves.append((value, trial.user_attrs["curve"], trial.user_attrs["test_acc"]))
     strip = [(v, [{k: r[k] for k in r if k != "epoch_time"} for r in c], t) for v, c, t in curves]
     assert strip[0] == strip[1]
+
+
+def _imported(*args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """Run `hpsearch ARGS` as a user does, under -X importtime: the modules it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpsearch", *args], capture_output=True,
+                          text=True, timeout=120, env=cli_env(), cwd=ROOT)
+    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return modules, proc
+
+
+def test_reading_a_stored_spec_does_not_import_torch(pg_session_db: str, tmp_path: Path) -> None:
+    """The stored spec is read structurally: status and list of a built-in-trainer study import neither
+    torch nor the spec's plugin, though it names torch-side registries (model, optimizer, dataset)."""
+    name = unique("torchfree")
+    spec = tiny_spec(name, plugins=["hps_registered"], train={**tiny_spec(name)["train"], "model": "plugin_mlp"})
+    run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", pg_session_db, check=True)
+    for args in (["status", name], ["status", name, "--json"], ["list"]):
+        modules, proc = _imported(*args, "--storage", pg_session_db)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "optuna" in modules and "hpsearch.queue.study" in modules  # the measurement sees imports
+        assert "torch" not in modules and "hps_registered" not in modules, f"hpsearch {' '.join(args)}"
+        assert name in proc.stdout
