@@ -133,10 +133,10 @@ def run(trial: optuna.Trial, spec: StudySpec, trainer_context: Callable[[], Any]
         from hpsearch.training import trainer
 
         return trainer.run(trial, spec, trainer_context())
-    return checked(fn(trial, _suggested(trial, spec)), spec.metric)
+    return checked(fn(trial, _suggest_and_record(trial, spec)), spec.metric)
 
 
-def _suggested(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+def _suggest_and_record(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """Suggest the spec's space and record the trial's configuration; the spec as the objective gets it.
 
     The space is suggested here, so grid points, conditions and samplers work the same for user
