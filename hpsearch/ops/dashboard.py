@@ -312,9 +312,12 @@ NO_AUTH_WARNING = ("--no-auth: this dashboard serves anyone who can reach it: ev
 
 def serve(storage: str | None, host: str, port: int, read_only: bool = False, auth: str | None = None,
           no_auth: bool = False) -> int:
+    from hpsearch.ops import notes
+
     # Exposure is judged on what the user chose: off loopback, the default token alone is not enough.
     check_exposure(host, read_only, None if no_auth else parse_credential(auth))
     credential, described = server_credential(auth, no_auth)
+    every = notes.interval_from_env()
     url = resolve_url(storage)
     app = build_app(url, read_only=read_only, credential=credential, host=host)
     server = make_server(host, port, app)
@@ -331,10 +334,17 @@ def serve(storage: str | None, host: str, port: int, read_only: bool = False, au
     warning = clear_text_warning(host, credential)
     if warning:
         log.warning("%s", warning)
+    # What the dashboard cannot know (best's ranking over seeds, a dead worker's trial), in its notes.
+    keeper = notes.NoteKeeper(url, every).start() if every > 0 else None
+    if keeper is not None:
+        print(f"hpsearch writes its ranking over seeds and stale trials into the studies' notes every {every:g} s "
+              "(HPSEARCH_DASHBOARD_NOTES=off: not at all)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if keeper is not None:
+            keeper.stop()
         server.server_close()
     return 0
