@@ -1,6 +1,6 @@
 """Which sampler: best validation accuracy found vs trials spent, random vs TPE vs GP vs CMA-ES.
 
-    .venv/bin/python bench/samplers.py [--seeds 5] [--trials 40] [--target 0.96] [--jobs 2]
+    .venv/bin/python bench/samplers.py [--seeds 5] [--trials 40] [--target 0.975] [--jobs 2]
 
 Every run is a real hpsearch study on its own journal file: `create-study --sampler NAME`, then one
 `hpsearch worker --seed S` trains all its trials with the built-in trainer (digits, which ships
@@ -150,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5, help="sampler seeds per sampler")
     ap.add_argument("--trials", type=int, default=40, help="budget of every study")
-    ap.add_argument("--target", type=float, default=0.96, help="validation accuracy for 'trials to reach'")
+    ap.add_argument("--target", type=float, default=0.975, help="validation accuracy for 'trials to reach'")
     ap.add_argument("--jobs", type=int, default=2, help="studies run at once")
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     ap.add_argument("--json", help="also write every run's per-trial values here")
