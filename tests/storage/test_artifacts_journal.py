@@ -349,7 +349,7 @@ def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path
 
     from hpsearch import schema
     from hpsearch.storage.artifacts import artifact_store
-    from hpsearch.training import checkpoints, objective
+    from hpsearch.training import checkpoints, trainer
 
     store = artifact_store(f"journal:{tmp_path / 'journal.log'}")
     keys = lambda: [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(  # noqa: E731
@@ -358,7 +358,7 @@ def test_checkpoints_on_s3_are_saved_loaded_and_removed(s3_server: str, tmp_path
     trial = study.ask()
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    ctx = objective.Context(device=torch.device("cpu"), artifact_store=store)
+    ctx = trainer.Context(device=torch.device("cpu"), artifact_store=store)
     gen = torch.Generator().manual_seed(1)
     for epoch in (1, 2):
         state = {"epoch": epoch, "curve": [], "best": None, "best_epoch": None, "stale": 0}

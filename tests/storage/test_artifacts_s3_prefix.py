@@ -38,14 +38,14 @@ def test_a_checkpoint_is_written_read_and_removed_under_prefix_and_study(s3: Any
 
     from hpsearch import schema
     from hpsearch.storage.artifacts import artifact_store
-    from hpsearch.training import checkpoints, objective
+    from hpsearch.training import checkpoints, trainer
 
     url = f"journal:{tmp_path / 'journal.log'}"
     store = artifact_store(url, study="lr/sweep")  # a '/' in a name stays inside its segment
     study = optuna.create_study(storage=open_storage(url, create=True))
     trial = study.ask()
     model = torch.nn.Linear(3, 2)
-    ctx = objective.Context(device=torch.device("cpu"), artifact_store=store)
+    ctx = trainer.Context(device=torch.device("cpu"), artifact_store=store)
     state = {"epoch": 1, "curve": [], "best": None, "best_epoch": None, "stale": 0}
     checkpoints.save_checkpoint(ctx, trial, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
                                 torch.Generator().manual_seed(1), state, None)
