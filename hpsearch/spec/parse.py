@@ -19,7 +19,7 @@ from typing import Any
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.registry import import_plugin, is_plugin_ref
-from hpsearch.search.samplers import check_pruner, check_sampler
+from hpsearch.search.samplers import BUDGETED_SAMPLERS, check_pruner, check_sampler
 from hpsearch.space import grid_size
 from hpsearch.spec import trainer
 from hpsearch.spec.model import (
@@ -194,7 +194,7 @@ def _repeats_and_seed(raw: dict[str, Any], err: Problems) -> tuple[int, int]:
 def _budget_of(raw: dict[str, Any], sampler: dict[str, Any], repeats: int,
                err: Problems) -> tuple[int | None, float | None]:
     # Only a known non-grid sampler needs a budget (an unknown name is already reported).
-    needs_budget = sampler.get("name") in ("random", "tpe", "qmc")
+    needs_budget = sampler.get("name") in BUDGETED_SAMPLERS
     budget_trials, wall_clock = _budget(raw.get("budget"), not needs_budget, err)
     if budget_trials is not None and budget_trials * repeats > MAX_PLAN:
         # Each budgeted configuration is repeated with repeats - 1 more seeds.
@@ -206,7 +206,7 @@ def _budget_of(raw: dict[str, Any], sampler: dict[str, Any], repeats: int,
 def _budget(value: Any, is_grid: bool, err: Problems) -> tuple[int | None, float | None]:
     if value is None:
         if not is_grid:
-            err("budget", "random and TPE studies need a trial budget, e.g. `budget: 50` or `budget: {trials: 50}`")
+            err("budget", "sampled studies (every sampler but grid) need a trial budget, e.g. `budget: 50` or `budget: {trials: 50}`")
         return None, None
     if is_int(value):
         value = {"trials": value}
@@ -237,7 +237,7 @@ def _budget_trials(value: dict[str, Any], is_grid: bool, err: Problems) -> int |
         err("budget.trials", f"must be at most {MAX_PLAN:,} (planned trials), but got {trials=}")
         trials = None
     if trials is None and not is_grid and "trials" not in value:
-        err("budget.trials", "random and TPE studies need a number of trials")
+        err("budget.trials", "sampled studies need a number of trials")
     return trials
 
 

@@ -34,7 +34,7 @@ BAD_SPECS: list[tuple[str, Any, list[str], str]] = [
     ("unknown-dataset", {"dataset": {"name": "cifar1000"}}, [], "dataset 'cifar1000' is not registered; known:"),
     ("unknown-optimizer", {"space": {"optimizer": {"choices": ["sgd", "adamm"]}}}, [],
      "optimizer 'adamm' is not registered; known:"),
-    ("unknown-sampler", {}, ["--sampler", "bayes"], "sampler 'bayes' is not registered; known: grid, qmc, random, tpe"),
+    ("unknown-sampler", {}, ["--sampler", "bayes"], "sampler 'bayes' is not registered; known: cmaes, gp, grid, nsga2, nsga3, qmc, random, tpe"),
     ("unknown-pruner", {}, ["--pruner", "hyperbnd"], "pruner 'hyperbnd' is not registered; known:"),
     ("empty-choices", {"space": {"lr": {"choices": []}}}, [], "space.lr.choices: must be a non-empty list"),
     ("inverted-range", {"space": {"dropout": {"low": 0.5, "high": 0.1, "step": 0.1}}}, [],
