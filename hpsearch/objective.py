@@ -47,6 +47,34 @@ class Divergent(Exception):  # noqa: N818 - named for the trial it marks
     """The loss became NaN or infinite: recorded as a failed, divergent trial."""
 
 
+class Duplicate(Exception):  # noqa: N818 - named for the trial it marks
+    """The sampler proposed a configuration and seed that an earlier trial of the study runs or ran."""
+
+
+def refuse_duplicate(trial: optuna.Trial, spec: StudySpec, config_id: str, seed: int) -> None:
+    """Raise Duplicate when a sampled trial repeats an earlier trial's configuration and seed.
+
+    Samplers that breed configurations (NSGA-II/III's crossover keeps a parent's values; CMA-ES or
+    TPE on a stepped range) can propose one again. Training it again adds nothing but a second
+    copy of the same seed, which `best` would count as a second seed. The trial ends FAIL with the
+    reason (the sampler then simply samples on), never retried, and not counted as a worker's
+    failure. Grid points and repeat seeds are unique by plan: a grid study is not checked.
+    """
+    if spec.sampler.get("name") == "grid":
+        return
+    from optuna.trial import TrialState
+
+    from hpsearch import schema
+
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                  TrialState.RUNNING)):
+        attrs = other.user_attrs
+        if (other.number < trial.number and attrs.get(schema.CONFIG_ID) == config_id
+                and int(attrs.get(schema.SEED, spec.seed)) == seed):
+            raise Duplicate(f"duplicate: the sampler proposed the configuration and seed of trial {other.number} "
+                            f"again ({config_id}, seed {seed}); not trained twice")
+
+
 class BadResult(Exception):  # noqa: N818 - named for what the trial records: its result was bad
     """The objective's result is not a finite number; its message is the trial's fail_reason."""
 
@@ -150,4 +178,5 @@ def _suggest_and_record(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     # "seed" inside the config is the training setting (the config is what the trainer resolved).
     set_user_attrs(trial, {schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params),
                            schema.CONFIG: {**spec.train, **params, "seed": seed}})
+    refuse_duplicate(trial, spec, space_mod.config_id(params), int(seed))
     return spec.to_dict()

@@ -25,7 +25,7 @@ import torch
 from hpsearch import schema
 from hpsearch import space as space_mod
 from hpsearch.models import build_model, count_parameters
-from hpsearch.objective import Divergent, Preempted, checked
+from hpsearch.objective import Divergent, Duplicate, Preempted, checked, refuse_duplicate
 from hpsearch.queue.study import set_user_attrs
 from hpsearch.spec.model import StudySpec
 from hpsearch.training import settings
@@ -158,6 +158,11 @@ def start(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> TrialRun:
     cfg = resolve_config(spec, params)
     attrs: dict[str, Any] = {schema.CONFIG: {**cfg, "seed": seed, "dataset": spec.dataset},
                              schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params)}
+    try:
+        refuse_duplicate(trial, spec, attrs[schema.CONFIG_ID], seed)
+    except Duplicate:
+        set_user_attrs(trial, attrs)  # the failed trial still says which configuration it was
+        raise
     gen = seed_everything(seed)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     ctx.progress(f"start: {shown or 'fixed settings'}, seed {seed}")

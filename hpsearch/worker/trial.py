@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from hpsearch import schema
 from hpsearch.errors import StorageUnavailable
-from hpsearch.objective import BadResult, Preempted, checked, is_divergent
+from hpsearch.objective import BadResult, Duplicate, Preempted, checked, is_divergent
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.queue.faults import Heartbeat, fail_and_requeue
@@ -153,6 +153,8 @@ def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, label:
     if not _tell(study, trial, state=TrialState.FAIL):
         return dropped(label, out)
     out(f"[{label}] failed: {reason}")
+    if isinstance(exc, Duplicate):
+        return "duplicate"  # the sampler's doing, not this worker's: not a failure in a row
     return "divergent" if divergent else "failed"
 
 
@@ -226,7 +228,7 @@ class TrialTimedOut(Exception):
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, (BadResult, TrialTimedOut)):
+    if isinstance(exc, (BadResult, Duplicate, TrialTimedOut)):
         return str(exc)  # already says what it is, masked
     if isinstance(exc, MemoryError):
         return f"out of memory: {type(exc).__name__} {str(exc).strip()[:200]}".strip() + "; its worker restarted clean"
