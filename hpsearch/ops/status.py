@@ -48,11 +48,10 @@ MAX_REASONS = 5  # distinct failure reasons shown in the table (--json has them 
 def open_study(name: str, storage: str | None) -> tuple[optuna.Study, Any]:
     st = open_storage(storage)
     study = study_mod.load(name, st)
-    try:
-        spec = study_mod.stored_spec(study)
-    except Exception:  # noqa: BLE001 - plain Optuna studies still get a status
-        spec = None
-    return study, spec
+    if schema.SPEC_ATTR not in study.user_attrs:
+        return study, None  # a plain Optuna study still gets a status
+    # Structural and torch-free (no plugin is imported): a stored spec that does not read is one line.
+    return study, study_mod.stored_spec(study)
 
 
 def snapshot(name: str, storage: str | None) -> dict[str, Any]:
@@ -460,7 +459,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
     attrs = dict(summary.user_attrs)
     try:
         spec = study_mod.stored_spec(study) if schema.SPEC_ATTR in attrs else None
-    except Exception:  # noqa: BLE001 - a study whose spec no longer reads is still listed
+    except HpsearchError:  # a study whose spec no longer reads is still listed (status names the problem)
         spec = None
     single = len(summary.directions) == 1
     trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,

@@ -318,3 +318,26 @@ def test_a_study_name_is_at_most_128_characters(tmp_path: Path, length: int, ok:
         _load(tmp_path, tiny_spec(name))
     assert str(info.value) == (f"{tmp_path / 's.yaml'}: name: must be at most 128 characters, but got a name of "
                                f"{length:,} characters (nnnnnnnnnnnnnnnnnnnn...)")
+
+
+def test_the_builtin_names_create_study_checks_without_torch_are_the_registries_own() -> None:
+    # catalog.BUILTIN spares create-study the torch import for specs naming only built-ins: it must
+    # not drift from the registries (a model added to hpsearch/models.py and not here is still
+    # accepted, through the registry, but pays the import).
+    import subprocess
+    import sys
+
+    from hpsearch import models
+    from hpsearch.spec import catalog
+    from hpsearch.training import optim
+
+    own = {"model": models.MODELS, "optimizer": optim.OPTIMIZERS, "loss": optim.LOSSES, "schedule": optim.SCHEDULES}
+    for key, registry in own.items():
+        assert sorted(catalog.BUILTIN[key]) == sorted(n for n in registry.names() if ":" not in n), key
+    assert sorted(catalog.BUILTIN["activation"]) == sorted(models.ACTIVATIONS)
+    # A spec of built-in names is checked without importing torch; a wrong name still is one line.
+    code = ("import sys; from hpsearch.spec.loading import load_spec; load_spec(sys.argv[1], {}, []); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "studies" / "digits-quick.yaml")],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
