@@ -21,7 +21,9 @@ demo: $(STAMP)
 # no longer finish on one process while the other idles (a module fixture, such as a throwaway
 # PostgreSQL cluster, may then be set up in both). Measured here: 13m36s and 16m29s against 15m18s
 # and 16m45s by file (these machines are noisy); 19m41s on 2026-12-02 with ~60 more end-to-end tests
-# (over the 15-minute target: trim from the slowest). The slowest tests are listed at the end of each run.
+# (over the 15-minute target: trim from the slowest); 22m05s on 2026-12-03 with 872 tests (still over:
+# the suite is CPU-bound, load ~10 on 2 cores, mostly worker processes importing torch and training).
+# The slowest tests are listed at the end of each run.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=25 $(PYTEST_ARGS)
 
