@@ -288,13 +288,15 @@ def _budget_fits(cfg: dict[str, Any], spec: StudySpec) -> list[tuple[str, str]]:
     if budget is None:
         return []
     if name in ("nsga2", "nsga3"):
-        size, key, what = cfg.get("population_size", 50), "population_size", "its first generation"
+        key, what = "population_size", "its first generation"
     elif name == "cmaes":
-        size, key, what = cfg.get("popsize", _default_popsize(spec.space)), "popsize", "one generation"
+        key, what = "popsize", "one generation"
     elif name == "gp":
-        size, key, what = cfg.get("n_startup_trials", 10), "n_startup_trials", "its random start-up trials"
+        key, what = "n_startup_trials", "its random start-up trials"
     else:
         return []
+    default = inspect.signature(SAMPLERS[name][1]).parameters[key].default  # Optuna's own default
+    size = cfg.get(key, _default_popsize(spec.space) if default is None else default)
     if budget > size:
         return []
     return [(f"sampler.{key}", f"must be below the budget (budget.trials={budget}), but got {key}={size}: "

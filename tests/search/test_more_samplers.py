@@ -141,3 +141,23 @@ def test_the_same_sampler_on_the_command_line_is_accepted(sampler: str, journal_
     proc = run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, "--sampler", sampler)
     assert proc.returncode == 0, proc.stderr
     assert f"created study {name!r} ({sampler}," in proc.stdout
+
+
+def test_a_configuration_proposed_again_is_not_trained_twice(journal_url: str, tmp_path: Path) -> None:
+    # Deterministic stand-in for NSGA's crossover handing back a parent: the same parameters come
+    # twice (enqueued, as a sampler's fixed suggestion is) in a random study of one seed. The second
+    # ends FAIL as a duplicate naming the first; the first trains; the worker carries on (exit 0).
+    name = unique("dup")
+    spec = numeric_spec(name, "random", budget=2, repeats=1)
+    run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url, check=True)
+    study = optuna.load_study(study_name=name, storage=open_storage(journal_url))
+    point = {"lr": 0.01, "dropout": 0.1, "weight_decay": 1e-4}
+    study.enqueue_trial(point, skip_if_exists=False)
+    study.enqueue_trial(point, skip_if_exists=False)
+    log = tmp_path / "w.log"
+    assert start_worker(name, journal_url, "--device", "cpu", log=log).wait(timeout=300) == 0, log.read_text()
+    by_params = [t for t in study.get_trials(deepcopy=False) if t.params == point]
+    assert [t.state for t in by_params] == [TrialState.COMPLETE, TrialState.FAIL], log.read_text()
+    assert by_params[1].user_attrs["fail_reason"].startswith(f"duplicate: the sampler proposed the configuration "
+                                                            f"and seed of trial {by_params[0].number} again")
+    assert "Traceback" not in log.read_text()
