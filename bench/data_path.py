@@ -44,8 +44,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hpsearch import settings as config  # noqa: E402
 from hpsearch.models import build_model  # noqa: E402
-from hpsearch.training import settings as config  # noqa: E402
 from hpsearch.training.data import loading as data  # noqa: E402
 
 MODELS = {

@@ -43,7 +43,7 @@ _PUBLIC = {
     "DATASETS": "hpsearch.training.data.registry",
     "register_dataset": "hpsearch.training.data.registry:register",
     "Raw": "hpsearch.training.data.registry",
-    "reads": "hpsearch.training.settings",
+    "reads": "hpsearch.settings",
     "open_storage": "hpsearch.storage.backend",
 }
 

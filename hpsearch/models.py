@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from hpsearch.errors import HpsearchError
-from hpsearch.registry import Registry
-from hpsearch.training.builders import check_signature
-from hpsearch.training.settings import CHOICES, default, reads, setting
+from hpsearch.registry import Registry, check_signature
+from hpsearch.settings import CHOICES, default, reads, setting
 
 MODELS: Registry[Any] = Registry("model")
 ACTIVATIONS: dict[str, type[nn.Module]] = {

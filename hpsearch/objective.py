@@ -153,30 +153,38 @@ def load(spec: StudySpec) -> Objective | None:
     return load_plugin(spec.objective, "objective")
 
 
-def run(trial: optuna.Trial, spec: StudySpec, trainer_context: Callable[[], Any]) -> float:
-    """The trial's value, checked: the study's own objective, else the built-in trainer with the
-    context `trainer_context()` builds (device, checkpoints, W&B run; made only when it is needed)."""
+Record = Callable[["optuna.Trial", dict[str, Any]], None]  # optuna: imported for types only
+
+
+def record_each(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """The plain recorder: one Optuna call per attribute (the worker lends a one-statement one)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def run(trial: optuna.Trial, spec: StudySpec, builtin: Callable[[], float], record: Record = record_each) -> float:
+    """The trial's value, checked: the study's own objective, else `builtin()`, the built-in trainer
+    (hpsearch.training.trainer.run with the device, checkpoints and W&B run the worker lends; this
+    module does not import it, so a user objective never loads torch). `record` writes the trial's
+    attributes (the worker lends one that writes them in one statement)."""
     fn = load(spec)
     if fn is None:
-        from hpsearch.training import trainer
-
-        return trainer.run(trial, spec, trainer_context())
-    return checked(fn(trial, _suggest_and_record(trial, spec)), spec.metric)
+        return builtin()
+    return checked(fn(trial, _suggest_and_record(trial, spec, record)), spec.metric)
 
 
-def _suggest_and_record(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+def _suggest_and_record(trial: optuna.Trial, spec: StudySpec, record: Record) -> dict[str, Any]:
     """Suggest the spec's space and record the trial's configuration; the spec as the objective gets it.
 
     The space is suggested here, so grid points, conditions and samplers work the same for user
     objectives; they read trial.params (or suggest more of their own)."""
     from hpsearch import schema
     from hpsearch import space as space_mod
-    from hpsearch.queue.study import set_user_attrs
 
     params = space_mod.suggest(trial, spec.space)
     seed = trial.user_attrs.get(schema.SEED, spec.seed)
     # "seed" inside the config is the training setting (the config is what the trainer resolved).
-    set_user_attrs(trial, {schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params),
-                           schema.CONFIG: {**spec.train, **params, "seed": seed}})
+    record(trial, {schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params),
+                   schema.CONFIG: {**spec.train, **params, "seed": seed}})
     refuse_duplicate(trial, spec, space_mod.config_id(params), int(seed))
     return spec.to_dict()

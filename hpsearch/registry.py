@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,19 @@ def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
     if close:
         msg += f" (did you mean {close[0]!r}?)"
     return msg
+
+
+def check_signature(fn: Callable[..., Any], what: str, expected: str, *args: Any) -> None:
+    """A plugin with the wrong parameters fails with what it must take, not a TypeError inside."""
+    try:
+        signature = inspect.signature(fn)
+    except ValueError:  # no introspectable signature (a builtin): let the call decide
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        got = f"{getattr(fn, '__name__', 'function')}({', '.join(signature.parameters)})"
+        raise HpsearchError(f"{what} must take ({expected}), but got {got}") from None
 
 
 def is_plugin_ref(name: object) -> bool:

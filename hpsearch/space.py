@@ -11,11 +11,13 @@ import hashlib
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpsearch.spec.model import Param, StudySpec
+if TYPE_CHECKING:
+    from hpsearch.spec.model import Param, StudySpec
+
 
 GRID_LIMIT = 1_000_000
 

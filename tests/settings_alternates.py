@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpsearch.training import settings as config
+from hpsearch import settings as config
 
 MISSING_WEIGHTS = "/nonexistent/hpsearch-test-weights.pth"
 

@@ -13,9 +13,9 @@ from torch import nn
 
 from conftest import ROOT
 from hpsearch import models
+from hpsearch import settings as config
 from hpsearch.errors import HpsearchError
 from hpsearch.models import MODELS, build_model
-from hpsearch.training import settings as config
 from hpsearch.training.used import used_config
 
 sys.path.insert(0, str(ROOT / "tests" / "plugins"))

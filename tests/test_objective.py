@@ -35,6 +35,20 @@ def test_run_calls_the_user_objective_with_its_space_suggested_and_recorded() ->
     assert trial.user_attrs["config"] == {"steps": 2, "x": x, "seed": 0} and trial.user_attrs["name"]
 
 
+def test_the_configuration_goes_through_the_recorder_the_worker_lends() -> None:
+    recorded: list[dict[str, object]] = []
+    trial = optuna.create_study(direction="minimize").ask()
+    objective.run(trial, _user_spec(), lambda: None, lambda t, attrs: recorded.append(attrs))
+    assert len(recorded) == 1 and recorded[0]["config"] == {"steps": 2, "x": trial.params["x"], "seed": 0}
+    assert "config" not in trial.user_attrs  # written by the recorder alone
+
+
+def test_without_an_objective_the_built_in_trainer_runs() -> None:
+    spec = spec_from_dict({"name": "b", "dataset": {"name": "digits"}, "sampler": "random", "budget": {"trials": 1},
+                           "space": {"lr": {"low": 0.001, "high": 0.1, "log": True}}}, registries=False)
+    assert objective.run(optuna.create_study().ask(), spec, lambda: 0.75) == 0.75
+
+
 def test_a_user_objective_that_does_not_import_is_one_line() -> None:
     spec = _user_spec(objective="hps_no_such_module:f")
     with pytest.raises(HpsearchError, match="cannot import module 'hps_no_such_module'"):

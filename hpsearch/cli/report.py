@@ -66,8 +66,8 @@ def _open(name: str, storage: str | None) -> Any:
 
 
 def _repeat(args: argparse.Namespace) -> int:
+    from hpsearch.ops.repeats import describe, queue_repeats
     from hpsearch.queue import study as study_mod
-    from hpsearch.queue.repeats import describe, queue_repeats
     from hpsearch.storage.backend import mask
 
     study = _open(args.study, args.storage)

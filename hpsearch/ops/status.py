@@ -34,6 +34,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.queue import control
 from hpsearch.queue import study as study_mod
 from hpsearch.report.cost import last_alive
+from hpsearch.report.snapshot import open_study
 from hpsearch.storage import bulk as fastread
 from hpsearch.storage.backend import mask, open_storage, resolve_url
 from hpsearch.storage.optuna_internals import trial_id
@@ -43,15 +44,6 @@ RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials
 RECENT_SECONDS = 600.0  # ... or all of the last 10 minutes when more than 20 finished in them
 HANDED_BACK = "preempted"  # how the worker's fail_reason of a hand-back starts
 MAX_REASONS = 5  # distinct failure reasons shown in the table (--json has them all)
-
-
-def open_study(name: str, storage: str | None) -> tuple[optuna.Study, Any]:
-    st = open_storage(storage)
-    study = study_mod.load(name, st)
-    if schema.SPEC_ATTR not in study.user_attrs:
-        return study, None  # a plain Optuna study still gets a status
-    # Structural and torch-free (no plugin is imported): a stored spec that does not read is one line.
-    return study, study_mod.stored_spec(study)
 
 
 def snapshot(name: str, storage: str | None) -> dict[str, Any]:

@@ -258,7 +258,7 @@ def config_record(r: ConfigSummary) -> dict[str, Any]:
 
 
 def print_best(name: str, storage: str | None, top: int, level: float = 0.9, as_json: bool = False) -> None:
-    from hpsearch.ops.status import open_study
+    from hpsearch.report.snapshot import open_study
 
     study, spec = open_study(name, storage)
     data = best_data(study, spec, top, level)

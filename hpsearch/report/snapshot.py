@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import study as study_mod
 from hpsearch.report.curves import DEFAULT_MIN_GAIN, DEFAULT_WINDOW
@@ -19,9 +20,19 @@ from hpsearch.report.render import Figure
 from hpsearch.report.stats import ConfigSummary, bounds_of, check_group_by, check_level, summarize
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk as fastread
+from hpsearch.storage.backend import open_storage
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def open_study(name: str, storage: str | None) -> tuple[optuna.Study, StudySpec | None]:
+    """The study and its stored spec, for reading (status, best, report, launch)."""
+    study = study_mod.load(name, open_storage(storage))
+    if schema.SPEC_ATTR not in study.user_attrs:
+        return study, None  # a plain Optuna study still gets a status
+    # Structural and torch-free (no plugin is imported): a stored spec that does not read is one line.
+    return study, study_mod.stored_spec(study)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hpsearch.registry import unknown_name_message
-from hpsearch.training.settings import CHOICES
+from hpsearch.settings import CHOICES
 
 Check = Callable[[object], str | None]
 

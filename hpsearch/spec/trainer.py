@@ -1,17 +1,17 @@
 """The built-in trainer's part of spec validation: train: and space: against its settings.
 
 Skipped for a user objective (objective: set), whose settings are its own. Names, defaults and
-accepted values come from hpsearch.training.settings; registry names from hpsearch.spec.catalog.
+accepted values come from hpsearch.settings; registry names from hpsearch.spec.catalog.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from hpsearch.settings import ACCEPTS, TRAIN_KEYS
 from hpsearch.spec import catalog
 from hpsearch.spec.model import Param
 from hpsearch.spec.problems import Problems, did_you_mean
-from hpsearch.training.settings import ACCEPTS, TRAIN_KEYS
 
 
 def check_known_settings(train: dict[str, Any], space_raw: dict[str, Any], err: Problems) -> None:

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import optuna
 import torch
 
-from hpsearch.queue.study import set_user_attrs
 from hpsearch.schema import CHECKPOINT, CHECKPOINT_EPOCH
 from hpsearch.storage.optuna_internals import file_store_path
 
@@ -34,9 +33,10 @@ _SAID: set[tuple[str, ...]] = set()
 
 
 class Saving(Protocol):
-    """What save_checkpoint needs of the trial's context (hpsearch.training.objective.Context)."""
+    """What save_checkpoint needs of the trial's context (hpsearch.training.trainer.Context)."""
 
     artifact_store: Any
+    record: Callable[[optuna.Trial, dict[str, Any]], None]
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def save_checkpoint(ctx: Saving, trial: optuna.Trial, model: torch.nn.Module, op
                    f"epoch {trial.user_attrs.get(CHECKPOINT_EPOCH)}" if previous else "scratch")
         return
     try:
-        set_user_attrs(trial, {CHECKPOINT: artifact_id, CHECKPOINT_EPOCH: state["epoch"]})
+        ctx.record(trial, {CHECKPOINT: artifact_id, CHECKPOINT_EPOCH: state["epoch"]})
     except BaseException:
         # The trial cannot name it (its study was deleted or replaced under the worker, the storage
         # is gone): nothing would find it, and it would lie in the study's folder for good.

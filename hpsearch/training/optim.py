@@ -4,7 +4,7 @@ An optimizer builder gets (params, cfg) with cfg the trial's resolved configurat
 torch.optim.Optimizer; a user optimizer is reachable as `package.module:function` with the same
 signature. `@reads(...)` names the settings a builder reads (only those reach W&B).
 
-Defaults and accepted values are hpsearch.training.settings' (a spec's values were checked
+Defaults and accepted values are hpsearch.settings' (a spec's values were checked
 against them at create-study). Values are still read through float(): a user objective may call
 build_optimizer with a configuration no spec validated, and a number left as text then fails
 here with the key's name rather than deep inside torch.
@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from hpsearch.errors import HpsearchError
-from hpsearch.registry import Registry
-from hpsearch.training.builders import check_signature
-from hpsearch.training.settings import default, reads, setting
+from hpsearch.registry import Registry, check_signature
+from hpsearch.settings import default, reads, setting
 
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
 LOSSES: Registry[Any] = Registry("loss", allow_plugins=False)

@@ -21,15 +21,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import optuna
 
 from hpsearch import schema
-from hpsearch.spec.model import StudySpec
-from hpsearch.storage.backend import mask
+from hpsearch.redact import mask
 from hpsearch.training.tracking_metrics import confusion_chart, gradient_norms
+
+if TYPE_CHECKING:
+    from hpsearch.spec.model import StudySpec
 
 log = logging.getLogger("hpsearch.tracking")
 

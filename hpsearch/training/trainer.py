@@ -16,27 +16,36 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import torch
 
-from hpsearch import schema
+from hpsearch import schema, settings
 from hpsearch import space as space_mod
 from hpsearch.models import build_model, count_parameters
-from hpsearch.objective import Divergent, Duplicate, Preempted, checked, refuse_duplicate
-from hpsearch.queue.study import set_user_attrs
-from hpsearch.spec.model import StudySpec
-from hpsearch.training import settings
+from hpsearch.objective import (
+    Divergent,
+    Duplicate,
+    Preempted,
+    checked,
+    record_each,
+    refuse_duplicate,
+)
 from hpsearch.training.checkpoints import load_checkpoint, save_checkpoint, snapshot
 from hpsearch.training.data import loading as data_mod
 from hpsearch.training.optim import build_loss, build_optimizer, build_schedule
 
+if TYPE_CHECKING:
+    from hpsearch.spec.model import StudySpec
+
 
 @dataclass
 class Context:
-    """What the worker lends a trial: device, checkpoint store, stop flag, progress and tracking."""
+    """What the worker lends a trial: device, checkpoint store, stop flag, progress, tracking, and
+    `record`, through which every trial attribute (configuration, curve, result) reaches storage:
+    the trainer imports nothing from hpsearch.queue or hpsearch.worker."""
 
     device: torch.device
     artifact_store: Any = None
@@ -45,6 +54,7 @@ class Context:
     tracker: Any = None
     checkpoint_every: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
+    record: Callable[[optuna.Trial, dict[str, Any]], None] = record_each
     checkpoint_warned: bool = False  # a failed checkpoint write is said once per trial
 
 
@@ -161,7 +171,7 @@ def start(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> TrialRun:
     try:
         refuse_duplicate(trial, spec, attrs[schema.CONFIG_ID], seed)
     except Duplicate:
-        set_user_attrs(trial, attrs)  # the failed trial still says which configuration it was
+        ctx.record(trial, attrs)  # the failed trial still says which configuration it was
         raise
     gen = seed_everything(seed)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -176,7 +186,7 @@ def start(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> TrialRun:
     schedule = build_schedule(optimizer, cfg)
     loss_fn = build_loss(cfg["loss"])
     attrs[schema.N_PARAMETERS] = count_parameters(model)
-    set_user_attrs(trial, attrs)
+    ctx.record(trial, attrs)
 
     r = TrialRun(trial=trial, spec=spec, ctx=ctx, cfg=cfg, seed=seed, gen=gen, data=data, model=model,
                  optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, best_state=None, start_epoch=0,
@@ -291,7 +301,7 @@ def _record_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen
         r.best_state = snapshot(r.model)
     else:
         state["stale"] += 1
-    set_user_attrs(r.trial, {schema.CURVE: state["curve"], schema.EPOCHS_TRAINED: epoch - r.start_epoch})
+    r.ctx.record(r.trial, {schema.CURVE: state["curve"], schema.EPOCHS_TRAINED: epoch - r.start_epoch})
     if r.ctx.tracker is not None:
         r.ctx.tracker.log_epoch(rec, r.model)
     r.ctx.progress(
@@ -311,7 +321,7 @@ def finish(r: TrialRun) -> float:
         model.load_state_dict(r.best_state)
     test = evaluate(model, r.loss_fn, data.x_test, data.y_test, r.batch_size, data.n_classes, confusion=True)
     best_rec = next((x for x in state["curve"] if x["epoch"] == state["best_epoch"]), state["curve"][-1])
-    set_user_attrs(r.trial, {
+    r.ctx.record(r.trial, {
         schema.VAL_ACC: best_rec["val_acc"], schema.VAL_LOSS: best_rec["val_loss"],
         schema.BEST_EPOCH: state["best_epoch"], schema.TEST_ACC: test["acc"], schema.TEST_LOSS: test["loss"],
         schema.CONFUSION_MATRIX: test["confusion"], schema.TRAIN_TIME_S: time.monotonic() - r.t_start,

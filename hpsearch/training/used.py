@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from hpsearch.models import MODELS
+from hpsearch.settings import TRAIN_KEYS, TRAINER_READS, declared_reads, setting
 from hpsearch.training.optim import OPTIMIZERS, SCHEDULES
-from hpsearch.training.settings import TRAIN_KEYS, TRAINER_READS, declared_reads, setting
 
 
 def used_keys(cfg: dict[str, Any]) -> frozenset[str]:

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 
 from hpsearch import objective as objective_mod
+from hpsearch.queue.study import set_user_attrs
 from hpsearch.spec.model import StudySpec
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import record_class_counts
@@ -15,7 +16,12 @@ from hpsearch.worker.record import record_class_counts
 
 def objective(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> float:
     """The trial's value: what the user objective returns, or what the built-in trainer measured."""
-    return objective_mod.run(trial, spec, lambda: trainer_context(trial, spec, ctx, opts, progress))
+    def builtin() -> float:
+        from hpsearch.training import trainer
+
+        return trainer.run(trial, spec, trainer_context(trial, spec, ctx, opts, progress))
+
+    return objective_mod.run(trial, spec, builtin, set_user_attrs)
 
 
 def trainer_context(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options, progress: Any) -> Any:
@@ -28,5 +34,5 @@ def trainer_context(trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], o
 
         tracker = start_run(trial, spec, opts.tracking)
     return trainer.Context(device=ctx["device"], artifact_store=ctx["artifacts"], should_stop=objective_mod.should_stop,
-                           progress=progress, tracker=tracker, checkpoint_every=opts.checkpoint_every,
+                           progress=progress, tracker=tracker, checkpoint_every=opts.checkpoint_every, record=set_user_attrs,
                            extra={"on_data": lambda d: record_class_counts(trial.study, d, ctx)})

@@ -24,8 +24,8 @@ from conftest import unique
 from hpsearch import schema
 from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
+from hpsearch.ops.repeats import queue_repeats
 from hpsearch.queue import study as study_mod
-from hpsearch.queue.repeats import queue_repeats
 from hpsearch.report.cost import cost
 from hpsearch.report.curves import divergent_runs, under_trained_runs
 from hpsearch.report.export import export, trials_frame

@@ -16,6 +16,7 @@ import pytest
 from conftest import run_cli, start_worker, tiny_spec, unique, write_spec
 from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
 from hpsearch import schema
+from hpsearch.objective import record_each
 from hpsearch.storage.backend import open_storage
 
 ONE_POINT = {"lr": {"choices": [0.01]}}
@@ -29,7 +30,7 @@ def _save(store: Any, trial: optuna.Trial, epoch: int, fill: float) -> None:
     model = torch.nn.Linear(3, 2)
     torch.nn.init.constant_(model.weight, fill)
     state = {"epoch": epoch, "curve": [], "best": None, "best_epoch": None, "stale": 0}
-    checkpoints.save_checkpoint(SimpleNamespace(artifact_store=store), trial, model,
+    checkpoints.save_checkpoint(SimpleNamespace(artifact_store=store, record=record_each), trial, model,
                                 torch.optim.SGD(model.parameters(), lr=0.1), None, torch.Generator().manual_seed(0),
                                 state, None)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch.training import fused_steps, settings
+from hpsearch import settings
+from hpsearch.training import fused_steps
 from hpsearch.training.fused_steps import Steps
 from hpsearch.training.optim import build_optimizer, build_schedule
 

@@ -12,8 +12,8 @@ from settings_alternates import read_settings
 from torch import nn
 
 from conftest import ROOT
+from hpsearch import settings as config
 from hpsearch.errors import HpsearchError
-from hpsearch.training import settings as config
 from hpsearch.training.optim import (
     LOSSES,
     OPTIMIZERS,

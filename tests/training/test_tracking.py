@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
+from hpsearch import settings as config
 from hpsearch.spec.parse import spec_from_dict
-from hpsearch.training import settings as config
 from hpsearch.training import tracking, tracking_metrics
 
 # ---------------------------------------------------------------- reading W&B run files

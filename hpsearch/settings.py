@@ -76,7 +76,7 @@ def setting(cfg: Mapping[str, Any], key: str) -> Any:
 # the trial used, or its parallel-coordinates and importance panels show constant or meaningless
 # axes. What is used is declared in one place: the training loop's own keys here, and each
 # registered model, optimizer and schedule with `@reads(...)` beside its builder
-# (tests/training/test_models.py and test_optim.py check that a builder reads exactly what it
+# (tests/test_models.py and tests/training/test_optim.py check that a builder reads exactly what it
 # declares). hpsearch.training.used puts the two together (it imports the builders: torch).
 
 # Read by the training loop (hpsearch.training.trainer) whatever the model and optimizer; `sweep` is a
@@ -96,7 +96,7 @@ def reads(*keys: str) -> Callable[[F], F]:
     """
     unknown = sorted(set(keys) - set(TRAIN_KEYS))
     if unknown:
-        raise ValueError(f"reads() must name training settings (config.TRAIN_KEYS), but got {unknown}")
+        raise ValueError(f"reads() must name training settings (hpsearch.settings.TRAIN_KEYS), but got {unknown}")
 
     def deco(fn: F) -> F:
         setattr(fn, READS_ATTR, frozenset(keys))

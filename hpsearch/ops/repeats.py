@@ -31,7 +31,7 @@ from hpsearch.report.stats import (
 )
 from hpsearch.schema import SEED
 from hpsearch.spec.model import StudySpec
-from hpsearch.storage import bulk as fastread
+from hpsearch.storage import bulk
 
 SET_ASIDE_TOP = 5  # `--set-aside` without --top: the set-aside table of `best` and `report` by default
 
@@ -126,7 +126,7 @@ def _named(ranked: list[ConfigSummary], name: str, study_name: str) -> ConfigSum
 
 
 def _queue(study: optuna.Study, spec: StudySpec, sel: Selection, seeds: int) -> list[Queued]:
-    trials = fastread.full_trials(study)
+    trials = bulk.full_trials(study)
     check_group_by(sel.group_by, trials, spec.space)
     maximize = spec.direction == "maximize"
     ranked = summarize(trials, maximize, bounds=bounds_of(spec.metric))
