@@ -167,21 +167,21 @@ def _reading_parsers(sub: Any) -> None:
 
 
 def _launch_parser(sub: Any) -> None:
-    p = sub.add_parser("launch", help="start workers: local processes, or a SLURM/PBS job array")
-    p.add_argument("target", choices=["local", "slurm", "pbs"])
+    p = sub.add_parser("launch", help="start workers: local processes, a SLURM/PBS job array or a Kubernetes Job")
+    p.add_argument("target", choices=["local", "slurm", "pbs", "k8s"])
     p.add_argument("--study", required=True)
     _storage_arg(p)
     p.add_argument("--workers", type=int, default=2, help="worker processes in all (slurm/pbs: each array task "
                    "runs one per GPU, so --workers 8 --gpus-per-task 4 is 2 tasks)")
-    p.add_argument("--dry-run", action="store_true", help="print the job script instead of submitting it")
+    p.add_argument("--dry-run", action="store_true", help="print the job script (k8s: the Job) instead of submitting it")
     p.add_argument("--heartbeat", type=HEARTBEAT, help="heartbeat interval of the workers in seconds, 1..86400 "
                    "(default: $HPSEARCH_HEARTBEAT, else 30)")
     p.add_argument("--device", default="auto")
     p.add_argument("--gpus-per-task", "--gpus-per-worker", dest="gpus_per_task", type=_number(True, 0), default=1, metavar="N",
                    help="slurm/pbs: GPUs per array task, which runs one worker per GPU (0: CPU tasks); "
-                   "--gpus-per-worker is the old name")
-    p.add_argument("--max-running", type=POSITIVE_INT, metavar="K", help="slurm/pbs: at most this many array tasks at once "
-                   "(SLURM --array=0-N%%K, PBS -W max_run_subjobs=K)")
+                   "--gpus-per-worker is the old name; k8s: nvidia.com/gpu per pod, which runs one worker")
+    p.add_argument("--max-running", type=POSITIVE_INT, metavar="K", help="slurm/pbs/k8s: at most this many array tasks "
+                   "or pods at once (SLURM --array=0-N%%K, PBS -W max_run_subjobs=K, the Job's parallelism)")
     p.add_argument("--setup", action="append", default=[], metavar="CMD",
                    help="slurm/pbs: a shell command the job runs before its workers, e.g. 'module load cuda; "
                    "source venv/bin/activate' (repeatable, in order; a failing one stops the task)")
@@ -193,6 +193,12 @@ def _launch_parser(sub: Any) -> None:
                    "the task's workers)")
     p.add_argument("--partition", "--queue", dest="partition", help="SLURM partition or PBS queue")
     p.add_argument("--account", help="SLURM account or PBS project (-A)")
+    p.add_argument("--image", help="k8s: the workers' image (default: the Job template's, hpsearch:latest as "
+                   "docker-compose.yml builds it)")
+    p.add_argument("--namespace", help="k8s: the Job's namespace (default: kubectl's)")
+    p.add_argument("--secret", help="k8s: the Secret whose key `url` is the storage URL (default: hpsearch-storage)")
+    p.add_argument("--stop-timeout", type=NON_NEGATIVE, help="k8s: seconds a worker has to hand its trial back on "
+                   "SIGTERM (default 60); the pods' grace period is longer")
 
 
 def _dashboard_parser(sub: Any) -> None:
@@ -412,8 +418,11 @@ def _catalog(args: argparse.Namespace) -> int:
 
 @command("launch")
 def _launch(args: argparse.Namespace) -> int:
-    from hpsearch.ops import launch
+    from hpsearch.ops import k8s, launch
 
+    k8s.check_target_options(args)
+    if args.target == "k8s":
+        return k8s.launch(args)
     if args.target == "local":
         given = [o for o, v in (("--setup", args.setup), ("--max-running", args.max_running)) if v]
         if given:
