@@ -37,7 +37,7 @@ def _attr(key: str, on: Literal["study", "trial", "trial system"], type_: Any, m
 SPEC_ATTR = _attr("hpsearch:spec", "study", dict, "the validated spec as a plain dict; workers read only this")
 HASH_ATTR = _attr("hpsearch:spec_hash", "study", str, "hash of the spec: create-study is idempotent on it")
 READY_ATTR = _attr("hpsearch:ready", "study", bool, "set last by create-study: the plan's first chunk is in")
-CREATED_ATTR = _attr("hpsearch:created", "study", str, "ISO time create-study stored the study")
+CREATED_ATTR = _attr("hpsearch:created", "study", float, "unix time create-study stored the study")
 PLANNED_ATTR = _attr("hpsearch:planned", "study", int, "planned trials (grid points x repeat seeds, or the budget)")
 ISSUED_ATTR = _attr("hpsearch:issued", "study", int, "how many planned trials have been enqueued so far")
 CLASS_COUNTS_ATTR = _attr("hpsearch:class_counts", "study", dict,

@@ -183,10 +183,6 @@ def trial_record_columns() -> list[str]:
             schema.DIVERGENT, *METRICS, *ATTRS, "datetime_start", "datetime_complete", *CONFIG_COLUMNS]
 
 
-def param_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if str(c).startswith(PARAM_PREFIX)]
-
-
 # ---------------------------------------------------------------- writing
 
 

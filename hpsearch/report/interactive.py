@@ -15,7 +15,6 @@ from hpsearch.report.curves import curve, panels, series
 from hpsearch.report.export import trial_name
 from hpsearch.report.plots import FLAG_COLORS, LATER
 
-PLOTLY_JS = "plotly.min.js"
 CONFIG = {"displaylogo": False, "responsive": True}
 
 

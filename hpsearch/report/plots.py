@@ -139,10 +139,6 @@ def learning_curves(trials: Sequence[FrozenTrial], flags: dict[int, str], metric
     return _save(fig, path)
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str) -> Path:
     """Rows = true class, colour = row share (recall), numbers = counts."""
     plt = _plt()

@@ -242,9 +242,8 @@ def build_pruner(cfg: dict[str, Any], epochs: int | None = None) -> optuna.prune
     if problems:
         raise HpsearchError("; ".join(f"{w}: {m}" for w, m in problems))
     opts = {k: v for k, v in cfg.items() if k != "name"}
-    if cfg["name"] in ("hyperband", "successive_halving") and epochs and "max_resource" not in opts:
-        if cfg["name"] == "hyperband":
-            opts["max_resource"] = epochs
+    if cfg["name"] == "hyperband" and epochs and "max_resource" not in opts:
+        opts["max_resource"] = epochs  # successive halving takes no max_resource: it halves by rung
     try:
         return PRUNERS[cfg["name"]][0](**opts)
     except (TypeError, ValueError) as exc:
