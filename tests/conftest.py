@@ -212,3 +212,28 @@ def moto_s3(monkeypatch: pytest.MonkeyPatch, bucket: str, artifacts: str) -> Ite
         yield endpoint
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- what each test costs in CPU
+
+_CPU_LOG = os.environ.get("HPSEARCH_TEST_CPU")  # a file: one line per test, "cpu_s wall_s nodeid"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """CPU seconds of a test, its own and its finished child processes' (workers, CLI runs), so the
+    suite's cost can be ranked on a loaded machine, where wall times mean little."""
+    if not _CPU_LOG:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    c0, t0 = cpu(), time.monotonic()
+    yield
+    with open(_CPU_LOG, "a") as f:
+        f.write(f"{cpu() - c0:.1f} {time.monotonic() - t0:.1f} {item.nodeid}\n")
