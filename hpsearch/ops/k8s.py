@@ -78,10 +78,10 @@ def grace_seconds(stop_timeout: float) -> int:
     return math.ceil(stop_timeout + HAND_BACK_WAIT + GRACE_MARGIN)
 
 
-def job_name(study: str, stamp: str | None = None) -> str:
+def job_name(study: str) -> str:
     """hps-STUDY-YYYYmmdd-HHMMSS, a DNS label: each launch is a Job of its own, as each sbatch is."""
     slug = re.sub(r"[^a-z0-9]+", "-", study.lower()).strip("-")[:30].strip("-") or "study"
-    return f"hps-{slug}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    return f"hps-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # ---------------------------------------------------------------- rendering
@@ -95,12 +95,12 @@ def template_path() -> Path:
     return path
 
 
-def manifest(pods: Pods, template: str | None = None, name: str | None = None) -> dict[str, Any]:
+def manifest(pods: Pods) -> dict[str, Any]:
     """The Job, as a dict: the template with this launch's values."""
     check_pods(pods)
-    job = yaml.safe_load(template if template is not None else template_path().read_text())
+    job = yaml.safe_load(template_path().read_text())
     meta = job.setdefault("metadata", {})
-    meta["name"] = name or job_name(pods.study)
+    meta["name"] = job_name(pods.study)
     if pods.namespace:
         meta["namespace"] = pods.namespace
     meta.setdefault("labels", {})["hpsearch/study"] = _label(pods.study)
@@ -124,8 +124,8 @@ def manifest(pods: Pods, template: str | None = None, name: str | None = None) -
     return job
 
 
-def render(pods: Pods, template: str | None = None, name: str | None = None) -> str:
-    job = manifest(pods, template, name)
+def render(pods: Pods) -> str:
+    job = manifest(pods)
     header = [
         f"# rendered by `hpsearch launch k8s` on {time.strftime('%Y-%m-%d %H:%M')}",
         f"# storage: the Secret {_secret_of(_container(job['spec']['template']['spec'], 'containers', WORKER))!r}, "
@@ -277,7 +277,11 @@ def launch(args: argparse.Namespace) -> int:
     if storage:
         from hpsearch.ops.deploy import study_note
 
-        pods.note, remaining = study_note(pods.study, storage)
+        try:
+            pods.note, remaining = study_note(pods.study, storage)
+        except HpsearchError as exc:  # the same exit code, and why a storage was read at all
+            raise type(exc)(f"{exc} (launch k8s checks the study in --storage or HPSEARCH_STORAGE when one is "
+                            "given; the pods read theirs from the Secret)") from None
         if remaining < pods.workers:
             print(f"hpsearch: note: study {pods.study!r} has {remaining} trials left to run; "
                   f"{pods.workers - remaining} of the {pods.workers} workers will find nothing to do", file=sys.stderr)

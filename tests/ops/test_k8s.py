@@ -280,6 +280,13 @@ def test_a_good_dry_run_prints_the_job_without_touching_a_storage(capsys: pytest
     assert manifest["kind"] == "Job" and manifest["spec"]["completions"] == 3
 
 
+def test_a_storage_given_here_is_read_to_check_the_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = f"journal:{tmp_path / 'journal.log'}"
+    assert main(["launch", "k8s", "--study", "s", "--storage", missing, "--dry-run"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and "the pods read theirs from the Secret" in err
+
+
 @pytest.mark.postgres
 def test_no_password_in_the_dry_run_output_or_the_job(tmp_path: Path, pg_session_db: str) -> None:
     secret = "Sup3r-s3cret-pw"  # the test server trusts local connections, so any password works
