@@ -230,12 +230,13 @@ def _version() -> str:
 
 
 def _extension_parsers(sub: Any) -> None:
-    """Commands owned by other modules (report, repeat, export, proxy) add themselves here."""
-    for module in ("hpsearch.cli.report", "hpsearch.cli.lifecycle", "hpsearch.ops.proxy"):
-        try:
-            mod = __import__(module, fromlist=["add_parsers"])
-        except ImportError:
-            continue
+    """Commands owned by other modules (report, repeat, export, proxy) add themselves here. They
+    are part of hpsearch: one that does not import is a broken install, said as such (not four
+    commands silently missing from --help)."""
+    from hpsearch.cli import lifecycle, report
+    from hpsearch.ops import proxy
+
+    for mod in (report, lifecycle, proxy):
         mod.add_parsers(sub, command, _storage_arg)
 
 
@@ -418,7 +419,7 @@ def _catalog(args: argparse.Namespace) -> int:
 
 @command("launch")
 def _launch(args: argparse.Namespace) -> int:
-    from hpsearch.ops import k8s, launch
+    from hpsearch.ops import deploy, k8s, launch
 
     k8s.check_target_options(args)
     if args.target == "k8s":
@@ -429,7 +430,7 @@ def _launch(args: argparse.Namespace) -> int:
             raise HpsearchError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for slurm/pbs jobs, but "
                                 "got launch local (run a setup in this shell first)")
         return launch.local(args.study, args.storage, args.workers, heartbeat=args.heartbeat, device=args.device)
-    return launch.cluster(args.target, args)
+    return deploy.launch(args.target, args)
 
 
 @command("dashboard")

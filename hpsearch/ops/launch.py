@@ -7,7 +7,6 @@ GPU. Ctrl-C (or SIGTERM) asks every worker to hand its trial back and exit, like
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -230,9 +229,3 @@ def _workers_table(procs: list[LocalWorker], snap: dict[str, Any] | None) -> Any
             now = mask(w.last_line[-70:]) or "starting"
         table.add_row(f"worker-{w.index} (pid {w.proc.pid})", w.gpu or "cpu", str(info.get("done", 0)), now)
     return table
-
-
-def cluster(target: str, args: argparse.Namespace) -> int:
-    from hpsearch.ops import deploy
-
-    return deploy.launch(target, args)
