@@ -342,10 +342,26 @@ def _create_study(args: argparse.Namespace) -> int:
         load_plugin(spec.objective, "objective")
     url = resolve_url(args.storage)
     storage = open_storage(url, create=True)
+    if args.replace:
+        _remove_predecessors_checkpoints(spec.name, storage, url)
     _, message = plan_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
     print(message)
     print(f"run workers with: hpsearch worker --study {spec.name}" + _storage_hint(args.storage))
     return 0
+
+
+def _remove_predecessors_checkpoints(name: str, storage: Any, url: str) -> None:
+    """--replace deletes the study as `delete` does: its trials' checkpoints go too (they would
+    otherwise stay on disk or S3 with nothing left that points at them)."""
+    import optuna
+
+    from hpsearch.ops import lifecycle
+
+    try:
+        old = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    lifecycle.remove_checkpoints(old, url)
 
 
 def _storage_hint(storage: str | None) -> str:

@@ -60,12 +60,13 @@ def resume(study: optuna.Study) -> str:
 def delete(study: optuna.Study, url: str) -> tuple[Counts, int]:
     """Delete the study, its trials and their checkpoints; (what it held, checkpoints removed)."""
     held = counts(study)
-    removed = _remove_checkpoints(study, url)
+    removed = remove_checkpoints(study, url)
     optuna.delete_study(study_name=study.study_name, storage=storage_of(study))
     return held, removed
 
 
-def _remove_checkpoints(study: optuna.Study, url: str) -> int:
+def remove_checkpoints(study: optuna.Study, url: str) -> int:
+    """Remove the checkpoints the study's trials left (delete, and create-study --replace); how many."""
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     from hpsearch.storage.artifacts import artifact_store
