@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -43,16 +45,26 @@ def is_plugin_ref(name: object) -> bool:
     return isinstance(name, str) and ":" in name and not name.startswith(":")
 
 
+def _import(module_name: str) -> Any:
+    """Import a user's module as `python -m` would find it: the current directory is searched too
+    (last, so an installed package of the same name wins), whether hpsearch runs as the `hpsearch`
+    script, `python -m hpsearch` or `python worker.py`."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
+    return importlib.import_module(module_name)
+
+
 def load_plugin(ref: str, kind: str = "plugin") -> Callable[..., Any]:
     """Import `package.module:function` and return the function."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise HpsearchError(f"{kind} {ref!r} must be 'package.module:function', but got {ref=}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as exc:  # noqa: BLE001 - user code: a SyntaxError or a failing import line too
-        raise HpsearchError(f"{kind} {ref!r}: cannot import module {module_name!r} here (sys.path: the current "
-                            f"directory, PYTHONPATH, installed packages): {_one_line(exc)}") from None
+        raise HpsearchError(f"{kind} {ref!r}: cannot import module {module_name!r} here (searched: installed "
+                            f"packages, PYTHONPATH, the current directory): {_one_line(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -67,10 +79,10 @@ def load_plugin(ref: str, kind: str = "plugin") -> Callable[..., Any]:
 def import_plugin(module_name: str) -> None:
     """Import a plugin module, so its `@MODELS.register(...)` (optimizers', datasets') lines run here."""
     try:
-        importlib.import_module(module_name)
+        _import(module_name)
     except Exception as exc:  # noqa: BLE001 - user code: a SyntaxError or a failing import line too
-        raise HpsearchError(f"cannot import plugin module {module_name!r} here (install its package, or put its "
-                            f"folder on PYTHONPATH): {_one_line(exc)}") from None
+        raise HpsearchError(f"cannot import plugin module {module_name!r} here (searched: installed packages, "
+                            f"PYTHONPATH, the current directory): {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -97,3 +97,24 @@ def test_catalog_lists_every_kind_and_what_plugins_register() -> None:
     assert text.startswith("models:") and "package.module:function" in text
     missing = run_cli("catalog", "--plugin", "hps_no_such_plugin")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+def test_a_module_in_the_current_directory_is_found_by_the_hpsearch_script_and_worker_py(tmp_path: Path) -> None:
+    """`hpsearch` (a console script) and `python worker.py` do not put the current directory on
+    sys.path as `python -m` does; a user's module beside their spec must be found all the same."""
+    import subprocess
+    import sys
+
+    (tmp_path / "hps_here.py").write_text("def objective(trial, spec):\n    return trial.params['x'] ** 2\n")
+    name, url = unique("here"), f"journal:{tmp_path / 'j.log'}"
+    spec = {"name": name, "objective": "hps_here:objective", "metric": "loss", "direction": "minimize",
+            "sampler": "grid", "space": {"x": {"choices": [1.0, 2.0]}}, "tracking": "none"}
+    env = cli_env(PYTHONPATH=str(ROOT))  # not the test's plugin folder, not tmp_path
+    script = Path(sys.executable).parent / "hpsearch"
+    created = subprocess.run([str(script), "create-study", str(write_spec(tmp_path, spec)), "--storage", url],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert created.returncode == 0, created.stderr
+    worker = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--study", name, "--storage", url],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    assert sorted(t.value for t in _trials(name, url)) == [1.0, 4.0]

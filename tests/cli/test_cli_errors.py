@@ -172,8 +172,8 @@ HOSTILE_SPECS: list[tuple[str, Any, str]] = [
     ("plugin-missing", {"objective": "no_such_package.objectives:fn", "metric": "loss"},
      "objective 'no_such_package.objectives:fn': cannot import module 'no_such_package.objectives' here"),
     ("plugin-broken", {"objective": "broken_plugin:objective", "metric": "loss"},
-     "objective 'broken_plugin:objective': cannot import module 'broken_plugin' here (sys.path: the current "
-     "directory, PYTHONPATH, installed packages): RuntimeError: needs a GPU driver"),
+     "objective 'broken_plugin:objective': cannot import module 'broken_plugin' here (searched: installed "
+     "packages, PYTHONPATH, the current directory): RuntimeError: needs a GPU driver"),
 ]
 HOSTILE_CASES = [(*c, "journal") for c in HOSTILE_SPECS] + [(*c, "postgres") for c in HOSTILE_SPECS if c[0] in (
     "repeats-2e6", "grid-1e12", "plugin-broken")]
