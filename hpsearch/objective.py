@@ -7,7 +7,9 @@ called once per trial as
 
 with the trial's search space already suggested (read `trial.params`, or suggest more) and the
 resolved spec as a plain dict (`spec["train"]` holds the fixed settings). It returns the value of
-the spec's `metric`, a finite number. While it runs:
+the spec's `metric`, a finite number, or with several `metrics:` a tuple of them in the spec's
+order. A constraint (`constraints:`) bounds one of those, or an attribute the objective set with
+`trial.set_user_attr(name, value)`. While it runs:
 
 - `should_stop()` turns True when the worker is asked to stop (SIGTERM, Ctrl-C, a cluster's
   pre-emption warning) or the trial passes its `trial_timeout`; raise `Preempted` then and the
@@ -132,6 +134,49 @@ def checked(value: Any, metric: str) -> float:
     return number
 
 
+def result(value: Any, spec: StudySpec) -> float | list[float]:
+    """What Optuna is told: one finite number for one metric, a list of them, in the spec's order,
+    for several (BadResult otherwise)."""
+    if not spec.multi_objective:
+        return checked(value, spec.metric)
+    if not isinstance(value, (tuple, list)) or len(value) != len(spec.metrics):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise BadResult(mask(f"the objective's result must be {len(spec.metrics)} finite numbers, one per metric "
+                             f"({', '.join(spec.metrics)}), but got {shown} ({type(value).__name__})"),
+                        divergent=False)
+    return [checked(v, m) for v, m in zip(value, spec.metrics, strict=True)]
+
+
+def shown(value: float | list[float], spec: StudySpec) -> str:
+    """"val_acc=0.9500, n_params=1,234": a result as the worker's line shows it."""
+    from hpsearch.metrics import format_value
+
+    values = value if isinstance(value, list) else [value]
+    return ", ".join(f"{m}={format_value(m, v)}" for m, v in zip(spec.metrics, values, strict=True))
+
+
+def constrain(trial: optuna.Trial, spec: StudySpec, value_of: Callable[[str], float | None], record: Record) -> None:
+    """The spec's constraints measured on a finished trial: recorded on it (`constraints`, `feasible`)
+    and handed to Optuna (Trial.set_constraint, which TPE, GP and NSGA-II/III read; Optuna 5
+    deprecates the samplers' constraints_func for it). A bound on a metric the trial did not report
+    is BadResult: the trial fails saying so, rather than count as feasible."""
+    if not spec.constraints:
+        return
+    from hpsearch import schema
+    from hpsearch.metrics import constraint_values
+
+    values = constraint_values(spec.constraints, value_of)
+    missing = sorted({k.rsplit(".", 1)[0] for k, v in values.items() if v is None})
+    if missing:
+        raise BadResult(f"constraints: the trial reported no {', '.join(missing)} (return it as one of the metrics, "
+                        f"or set it with trial.set_user_attr({missing[0]!r}, value))", divergent=False)
+    met = {k: float(v) for k, v in values.items() if v is not None}
+    record(trial, {schema.CONSTRAINTS: met, schema.FEASIBLE: all(v <= 0 for v in met.values())})
+    for key, v in met.items():
+        trial.set_constraint(key, v)
+
+
 def _message(metric: str, value: Any) -> str:
     shown = repr(value)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
@@ -170,7 +215,27 @@ def run(trial: optuna.Trial, spec: StudySpec, builtin: Callable[[], float], reco
     fn = load(spec)
     if fn is None:
         return builtin()
-    return checked(fn(trial, _suggest_and_record(trial, spec, record)), spec.metric)
+    value = result(fn(trial, _suggest_and_record(trial, spec, record)), spec)
+    _settle(trial, spec, value, record)
+    return value
+
+
+def _settle(trial: optuna.Trial, spec: StudySpec, value: float | list[float], record: Record) -> None:
+    """Several metrics are recorded under their names (where every reader finds each objective, as
+    the built-in trainer's are); then the constraints, on them or on attributes the objective set."""
+    told = dict(zip(spec.metrics, value if isinstance(value, list) else [value], strict=True))
+    if spec.multi_objective:
+        record(trial, told)
+    if spec.constraints:
+        from hpsearch.metrics import is_number
+
+        attrs = trial.user_attrs
+
+        def value_of(metric: str) -> float | None:
+            v = told.get(metric, attrs.get(metric))
+            return float(v) if is_number(v) else None
+
+        constrain(trial, spec, value_of, record)
 
 
 def _suggest_and_record(trial: optuna.Trial, spec: StudySpec, record: Record) -> dict[str, Any]:

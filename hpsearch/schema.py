@@ -96,11 +96,22 @@ TEST_ACC = _attr("test_acc", "trial", float, "test accuracy with the best epoch'
 TEST_LOSS = _attr("test_loss", "trial", float, "test loss with the best epoch's weights")
 CONFUSION_MATRIX = _attr("confusion_matrix", "trial", list, "test confusion matrix (rows: true class)")
 TRAIN_TIME_S = _attr("train_time_s", "trial", float, "seconds from the first epoch to the test evaluation")
+LATENCY_MS = _attr("latency_ms", "trial", float,
+                   "median time of one forward pass of a batch of batch_size examples on its device, in ms")
+FLOPS = _attr("flops", "trial", int, "floating-point operations of one example's forward pass (torch's FLOP counter)")
+
+# --- trial user attributes: constraints (`constraints:` in the spec) ----------------------------
+CONSTRAINTS = _attr("constraints", "trial", dict,
+                    "each bound (METRIC.max, METRIC.min) as Optuna takes it: how far the metric is past it, "
+                    "relative to the bound (<= 0: met)")
+FEASIBLE = _attr("feasible", "trial", bool, "every constraint of the spec is met")
 
 # --- trial system attributes (Optuna's own names, read by its retry callback) -------------------
 FIXED_PARAMS = _attr("fixed_params", "trial system", dict, "the parameters an enqueued trial must take")
 FAILED_TRIAL = _attr("failed_trial", "trial system", int, "number of the first trial of a retry chain")
 SYSTEM_RETRY_HISTORY = _attr("retry_history", "trial system", list, "the same as the user attribute, for Optuna")
+OPTUNA_CONSTRAINT = _attr("constraints:METRIC.BOUND", "trial system", float,
+                          "the same constraint value, written by Optuna's Trial.set_constraint (its samplers read it)")
 
 METRICS = (VAL_ACC, VAL_LOSS, TEST_ACC, TEST_LOSS)
 

@@ -57,6 +57,10 @@ def _interval(i: Interval | None) -> list[str]:
 
 
 def section(snap: Snapshot) -> Section:
+    if snap.goals is not None and snap.goals.multi:
+        from hpsearch.report.front import section as front_section
+
+        return front_section(snap)
     sec = Section("Best configurations", "best")
     if not snap.configs:
         return sec.add(Para("No complete trial yet.", "note"))
@@ -64,7 +68,8 @@ def section(snap: Snapshot) -> Section:
     headers = ["rank", *([by] if by else []), "configuration", "seeds"]
     for m in cols:
         headers += [f"{m} mean ± CI", f"{level} CI"]
-    headers.append("trials")
+    bounded = bool(snap.goals is not None and snap.goals.constraints)
+    headers += [*(["constraints"] if bounded else []), "trials"]
     rows, marked = _config_rows(snap, cols, best_per_group(snap.configs, by, snap.opts.top))
     bases = _baseline_rows(snap, cols)
     per = f"Up to {snap.opts.top} configurations per {by}" if by else f"The {len(rows)} best configurations"
@@ -77,6 +82,13 @@ def section(snap: Snapshot) -> Section:
                  "a loss) and the interval is shown as [low, high] (clipped). Test accuracy "
                  "is reported, never used to rank. Baselines are exact expected accuracies."))
     sec.add(Para(_flag_summary(snap.configs) + " " + RULE, "note"))
+    infeasible = sum(1 for c in snap.configs if not c.feasible)
+    if bounded:
+        from hpsearch.metrics import describe_constraints
+
+        sec.add(Para(f"Constraints: {describe_constraints(snap.goals.constraints)}. A configuration with a seed "  # type: ignore[union-attr]
+                     f"that broke one is infeasible and ranks after every feasible one ({infeasible} of "
+                     f"{len(snap.configs)}); the constraints column names the bounds broken.", "note"))
     from hpsearch.report.pruning import first_wave, note
 
     if wave := note(first_wave(snap.trials, snap.spec)):
@@ -114,13 +126,15 @@ def _config_rows(snap: Snapshot, cols: list[str], groups: list[tuple[Any, list[C
     rows, marked = [], set()
     for group, configs in groups:
         for c in configs:
-            winner = c.rank == 1 and c.clean and not survivor
+            winner = c.rank == 1 and c.clean and c.feasible and not survivor
             rank = f"{c.survivor_rank} (ranked {c.rank})" if survivor else f"{c.rank} ★" if winner else str(c.rank)
             row = [rank, *([_group_text(group)] if by else []), c.name, c.seeds_text()]
             for m in cols:
                 row += _interval(c.value if m == snap.metric else c.metrics.get(m))
             if winner:
                 marked.add(len(rows))
+            if snap.goals is not None and snap.goals.constraints:
+                row.append("; ".join(c.violations) or "met")
             rows.append([*row, _trial_list(c.trials)])
     return rows, marked
 
@@ -135,7 +149,7 @@ def _baseline_rows(snap: Snapshot, cols: list[str]) -> list[list[str]]:
         for m in cols:
             acc = {schema.VAL_ACC: b.val_acc, schema.TEST_ACC: b.test_acc}
             row += [_f(acc.get(m)), "exact" if m in acc else "-"]
-        rows.append([*row, "-"])
+        rows.append([*row, *(["-"] if snap.goals is not None and snap.goals.constraints else []), "-"])
     return rows
 
 
@@ -184,9 +198,8 @@ def _param_table(snap: Snapshot, leaders: list[ConfigSummary]) -> list[Table]:
 
 def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> dict[str, Any]:
     """What `best` shows, as plain data (the --json output; keys documented in the README)."""
-    import optuna
-
     from hpsearch.errors import HpsearchError
+    from hpsearch.report import front
     from hpsearch.report.export import METRICS
     from hpsearch.report.stats import bounds_of, check_level, summarize
     from hpsearch.storage import bulk as fastread
@@ -194,23 +207,31 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     check_level(level)
     if top < 1:
         raise HpsearchError(f"--top must be >= 1, but got {top=}")
+    goals = front.goals_of(study, spec)
     # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
-    trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED,
-                                          schema.RETRY_OF, schema.RETRY_HISTORY, schema.FAIL_REASON,
-                                          schema.WORKER, schema.FUSED, schema.IS_REPEAT],
-                             with_params=True)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    metric = spec.metric if spec is not None else "value"
-    rows = summarize(trials, maximize, level, bounds_of(metric))
+    keys = [schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED, schema.RETRY_OF, schema.RETRY_HISTORY,
+            schema.FAIL_REASON, schema.WORKER, schema.FUSED, schema.IS_REPEAT, *goals.keys()]
+    trials = fastread.trials(study, keys=keys, with_params=True) if spec is not None or not goals.multi else (
+        study.get_trials(deepcopy=False))  # a plain Optuna study's objectives are in Optuna's table alone
+    maximize, metric = goals.maximize[0], goals.metrics[0]
+    rows = summarize(trials, maximize, level, bounds_of(metric), goals)
     order = list(spec.space) if spec is not None else []
     for r in rows:  # the spec's order on every row (the storage returns parameters in any order)
         r.params = in_order(r.params, order)
-    aside = [c for _, cs in set_aside(rows, None, top) for c in cs]
+    if goals.multi:  # the whole Pareto front; set aside: a flagged configuration its survivors put on it
+        shown, aside = [r for r in rows if r.rank == 1], [r for r in rows if not r.clean and r.survivor_rank == 1
+                                                            and r.rank != 1 and r.feasible]
+    else:
+        shown, aside = rows[:top], [c for _, cs in set_aside(rows, None, top) for c in cs]
     return {
         "study": study.study_name, "metric": metric,
         "direction": "maximize" if maximize else "minimize", "level": level, "top": top,
+        "metrics": list(goals.metrics), "directions": ["maximize" if up else "minimize" for up in goals.maximize],
+        "constraints": {m: dict(b) for m, b in goals.constraints.items()},
         "n_configurations": len(rows), "n_flagged": sum(1 for r in rows if not r.clean),
-        "configurations": [config_record(r) for r in rows[:top]],
+        "n_infeasible": sum(1 for r in rows if not r.feasible),
+        "pareto": front.pareto_summary(rows, goals) if goals.multi else None,
+        "configurations": [config_record(r) for r in shown],
         "set_aside": [config_record(r) for r in aside],
         "failures": _failures(trials),
         "first_wave": _first_wave(trials, spec),
@@ -254,6 +275,10 @@ def config_record(r: ConfigSummary) -> dict[str, Any]:
         "name": r.name, "seeds": r.runs.as_dict(), "settled_by_repeats": r.settled_by, "value": interval(r.value),
         "metrics": {m: interval(i) for m, i in r.metrics.items()}, "trials": r.trials,
         "representative": r.representative, "params": r.params,
+        # A constrained study: whether every seed met the bounds, and the ones broken.
+        "feasible": r.feasible, "violations": list(r.violations),
+        # Several objectives: each one's mean and interval over seeds (`rank` is the Pareto front).
+        **({"objectives": {m: interval(i) for m, i in r.objectives.items()}} if r.objectives else {}),
     }
 
 
@@ -274,16 +299,24 @@ def print_best(name: str, storage: str | None, top: int, level: float = 0.9, as_
 def _print_tables(data: dict[str, Any]) -> None:
     from rich.console import Console
 
+    from hpsearch.report import front
+
     # Piped output (logs, CI, `make demo | tee`) gets a wide table instead of rich's 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if not data["configurations"]:
         console.print(f"study {data['study']}: no complete trial yet")
         _print_failures(console, data["failures"])
         return
+    if data["pareto"] is not None:
+        front.print_front(console, data)
+        _print_failures(console, data["failures"])
+        return
     metric, level = data["metric"], data["level"]
     title = (f"best configurations of {data['study']} ({data['direction']} {metric}, mean ± {level:.0%} "
              "t-interval over complete seeds; clean configurations first)")
     console.print(_rich_table(title, data["configurations"], metric, "rank"))
+    if data["n_infeasible"]:
+        console.print(front.infeasible_line(data), highlight=False, markup=False)
     flagged = data["n_flagged"]
     if flagged and flagged < data["n_configurations"]:
         console.print(f"{flagged} of {data['n_configurations']} configurations have a pruned or failed seed: "
@@ -317,26 +350,31 @@ def _rich_table(title: str, records: list[dict[str, Any]], metric: str, rank_col
     from rich.table import Table as RichTable
 
     extra = [m for m in (schema.VAL_ACC, schema.TEST_ACC) if m != metric]  # the metric column already shows val_acc
+    bounded = any(r.get("violations") for r in records) or any(not r.get("feasible", True) for r in records)
     table = RichTable(title=title)
-    for col in (rank_col, metric, "seeds", *extra, "trials", "parameters"):
-        table.add_column(col, justify="right" if col not in ("parameters", "trials", "seeds") else "left")
+    for col in (rank_col, metric, "seeds", *extra, *(["constraints"] if bounded else []), "trials", "parameters"):
+        table.add_column(col, justify="right" if col not in ("parameters", "trials", "seeds", "constraints") else "left")
     for r in records:
-        cells = [_interval_text(r["metrics"].get(m)) for m in extra]
+        cells = [interval_text(r["metrics"].get(m)) for m in extra]
+        if bounded:
+            cells.append("; ".join(r["violations"]) or "met")
         rank = str(r["rank"]) if rank_col == "rank" else f"{r['survivor_rank']} (ranked {r['rank']})"
-        trials = ",".join(map(str, r["trials"][:6])) + ("…" if len(r["trials"]) > 6 else "")
-        params = params_text(r["params"]) or "-"
-        table.add_row(rank, _interval_text(r["value"]), _seeds_text(r["seeds"], r.get("settled_by_repeats", 0)),
-                      *cells, trials, params)
+        table.add_row(rank, interval_text(r["value"]), seeds_text(r["seeds"], r.get("settled_by_repeats", 0)),
+                      *cells, trial_list(r["trials"]), params_text(r["params"]) or "-")
     return table
 
 
-def _interval_text(i: dict[str, Any] | None) -> str:
+def trial_list(numbers: list[int]) -> str:
+    return ",".join(map(str, numbers[:6])) + ("…" if len(numbers) > 6 else "")
+
+
+def interval_text(i: dict[str, Any] | None, metric: str | None = None) -> str:
     if i is None:
         return "-"
-    return Interval(i["mean"], i["n"], 0.0, i["low"], i["high"], bool(i.get("clipped"))).text()
+    return Interval(i["mean"], i["n"], 0.0, i["low"], i["high"], bool(i.get("clipped"))).text(metric=metric)
 
 
-def _seeds_text(seeds: dict[str, int], settled_by: int = 0) -> str:
+def seeds_text(seeds: dict[str, int], settled_by: int = 0) -> str:
     from hpsearch.report.export import SeedRuns
 
     text = SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import schema
 from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
+from hpsearch.metrics import key_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,12 +37,14 @@ BINARY_TO_STDOUT = "--format parquet is binary: give --out FILE to write it to a
 METRICS = schema.METRICS
 # Trial user attrs copied as they are (missing -> empty); see hpsearch.schema.
 ATTRS = (schema.BEST_EPOCH, schema.EPOCHS_TRAINED, schema.PRUNED_AT_EPOCH, schema.DURATION_S, schema.TRAIN_TIME_S,
+         schema.N_PARAMETERS, schema.LATENCY_MS, schema.FLOPS, schema.FEASIBLE,
          *schema.COMPUTE, schema.WORKER, schema.FAIL_REASON, schema.RETRY_OF)
 # The configuration's seed runs by outcome (see the module docstring), on every row of the configuration.
 CONFIG_COLUMNS = ("config_seeds", "config_complete", "config_pruned", "config_failed", "config_pending",
                   "config_clean")
 INT_COLUMNS = ("number", schema.SEED, schema.REPEAT_OF, schema.BEST_EPOCH, schema.EPOCHS_TRAINED,
-               schema.PRUNED_AT_EPOCH, schema.RETRY_OF, schema.THREADS, schema.FUSED, *CONFIG_COLUMNS[:-1])
+               schema.PRUNED_AT_EPOCH, schema.RETRY_OF, schema.THREADS, schema.FUSED, schema.N_PARAMETERS,
+               schema.FLOPS, *CONFIG_COLUMNS[:-1])
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 
@@ -99,8 +102,9 @@ class SeedRuns:
 def seed_outcome(trial: Any) -> str:
     """complete | pruned | failed | pending, for the newest trial of a seed run."""
     if trial.state == TrialState.COMPLETE:
-        # Only a finite value is a result (the ranking skips the others too).
-        return "complete" if trial.value is not None and math.isfinite(trial.value) else "failed"
+        # Only finite values are a result (the ranking skips the others too).
+        values = trial.values
+        return "complete" if values and all(math.isfinite(v) for v in values) else "failed"
     if trial.state == TrialState.PRUNED:
         return "pruned"
     if trial.state in (TrialState.WAITING, TrialState.RUNNING):
@@ -134,12 +138,15 @@ def seed_runs(trials: Sequence[Any]) -> dict[str, SeedRuns]:
 # ---------------------------------------------------------------- the table
 
 
-def trial_record(trial: FrozenTrial, runs: SeedRuns | None = None) -> dict[str, Any]:
+def trial_record(trial: FrozenTrial, runs: SeedRuns | None = None, names: Sequence[str] = ()) -> dict[str, Any]:
+    """One trial's row; with several objectives (`names`: the study's metric names) each is a column
+    of its name, and `value` is the first."""
     attrs = trial.user_attrs
+    values = list(trial.values or [])
     record: dict[str, Any] = {
         "number": trial.number,
         "state": state_name(trial),
-        "value": trial.value,
+        "value": values[0] if values else None,
         schema.NAME: trial_name(trial),
         schema.CONFIG_ID: config_id(trial),
         schema.SEED: attrs.get(schema.SEED),
@@ -149,6 +156,9 @@ def trial_record(trial: FrozenTrial, runs: SeedRuns | None = None) -> dict[str, 
     }
     for key in (*METRICS, *ATTRS):
         record[key] = attrs.get(key)
+    if len(names) > 1:
+        for i, name in enumerate(names):
+            record[name] = values[i] if i < len(values) else attrs.get(key_of(name))
     record["datetime_start"] = trial.datetime_start
     record["datetime_complete"] = trial.datetime_complete
     counts = runs.as_dict() if runs is not None else {}
@@ -160,16 +170,17 @@ def trial_record(trial: FrozenTrial, runs: SeedRuns | None = None) -> dict[str, 
     return record
 
 
-def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
-    """One row per trial, ordered by trial number; conditional params absent -> missing value."""
+def trials_frame(trials: Sequence[FrozenTrial], names: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per trial, ordered by trial number; conditional params absent -> missing value.
+    `names`: the study's objectives (a column each when there are several)."""
     import pandas as pd
 
     runs = seed_runs(trials)
-    records = [trial_record(t, runs.get(config_id(t)) if _known_config(t) else None)
+    records = [trial_record(t, runs.get(config_id(t)) if _known_config(t) else None, names)
                for t in sorted(trials, key=lambda t: t.number)]
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
-        return pd.DataFrame(columns=list(trial_record_columns()))
+        return pd.DataFrame(columns=list(dict.fromkeys([*trial_record_columns(), *(names if len(names) > 1 else [])])))
     for col in INT_COLUMNS:
         # Missing values would turn whole columns of epochs and seeds into floats (4.0) otherwise.
         values = frame[col].dropna()
@@ -186,8 +197,10 @@ def trial_record_columns() -> list[str]:
 # ---------------------------------------------------------------- writing
 
 
-def export(trials: Sequence[FrozenTrial], fmt: str, out: str | Path | None = None) -> int:
-    """Write the trial table as csv/parquet/json to the file `out`, or to stdout (None or '-').
+def export(trials: Sequence[FrozenTrial], fmt: str, out: str | Path | None = None,
+           names: Sequence[str] | None = None) -> int:
+    """Write the trial table as csv/parquet/json to the file `out`, or to stdout (None or '-');
+    `names`: the study's metric names, a column per objective when there are several.
 
     Only the data goes to stdout, so `hpsearch export NAME --format csv > trials.csv` is a clean
     file; the caller reports on stderr. Returns the row count.
@@ -197,7 +210,7 @@ def export(trials: Sequence[FrozenTrial], fmt: str, out: str | Path | None = Non
     to_stdout = out is None or str(out) == "-"
     if to_stdout and fmt == "parquet":
         raise HpsearchError(BINARY_TO_STDOUT)
-    frame = trials_frame(trials)
+    frame = trials_frame(trials, names or ())
     if fmt == "csv":
         text = frame.to_csv(index=False)
     elif fmt == "json":

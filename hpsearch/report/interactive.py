@@ -176,3 +176,38 @@ def contours(panels: Sequence[Any], metric: str, maximize: bool) -> Any:
                       coloraxis={"colorscale": "Viridis", "reversescale": not maximize,
                                  "colorbar": {"title": {"text": f"mean {metric}"}}})
     return fig
+
+
+def pareto_front(points: Sequence[Any], metrics: list[str], maximize: list[bool],
+                 constraints: dict[str, dict[str, float]] | None = None) -> Any:
+    """The PNG's panels with each configuration's name and means on hover."""
+    from plotly.subplots import make_subplots
+
+    from hpsearch.report.plots import PARETO_STYLE
+
+    pairs = [(i, j) for i in range(len(metrics)) for j in range(i + 1, len(metrics))][:6]
+    fig = make_subplots(rows=1, cols=len(pairs))
+    symbols = {"o": "circle", "x": "x"}
+    for col, (i, j) in enumerate(pairs, 1):
+        for kind, (marker, color, size) in PARETO_STYLE.items():
+            chosen = [p for p in points if p.kind == kind]
+            if not chosen:
+                continue
+            text = [p.name + "<br>" + "<br>".join(f"{m}: {v:.6g}" for m, v in zip(metrics, p.values, strict=True))
+                    for p in chosen]
+            fig.add_scatter(x=[p.values[i] for p in chosen], y=[p.values[j] for p in chosen], mode="markers",
+                            name=f"{kind} ({len(chosen)})", legendgroup=kind, showlegend=col == 1, text=text,
+                            hoverinfo="text", marker={"symbol": symbols[marker], "color": color,
+                                                      "size": max(6, size // 3)}, row=1, col=col)
+        if len(metrics) == 2:
+            front = sorted((p.values for p in points if p.kind == "Pareto-optimal"), key=lambda v: v[0])
+            fig.add_scatter(x=[v[0] for v in front], y=[v[1] for v in front], mode="lines", showlegend=False,
+                            line={"color": "#111111", "width": 1}, hoverinfo="skip", row=1, col=col)
+        for bound in (constraints or {}).get(metrics[i], {}).values():
+            fig.add_vline(x=bound, line_dash="dash", line_color="#999999", row=1, col=col)
+        for bound in (constraints or {}).get(metrics[j], {}).values():
+            fig.add_hline(y=bound, line_dash="dash", line_color="#999999", row=1, col=col)
+        fig.update_xaxes(title_text=f"{metrics[i]} ({'higher' if maximize[i] else 'lower'} is better)", row=1, col=col)
+        fig.update_yaxes(title_text=f"{metrics[j]} ({'higher' if maximize[j] else 'lower'} is better)", row=1, col=col)
+    fig.update_layout(title="Pareto front over configurations (means over seeds)", height=470)
+    return fig

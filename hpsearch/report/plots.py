@@ -227,3 +227,34 @@ def contours(panels: Sequence[Any], metric: str, maximize: bool, path: Path) -> 
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01).set_label(f"mean {metric} of the trials in the cell")
     fig.suptitle("contour: pairs of parameters (bright = better)", fontsize=10)
     return _save(fig, path)
+
+
+PARETO_STYLE = {"Pareto-optimal": ("o", "#111111", 36), "dominated": ("o", "#9ecae1", 18),
+                "set aside": ("o", "#ff7f0e", 22), "infeasible": ("x", "#999999", 22)}
+
+
+def pareto_front(points: Sequence[Any], metrics: list[str], maximize: list[bool], path: Path,
+                 constraints: dict[str, dict[str, float]] | None = None) -> Path:
+    """Configurations' means, one panel per pair of objectives; the front joined when there are two,
+    each bound on an objective dashed."""
+    plt = _plt()
+    pairs = [(i, j) for i in range(len(metrics)) for j in range(i + 1, len(metrics))][:6]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs, strict=True):
+        for kind, (marker, color, size) in PARETO_STYLE.items():
+            chosen = [p for p in points if p.kind == kind]
+            if chosen:
+                ax.scatter([p.values[i] for p in chosen], [p.values[j] for p in chosen], marker=marker, c=color,
+                           s=size, label=f"{kind} ({len(chosen)})", zorder=3 if kind == "Pareto-optimal" else 2)
+        if len(metrics) == 2:
+            front = sorted((p.values for p in points if p.kind == "Pareto-optimal"), key=lambda v: v[0])
+            ax.plot([v[0] for v in front], [v[1] for v in front], color="#111111", lw=1, zorder=2)
+        for axis, k in (("x", i), ("y", j)):
+            for bound in (constraints or {}).get(metrics[k], {}).values():
+                (ax.axvline if axis == "x" else ax.axhline)(bound, color="#999999", ls="--", lw=1)
+        ax.set_xlabel(f"{metrics[i]} ({'higher' if maximize[i] else 'lower'} is better)")
+        ax.set_ylabel(f"{metrics[j]} ({'higher' if maximize[j] else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.suptitle("Pareto front over configurations (means over seeds)")
+    return _save(fig, path)

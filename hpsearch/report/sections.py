@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import TrialState
 
 from hpsearch import schema
+from hpsearch.metrics import describe_constraints
 from hpsearch.report import interactive as live
 from hpsearch.report import plots
 from hpsearch.report.render import Para, Section, Table
@@ -41,8 +42,13 @@ def meta(snap: Snapshot) -> list[str]:
     lines = [f"Snapshot of the storage taken {when}; {len(snap.trials)} trials."]
     if snap.spec is not None:
         s = snap.spec
-        lines.append(f"Search: {s.sampler['name']} sampler, {s.pruner['name']} pruner, {s.direction} {s.metric} "
-                     f"(validation), {s.repeats} seed(s) per configuration, dataset {s.dataset.get('name')}.")
+        goals = ", ".join(f"{d} {m}" for m, d in zip(s.metrics, s.directions, strict=True))
+        bounds = f"; constraints {describe_constraints(s.constraints)}" if s.constraints else ""
+        lines.append(f"Search: {s.sampler['name']} sampler, {s.pruner['name']} pruner, {goals} (validation){bounds}, "
+                     f"{s.repeats} seed(s) per configuration, dataset {s.dataset.get('name')}.")
+        if s.multi_objective:
+            lines.append(f"Several objectives: the Pareto front below ranks configurations by all of them; the other "
+                         f"views (history, slices, contours, importance, correlations) are of the first, {s.metric}.")
     states = snap.frame["state"].value_counts().to_dict() if len(snap.frame) else {}
     planned, issued = snap.attrs.get(schema.PLANNED_ATTR), snap.attrs.get(schema.ISSUED_ATTR)
     unissued = max(0, int(planned) - int(issued)) if planned is not None and issued is not None else 0
@@ -217,8 +223,9 @@ def curves(snap: Snapshot) -> Section:
     from hpsearch.report.curves import divergent_runs, under_trained_runs
 
     sec = Section("Learning curves", "curves")
+    metric, maximize = snap.curve_metric
     divergent = divergent_runs(snap.trials)
-    under = under_trained_runs(snap.trials, snap.metric, snap.maximize, snap.opts.window, snap.opts.min_gain)
+    under = under_trained_runs(snap.trials, metric, maximize, snap.opts.window, snap.opts.min_gain)
     flags = {f.number: "under-trained" for f in under} | {f.number: "divergent" for f in divergent}
     if snap.configs:
         flags |= {n: "best configuration" for n in snap.configs[0].trials if n not in flags}
@@ -231,15 +238,15 @@ def curves(snap: Snapshot) -> Section:
     if drawn:
         sec.add(snap.figure("learning_curves", "Training loss, validation metric and validation loss (or accuracy) "
                             "per epoch",
-                            lambda p: plots.learning_curves(drawn, flags, snap.metric, p),
-                            lambda: live.learning_curves(drawn, flags, snap.metric)))
+                            lambda p: plots.learning_curves(drawn, flags, metric, p),
+                            lambda: live.learning_curves(drawn, flags, metric)))
     else:
         sec.add(Para("No trial has reported an epoch yet.", "note"))
-    gain = f"+{snap.opts.min_gain:g} absolute" if snap.maximize else f"{snap.opts.min_gain:.0%} relative"
+    gain = f"+{snap.opts.min_gain:g} absolute" if maximize else f"{snap.opts.min_gain:.0%} relative"
     sec.add(Para(f"Divergent ({len(divergent)}): the loss went NaN/inf (the worker failed the trial), a curve "
                  "value is not finite, or the last epoch's training loss is not below the first epoch's."))
     sec.add(*_flag_table(divergent))
-    sec.add(Para(f"Under-trained ({len(under)}): complete runs whose validation {snap.metric} still improved by "
+    sec.add(Para(f"Under-trained ({len(under)}): complete runs whose validation {metric} still improved by "
                  f"at least {gain} over their last {snap.opts.window} epochs (fewer for shorter runs): more epochs "
                  "would likely have helped (--window and --min-gain set the rule)."))
     return sec.add(*_flag_table(under))

@@ -16,6 +16,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.queue import study as study_mod
 from hpsearch.report.curves import DEFAULT_MIN_GAIN, DEFAULT_WINDOW
 from hpsearch.report.export import PARAM_PREFIX, trials_frame
+from hpsearch.report.objectives import Goals, first_objective
 from hpsearch.report.render import Figure
 from hpsearch.report.stats import ConfigSummary, bounds_of, check_group_by, check_level, summarize
 from hpsearch.spec.model import StudySpec
@@ -59,16 +60,35 @@ class Snapshot:
     opts: ReportOptions
     out: Path
     taken: float = field(default_factory=time.time)
+    goals: Goals | None = None  # the spec's objectives and constraints (None: from the spec, or one `value`)
     frame: pd.DataFrame = field(init=False)  # the trial table (filters, states)
     complete: list[FrozenTrial] = field(init=False)
     configs: list[ConfigSummary] = field(init=False)  # ranked, best first
     figures: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.frame = trials_frame(self.trials)
+        self.goals = self.goals or Goals.of(self.spec, self.maximize)
+        self.frame = trials_frame(self.trials, self.goals.metrics)
+        self.configs = summarize(self.trials, self.maximize, self.opts.level, bounds_of(self.metric), self.goals)
+        if self.goals.multi:
+            # Every view but the Pareto front reads one value per trial: the first objective's.
+            self.trials = [first_objective(t) for t in self.trials]
         self.complete = [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
-        self.configs = summarize(self.trials, self.maximize, self.opts.level, bounds_of(self.metric))
         self.figures = self.out / "figures"
+
+    @property
+    def curve_metric(self) -> tuple[str, bool]:
+        """The per-epoch metric the learning curves show, and whether higher is better: the first
+        objective, unless the built-in trainer measures it once per trial (n_params, latency_ms, ...):
+        then the metric its best epoch was chosen by."""
+        from hpsearch.metrics import BUILTIN, epoch_metric
+
+        spec = self.spec
+        if spec is None or spec.objective is not None or BUILTIN[self.metric].per_epoch:
+            return self.metric, self.maximize
+        metric = epoch_metric(spec.metrics)
+        given = dict(zip(spec.metrics, spec.directions, strict=True))
+        return metric, given.get(metric, BUILTIN[metric].direction) == "maximize"
 
     @property
     def params(self) -> list[str]:
@@ -102,7 +122,8 @@ def take_snapshot(study: optuna.Study, out: Path, opts: ReportOptions) -> Snapsh
     except HpsearchError:
         spec = None  # a plain optuna study still gets a report (without the spec's extras)
     trials = fastread.full_trials(study)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # The first objective's direction (Study.direction refuses a multi-objective study).
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     snap = Snapshot(study.study_name, spec, trials, dict(study.user_attrs), maximize,
                     spec.metric if spec is not None else "value", opts, out)
     check_group_by(opts.group_by, trials, snap.params)

@@ -31,7 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
+from hpsearch.metrics import bounds_of, format_value
 from hpsearch.report.export import METRICS, SeedRuns, config_id, seed_runs, trial_name
+from hpsearch.report.objectives import Goals, pareto_ranks
 
 NO_GROUP = "all configurations"
 INACTIVE = "(inactive)"
@@ -52,35 +54,22 @@ class Interval:
     def half_width(self) -> float | None:
         return None if self.low is None or self.high is None else (self.high - self.low) / 2
 
-    def text(self, digits: int = 4) -> str:
+    def text(self, digits: int = 4, metric: str | None = None) -> str:
+        """"0.9512 ± 0.0031"; a count or a time as its metric reads (`metric`): "4,810 ± 0"."""
+        def f(x: float) -> str:
+            return f"{x:.{digits}f}" if metric is None else format_value(metric, x, digits)
+
         if self.half_width is None:
-            return f"{self.mean:.{digits}f} (1 seed: no CI)"
+            return f"{f(self.mean)} (1 seed: no CI)"
         if self.clipped:  # no longer symmetric: show both ends
-            return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] (clipped)"
-        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+            return f"{f(self.mean)} [{f(self.low)}, {f(self.high)}] (clipped)"  # type: ignore[arg-type]
+        return f"{f(self.mean)} ± {f(self.half_width)}"
 
 
 def check_level(level: float) -> float:
     if not 0 < level < 1:
         raise HpsearchError(f"--level must be a confidence level in (0, 1), e.g. 0.9, but got {level=}")
     return level
-
-
-# A metric's range: accuracies are shares, losses are never negative.
-BOUNDED = {schema.VAL_ACC: (0.0, 1.0), schema.TEST_ACC: (0.0, 1.0), schema.VAL_LOSS: (0.0, math.inf),
-           schema.TEST_LOSS: (0.0, math.inf)}
-
-
-def bounds_of(metric: str) -> tuple[float, float] | None:
-    """The range a metric cannot leave (None: unknown, e.g. a user objective's own value)."""
-    if metric in BOUNDED:
-        return BOUNDED[metric]
-    name = metric.lower()
-    if name.endswith(("acc", "accuracy")):
-        return 0.0, 1.0
-    if name.endswith("loss"):
-        return 0.0, math.inf
-    return None
 
 
 def mean_ci(values: Iterable[float | None], level: float = 0.9,
@@ -126,6 +115,13 @@ class ConfigSummary:
     runs: SeedRuns = field(default_factory=SeedRuns)  # its seed runs by outcome, pending ones included
     survivor_rank: int = 0  # its rank by the mean of its complete seeds alone (pruned seeds ignored)
     settled_by: int = 0  # flagged, but ranked on this many complete `repeat` seeds alone (see summarize)
+    objectives: dict[str, Interval] = field(default_factory=dict)  # each objective's, with several
+    violations: list[str] = field(default_factory=list)  # bounds a seed broke: "n_params 4,810 > 2,000"
+
+    @property
+    def feasible(self) -> bool:
+        """No complete seed broke a constraint (the spec's `constraints:`)."""
+        return not self.violations
 
     @property
     def clean(self) -> bool:
@@ -137,15 +133,18 @@ class ConfigSummary:
 
 
 def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
-              bounds: tuple[float, float] | None = None) -> list[ConfigSummary]:
-    """Configurations with a complete seed, ranked: clean ones first, each part by mean validation metric.
+              bounds: tuple[float, float] | None = None, goals: Goals | None = None) -> list[ConfigSummary]:
+    """Configurations with a complete seed, ranked: feasible before infeasible, clean before flagged,
+    each part by mean validation metric (several objectives: by Pareto front, see _rank_fronts).
 
     `trials` should hold every trial of the study (any state): pruned, failed and pending seeds
-    are counted from them (see the module docstring for what they contribute).
+    are counted from them (see the module docstring for what they contribute). `goals` names the
+    objectives and constraints (hpsearch.report.objectives); without it, one objective, no bounds.
     """
+    goals = goals or Goals(("value",), (maximize,))
     groups: dict[str, list[Any]] = defaultdict(list)
     for t in trials:
-        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+        if t.state == TrialState.COMPLETE and goals.values(t) is not None:
             groups[config_id(t)].append(t)
     runs = seed_runs(trials)
     repeat_runs = seed_runs([t for t in trials if t.user_attrs.get(schema.IS_REPEAT)])
@@ -155,24 +154,70 @@ def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
         settled = _settling_repeats(ts, runs.get(cid), repeat_runs.get(cid))
         if settled:
             ts = settled
-        value = mean_ci([t.value for t in ts], level, bounds)
-        assert value is not None  # every trial in a group has a finite value
-        best = (max if maximize else min)(ts, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+        told = [goals.values(t) or [] for t in ts]
+        value = mean_ci([v[0] for v in told], level, bounds)
+        assert value is not None  # every trial in a group has finite values
+        best = (max if maximize else min)(range(len(ts)), key=lambda i: told[i][0])
         rows.append(ConfigSummary(
             config_id=cid, name=trial_name(ts[0]), params=dict(ts[0].params), trials=[t.number for t in ts],
             seeds=[int(t.user_attrs.get(schema.SEED, 0)) for t in ts], value=value,
             metrics={m: mean_ci([_number(t.user_attrs.get(m)) for t in ts], level, bounds_of(m)) for m in METRICS},
-            representative=best.number, runs=runs.get(cid) or SeedRuns(complete=len(ts)), settled_by=len(settled),
+            representative=ts[best].number, runs=runs.get(cid) or SeedRuns(complete=len(ts)), settled_by=len(settled),
+            objectives={m: mean_ci([v[i] for v in told], level, bounds_of(m))  # type: ignore[misc]
+                        for i, m in enumerate(goals.metrics)} if goals.multi else {},
+            violations=_violations([goals.broken(t) for t in ts]),
         ))
+    if goals.multi:
+        _rank_fronts(rows, goals)
+        return rows
     sign = -1.0 if maximize else 1.0
     # More seeds break ties: the better-measured configuration comes first.
-    rows.sort(key=lambda r: (sign * r.value.mean, -r.value.n, r.name))
+    rows.sort(key=lambda r: (not r.feasible, sign * r.value.mean, -r.value.n, r.name))
     for i, r in enumerate(rows, 1):
         r.survivor_rank = i
-    rows.sort(key=lambda r: not r.clean)  # stable: each part keeps its order by the metric
+    rows.sort(key=lambda r: (not r.feasible, not r.clean))  # stable: each part keeps its order by the metric
     for i, r in enumerate(rows, 1):
         r.rank = i
     return rows
+
+
+def _violations(broken: list[list[tuple[str, str, float, float]]]) -> list[str]:
+    """Each bound some seed broke, with the worst seed's value: "n_params 4,810 > 2,000 (1 of 2 seeds)"."""
+    worst: dict[tuple[str, str, float], list[float]] = {}
+    for seed in broken:
+        for metric, side, value, bound in seed:
+            worst.setdefault((metric, side, bound), []).append(value)
+    out = []
+    for (metric, side, bound), values in worst.items():
+        v = max(values) if side == "max" else min(values)
+        text = f"{metric} {format_value(metric, v)} {'>' if side == 'max' else '<'} {format_value(metric, bound)}"
+        out.append(text + (f" ({len(values)} of {len(broken)} seeds)" if len(values) < len(broken) else ""))
+    return out
+
+
+def _rank_fronts(rows: list[ConfigSummary], goals: Goals) -> None:
+    """Several objectives: a configuration's rank is its Pareto front over the means of its seeds.
+
+    Tiers come first, as with one objective: feasible clean configurations, then feasible flagged
+    ones, then infeasible ones; each tier is sorted into fronts numbered after the previous tier's,
+    so rank 1 is the Pareto-optimal set of the feasible clean configurations. survivor_rank is the
+    front with the clean tiers merged (what a flagged one's surviving seeds alone would give it)."""
+    def fronts(tier: Any) -> list[int]:
+        ranks, offset = [0] * len(rows), 0
+        for level in sorted({tier(r) for r in rows}):
+            index = [i for i, r in enumerate(rows) if tier(r) == level]
+            points = [[rows[i].objectives[m].mean for m in goals.metrics] for i in index]
+            ranked = pareto_ranks(points, goals.maximize)
+            for i, k in zip(index, ranked, strict=True):
+                ranks[i] = offset + k
+            offset += max(ranked)
+        return ranks
+
+    survivor, final = fronts(lambda r: not r.feasible), fronts(lambda r: (not r.feasible, not r.clean))
+    for r, s, f in zip(rows, survivor, final, strict=True):
+        r.survivor_rank, r.rank = s, f
+    sign = -1.0 if goals.maximize[0] else 1.0
+    rows.sort(key=lambda r: (r.rank, sign * r.value.mean, -r.value.n, r.name))
 
 
 def _settling_repeats(complete: list[Any], runs: SeedRuns | None, repeats: SeedRuns | None) -> list[Any]:
@@ -196,12 +241,12 @@ def config_points(trials: Sequence[Any]) -> list[FrozenTrial]:
 
     groups: dict[str, list[Any]] = defaultdict(list)
     for t in trials:
-        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+        if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0]):
             groups[config_id(t)].append(t)
     points = []
     for ts in groups.values():
         ts = sorted(ts, key=lambda t: t.number)
-        point = optuna.trial.create_trial(value=math.fsum(t.value for t in ts) / len(ts), params=dict(ts[0].params),
+        point = optuna.trial.create_trial(value=math.fsum(t.values[0] for t in ts) / len(ts), params=dict(ts[0].params),
                                           distributions=dict(ts[0].distributions),
                                           user_attrs={schema.CONFIG_ID: config_id(ts[0]), "seeds": len(ts)})
         point.number = ts[-1].number

@@ -92,6 +92,13 @@ SAMPLERS: dict[str, tuple[Callable[..., optuna.samplers.BaseSampler], Any]] = {
     "nsga3": (_nsga3, optuna.samplers.NSGAIIISampler),
 }
 EXTRA_OPTIONS = {"tpe": {"window"}}
+# Several objectives: Optuna 5's CmaEsSampler refuses them (BaseSampler._raise_error_if_multi_objective);
+# every other sampler here takes them (GP since 4.4, with log-EHVI).
+MULTI_OBJECTIVE = frozenset(SAMPLERS) - {"cmaes"}
+# Samplers that steer by each finished trial's constraint values (Trial.set_constraint, which
+# Optuna 5 reads in place of the deprecated constraints_func): infeasible trials count against the
+# region they came from. The others sample as if unconstrained; `best` ranks by feasibility alike.
+CONSTRAINED = frozenset({"tpe", "gp", "nsga2", "nsga3"})
 # Every sampler but grid fills in parameterless tickets, so its study needs a trial budget.
 BUDGETED_SAMPLERS = frozenset(SAMPLERS) - {"grid"}
 
@@ -224,6 +231,27 @@ def check_sampler(cfg: dict[str, Any]) -> list[tuple[str, str]]:
 
 def check_pruner(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     return _check("pruner", PRUNERS, cfg)
+
+
+def check_objectives(sampler: dict[str, Any], pruner: dict[str, Any], metrics: list[str],
+                     per_epoch: bool) -> list[tuple[str, str]]:
+    """What the sampler and pruner cannot do with the spec's objectives: several metrics with
+    CMA-ES or with any pruner (Optuna's Trial.report and should_prune refuse a multi-objective
+    study), or a pruner on a metric measured once per trial (`per_epoch` False)."""
+    out = []
+    name, pruned = sampler.get("name"), pruner.get("name", "none")
+    if len(metrics) > 1:
+        if name in SAMPLERS and name not in MULTI_OBJECTIVE:
+            out.append(("sampler", f"{name} optimizes one metric (Optuna's CmaEsSampler refuses a multi-objective "
+                        f"study), but the spec has {len(metrics)}: {', '.join(metrics)}; use "
+                        f"{', '.join(sorted(MULTI_OBJECTIVE - {'grid', 'qmc'}))} (or grid)"))
+        if pruned != "none":
+            out.append(("pruner", f"must be none with several metrics (Optuna prunes on one: Trial.report and "
+                        f"should_prune refuse a multi-objective study), but got pruner={pruned!r}"))
+    elif pruned != "none" and not per_epoch:
+        out.append(("pruner", f"compares the metric epoch by epoch, but {metrics[0]} is measured once per trial; "
+                    "use pruner none, or val_acc or val_loss as the metric"))
+    return out
 
 
 def build_sampler(cfg: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:

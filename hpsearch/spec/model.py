@@ -80,10 +80,23 @@ class StudySpec:
     fuse: int | None = None  # trials a worker trains as one fused model (hpsearch.worker.fused); None: its default
     trial_timeout: float | None = None  # seconds a trial may run (hpsearch.worker.stopping); None: no limit
     plugins: list[str] = field(default_factory=list)  # modules every worker imports first (their @register)
+    # Every objective in order (the first is `metric`/`direction`); one for a single-objective study.
+    metrics: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    # metric -> {min: X, max: Y}: bounds on any reported metric (hpsearch.metrics)
+    constraints: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = list(self.metrics) or [self.metric]
+        self.directions = list(self.directions) or [self.direction]
 
     @property
     def is_grid(self) -> bool:
         return self.sampler["name"] == "grid"
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec: stored in the study and hashed."""
@@ -106,6 +119,9 @@ class StudySpec:
             **({"fuse": self.fuse} if self.fuse is not None else {}),
             **({"trial_timeout": self.trial_timeout} if self.trial_timeout is not None else {}),
             **({"plugins": list(self.plugins)} if self.plugins else {}),
+            # Several objectives keep `metric`/`direction` (the first) for readers of one.
+            **({"metrics": list(self.metrics), "directions": list(self.directions)} if self.multi_objective else {}),
+            **({"constraints": {m: dict(b) for m, b in self.constraints.items()}} if self.constraints else {}),
         }
 
     def hash(self) -> str:

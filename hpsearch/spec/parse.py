@@ -16,12 +16,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hpsearch import schema
 from hpsearch.errors import HpsearchError
+from hpsearch.metrics import BUILTIN
 from hpsearch.registry import import_plugin, is_plugin_ref
-from hpsearch.search.samplers import BUDGETED_SAMPLERS, check_pruner, check_sampler
+from hpsearch.search.samplers import (
+    BUDGETED_SAMPLERS,
+    check_objectives,
+    check_pruner,
+    check_sampler,
+)
 from hpsearch.space import grid_size
-from hpsearch.spec import trainer
+from hpsearch.spec import objectives, trainer
 from hpsearch.spec.model import (
     MAX_FUSE,
     MAX_NAME,
@@ -36,10 +41,10 @@ from hpsearch.spec.params import check_conditions, parse_space
 from hpsearch.spec.problems import Problems, did_you_mean, is_int, is_num, short
 
 TOP_KEYS = {
-    "name", "description", "metric", "direction", "sampler", "pruner", "repeats", "seed",
-    "budget", "dataset", "train", "space", "objective", "tracking", "fuse", "trial_timeout", "plugins",
+    "name", "description", "metric", "direction", "metrics", "directions", "constraints", "sampler", "pruner",
+    "repeats", "seed", "budget", "dataset", "train", "space", "objective", "tracking", "fuse", "trial_timeout",
+    "plugins",
 }
-BUILTIN_METRICS = {schema.VAL_ACC, schema.VAL_LOSS}  # each also the trial attribute holding its value
 # fullmatch, not `$`: `$` also matches before a trailing newline ("name\n" would be stored).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -60,11 +65,16 @@ def parse_spec(raw: dict[str, Any], source: str, registries: bool = True) -> Stu
     name = _name(raw, err)
     objective = _objective(raw, err)
     builtin = objective is None
-    metric, direction = _metric_and_direction(raw, builtin, err)
+    metrics, directions = objectives.parse(raw, builtin, err)
+    constraints = objectives.parse_constraints(raw.get("constraints"), builtin, metrics, err)
     # --- the search: sampler, pruner, repeats and seeds, budget ---------------------------
     sampler = _named(raw.get("sampler", "tpe"), "sampler", err)
     pruner = _named(raw.get("pruner", "none"), "pruner", err)
     for where, msg in check_sampler(sampler) + check_pruner(pruner):
+        err(where, msg)
+    # A user objective reports each epoch itself: only the built-in trainer's once-per-trial metrics cannot prune.
+    per_epoch = not builtin or metrics[0] not in BUILTIN or BUILTIN[metrics[0]].per_epoch
+    for where, msg in check_objectives(sampler, pruner, metrics, per_epoch):
         err(where, msg)
     repeats, seed = _repeats_and_seed(raw, err)
     budget_trials, wall_clock = _budget_of(raw, sampler, repeats, err)
@@ -87,11 +97,11 @@ def parse_spec(raw: dict[str, Any], source: str, registries: bool = True) -> Stu
     if err:
         raise SpecError(err.lines)
     return StudySpec(
-        name=name, metric=metric, direction=direction, sampler=sampler, pruner=pruner,
+        name=name, metric=metrics[0], direction=directions[0], sampler=sampler, pruner=pruner,
         repeats=repeats, seed=seed, budget_trials=budget_trials, wall_clock=wall_clock,
         dataset=dataset, train=dict(train), space=space, objective=objective, tracking=tracking,
         description=str(raw.get("description", "") or ""), fuse=fuse, trial_timeout=trial_timeout,
-        plugins=plugins,
+        plugins=plugins, metrics=metrics, directions=directions, constraints=constraints,
     )
 
 
@@ -146,18 +156,6 @@ def _objective(raw: dict[str, Any], err: Problems) -> str | None:
     if objective is not None and not is_plugin_ref(objective):
         err("objective", f"must be 'package.module:function', but got {objective=}")
     return objective
-
-
-def _metric_and_direction(raw: dict[str, Any], builtin: bool, err: Problems) -> tuple[str, str]:
-    metric = raw.get("metric", schema.VAL_ACC)
-    if not isinstance(metric, str) or (builtin and metric not in BUILTIN_METRICS):
-        err("metric", f"must be one of {', '.join(sorted(BUILTIN_METRICS))}, but got {metric=}"
-            + (" (the test set is never used for selection)" if str(metric).startswith("test") else ""))
-    default_dir = "minimize" if str(metric).endswith("loss") else "maximize"
-    direction = raw.get("direction", default_dir)
-    if direction not in ("maximize", "minimize"):
-        err("direction", f"must be maximize or minimize, but got {direction=}")
-    return metric, direction
 
 
 # ---------------------------------------------------------------- the search

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import optuna
 
 from hpsearch import schema
+from hpsearch.metrics import key_of
 from hpsearch.redact import mask
 from hpsearch.training.tracking_metrics import confusion_chart, gradient_norms
 
@@ -314,8 +315,16 @@ class WandbTracker:
         for key in (schema.VAL_ACC, schema.VAL_LOSS, schema.BEST_EPOCH, schema.PRUNED_AT_EPOCH, schema.FAIL_REASON):
             if attrs.get(key) is not None:
                 summary[f"best/{key}" if key.startswith("val_") else key] = attrs[key]
-        if isinstance(attrs.get(self.spec.metric), (int, float)):
-            summary["objective"] = attrs[self.spec.metric]  # what the sampler saw; W&B importance targets it
+        # Every objective the sampler saw, under its metric's name; `objective` (the first) is what W&B's
+        # importance panel targets. A constrained study's runs say whether they met the bounds.
+        for metric in self.spec.metrics:
+            value = attrs.get(key_of(metric))
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                summary[f"objective/{metric}"] = value
+                summary.setdefault("objective", value)
+        if attrs.get(schema.FEASIBLE) is not None:
+            summary["feasible"] = attrs[schema.FEASIBLE]
+            summary.update({f"constraint/{k}": v for k, v in (attrs.get(schema.CONSTRAINTS) or {}).items()})
         self.run.summary.update(summary)
         if kind != "complete":
             self.run.tags = (*self.run.tags, kind)

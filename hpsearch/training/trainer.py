@@ -24,14 +24,16 @@ import torch
 
 from hpsearch import schema, settings
 from hpsearch import space as space_mod
+from hpsearch.metrics import BUILTIN, epoch_metric
 from hpsearch.models import build_model, count_parameters
 from hpsearch.objective import (
     Divergent,
     Duplicate,
     Preempted,
-    checked,
+    constrain,
     record_each,
     refuse_duplicate,
+    result,
 )
 from hpsearch.training.checkpoints import load_checkpoint, save_checkpoint, snapshot
 from hpsearch.training.data import loading as data_mod
@@ -94,11 +96,11 @@ def evaluate(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, 
     return result
 
 
-def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
+def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float | list[float]:
     """Train one trial alone; its W&B run (ctx.tracker) ends with it, failed or complete."""
     try:
         # Checked here, so a bad result ends the W&B run as failed, not complete.
-        value = checked(_train(trial, spec, ctx), spec.metric)
+        value = result(_train(trial, spec, ctx), spec)
     except BaseException as exc:
         if ctx.tracker is not None:
             ctx.tracker.finish_error(exc)
@@ -108,7 +110,7 @@ def run(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
     return value
 
 
-def _train(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float:
+def _train(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> float | list[float]:
     r = start(trial, spec, ctx)
     for epoch in range(r.start_epoch + 1, r.epochs + 1):
         t0 = time.monotonic()
@@ -154,7 +156,20 @@ class TrialRun:
 
     @property
     def metric_key(self) -> str:
-        return self.spec.metric  # val_acc | val_loss
+        """The per-epoch metric that picks the best epoch (the first such objective, else val_loss)."""
+        return epoch_metric(self.spec.metrics)
+
+    @property
+    def maximize(self) -> bool:
+        key = self.metric_key
+        given = dict(zip(self.spec.metrics, self.spec.directions, strict=True))
+        return given.get(key, BUILTIN[key].direction) == "maximize"
+
+    @property
+    def reports(self) -> bool:
+        """Whether each epoch is reported to Optuna (what a pruner reads): one objective, measured every
+        epoch. Optuna's Trial.report refuses a multi-objective study."""
+        return not self.spec.multi_objective and self.spec.metric == self.metric_key
 
 
 # ---------------------------------------------------------------- setup and resume
@@ -215,8 +230,8 @@ def _resume(r: TrialRun) -> None:
     r.state = ck["state"]
     r.start_epoch = int(r.state["epoch"])
     trial.set_user_attr(schema.RESUMED_FROM_EPOCH, r.state["epoch"])
-    for rec in r.state["curve"]:  # the retry carries the whole learning curve
-        trial.report(rec[r.spec.metric], rec["epoch"])
+    for rec in r.state["curve"] if r.reports else []:  # the retry carries the whole learning curve
+        trial.report(rec[r.metric_key], rec["epoch"])
     ctx.progress(f"resumed from epoch {r.state['epoch']} checkpoint")
 
 
@@ -255,12 +270,13 @@ def end_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen: in
     value = _record_epoch(r, epoch, tr_loss, tr_correct, seen, t0)
     trial, ctx, state = r.trial, r.ctx, r.state
     # --- report, prune, checkpoint, stop early ---------------------------------------
-    trial.report(value, epoch)
+    if r.reports:
+        trial.report(value, epoch)
     # A repeat (`hpsearch repeat`) re-measures a chosen configuration on a new seed: pruning it
     # would bias the very comparison it runs for, so it trains to the end (still reporting).
     # After the last epoch there is nothing left to save: pruning then would only throw away a
     # finished result (and its test), so the pruner is asked after every epoch but the last.
-    if epoch < r.epochs and not trial.user_attrs.get(schema.IS_REPEAT) and trial.should_prune():
+    if epoch < r.epochs and r.reports and not trial.user_attrs.get(schema.IS_REPEAT) and trial.should_prune():
         trial.set_user_attr(schema.PRUNED_AT_EPOCH, epoch)
         raise optuna.TrialPruned(f"pruned at epoch {epoch} ({r.metric_key}={value:.4f})")
     # Checkpoint at most every `checkpoint_every` seconds: a resume loses at most that much,
@@ -294,8 +310,7 @@ def _record_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen
     state["curve"].append(rec)
     state["epoch"] = epoch
     value = rec[r.metric_key]
-    maximize = r.spec.direction == "maximize"
-    improved = state["best"] is None or (value > state["best"] if maximize else value < state["best"])
+    improved = state["best"] is None or (value > state["best"] if r.maximize else value < state["best"])
     if improved:
         state["best"], state["best_epoch"], state["stale"] = value, epoch, 0
         r.best_state = snapshot(r.model)
@@ -314,18 +329,40 @@ def _record_epoch(r: TrialRun, epoch: int, tr_loss: float, tr_correct: int, seen
 # ---------------------------------------------------------------- test
 
 
-def finish(r: TrialRun) -> float:
-    """The test evaluation, only now and with the weights of the best validation epoch."""
+def finish(r: TrialRun) -> float | list[float]:
+    """The test evaluation, only now and with the weights of the best validation epoch; then what the
+    spec optimizes or bounds besides accuracy (cost), and the constraints. The value(s) to tell."""
     model, data, state = r.model, r.data, r.state
     if r.best_state is not None:
         model.load_state_dict(r.best_state)
     test = evaluate(model, r.loss_fn, data.x_test, data.y_test, r.batch_size, data.n_classes, confusion=True)
     best_rec = next((x for x in state["curve"] if x["epoch"] == state["best_epoch"]), state["curve"][-1])
-    r.ctx.record(r.trial, {
+    attrs = {
         schema.VAL_ACC: best_rec["val_acc"], schema.VAL_LOSS: best_rec["val_loss"],
         schema.BEST_EPOCH: state["best_epoch"], schema.TEST_ACC: test["acc"], schema.TEST_LOSS: test["loss"],
         schema.CONFUSION_MATRIX: test["confusion"], schema.TRAIN_TIME_S: time.monotonic() - r.t_start,
-    })
+        schema.N_PARAMETERS: count_parameters(model), **_costs(r),
+    }
+    r.ctx.record(r.trial, attrs)
     if r.ctx.tracker is not None:
         r.ctx.tracker.log_test(test, data.class_names)
-    return float(best_rec[r.metric_key])
+    constrain(r.trial, r.spec, lambda m: _number(attrs.get(BUILTIN[m].key)), r.ctx.record)
+    values = [float(attrs[BUILTIN[m].key]) for m in r.spec.metrics]
+    return values if r.spec.multi_objective else values[0]
+
+
+def _costs(r: TrialRun) -> dict[str, Any]:
+    """FLOPs per example and latency per batch, measured only when the spec optimizes or bounds them."""
+    from hpsearch.training import costs
+
+    wanted = set(r.spec.metrics) | set(r.spec.constraints)
+    out: dict[str, Any] = {}
+    if "flops" in wanted:
+        out[schema.FLOPS] = costs.flops_per_example(r.model, r.data.x_val)
+    if "latency_ms" in wanted:
+        out[schema.LATENCY_MS] = costs.latency_ms(r.model, r.data.x_val, r.batch_size, r.ctx.device)
+    return out
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -58,7 +58,7 @@ INVALID = [
     ({"pruner": {"name": "median", "n_warmup": 2}}, "pruner.n_warmup: is not an option of pruner 'median'"),
     ({"sampler": "tpe"}, "budget: sampled studies (every sampler but grid) need a trial budget"),
     ({"repeats": 0}, "repeats: must be an integer >= 1, but got repeats=0"),
-    ({"metric": "test_acc"}, "metric: must be one of val_acc, val_loss, but got metric='test_acc' (the test set is never used for selection)"),
+    ({"metric": "test_acc"}, "metric: must be one of val_acc, val_loss, n_params, train_time_s, latency_ms, flops, but got 'test_acc' (the test set is never used for selection)"),
     ({"direction": "up"}, "direction: must be maximize or minimize, but got direction='up'"),
     ({"dataset": {"name": "digits", "val_fraction": 1.5}}, "dataset.val_fraction: must be a number in (0, 1)"),
     ({"train": {"lr": 0.1}}, "space.lr: is also fixed under train:"),
