@@ -115,7 +115,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "parquet" and args.out in (None, "-"):
         raise HpsearchError(BINARY_TO_STDOUT)  # before reading a possibly large study
     study = _open(args.study, args.storage)
-    n = export(fastread.full_trials(study), args.format, args.out)
+    n = export(fastread.full_trials(study), args.format, args.out, names=study.metric_names)
     if args.out not in (None, "-"):
         # On stderr: stdout carries the data and nothing else, whatever --out says.
         print(f"wrote {n} trials to {args.out}", file=sys.stderr)

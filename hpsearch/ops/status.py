@@ -240,7 +240,7 @@ def _workers(trials: list[Any], spec: Any, now: float,
 def _best_trial(study: optuna.Study) -> FrozenTrial | None:
     try:
         return study.best_trial
-    except ValueError:
+    except (ValueError, RuntimeError):  # none yet (or none feasible); several objectives have no single best
         return None
 
 
@@ -271,8 +271,9 @@ def _summary_table(snap: dict[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     if spec is not None:
+        goals = ", ".join(f"{d} {m}" for m, d in zip(spec.metrics, spec.directions, strict=True))
         table.add_row("search", f"{spec.sampler['name']} sampler, {spec.pruner['name']} pruner, "
-                      f"{spec.direction} {spec.metric}, {spec.repeats} seed(s) per configuration")
+                      f"{goals}, {spec.repeats} seed(s) per configuration")
         table.add_row("plan", _plan_text(snap))
     table.add_row("state", _state_text(snap))
     stale = f" ({len(snap['stale'])} stale)" if snap["stale"] else ""
@@ -315,6 +316,8 @@ def _summary_table(snap: dict[str, Any]) -> Table:
         table.add_row("best trial", f"{metric} {best.value:.4f} (trial {best.number}{test}; "
                       "`hpsearch best` ranks configurations over seeds)")
         table.add_row("params", ", ".join(f"{k}={_v(v)}" for k, v in best.params.items()) or "-")
+    elif len(study.directions) > 1:
+        table.add_row("best", "several objectives: `hpsearch best` shows the Pareto-optimal configurations")
     else:
         table.add_row("best trial", "no complete trial yet")
     return table
@@ -381,7 +384,8 @@ def status_record(snap: dict[str, Any]) -> dict[str, Any]:
         "state": snap["state"], "stopped_at": snap["stopped_at"],
         "resume": f"hpsearch resume {snap['study'].study_name}" if snap["state"] == "stopped" else None,
         "metric": spec.metric if spec is not None else "value",
-        "direction": snap["study"].direction.name.lower(),
+        "direction": snap["study"].directions[0].name.lower(),  # the first objective's
+        "directions": [d.name.lower() for d in snap["study"].directions],
         "trials": {**{k.replace(" ", "_"): c.get(k, 0) for k in STATES}, "stale": len(snap["stale"]),
                    "total": snap["n"]},
         "progress": {"unit": "trials", "finished": snap["finished"], "planned": snap["planned"],
