@@ -132,7 +132,7 @@ def best_figure(data: dict[str, Any], badge: optuna.trial.FrozenTrial | None, wh
     records = data["configurations"]
     header = ["rank", f"mean {data['metric']} [{data['level']:.0%} CI]", "seeds", "trials", "parameters"]
     cells = [[str(r["rank"]) for r in records], [_interval(r["value"]) for r in records],
-             [_seeds(r["seeds"]) for r in records], [_numbers(r["trials"]) for r in records],
+             [_seeds(r["seeds"], r) for r in records], [_numbers(r["trials"]) for r in records],
              [_params(r["params"]).replace("\\|", "|") for r in records]]
     if badge is None:
         card = "no complete trial yet"
@@ -173,15 +173,19 @@ def _table(records: list[dict[str, Any]], metric: str, rank_col: str) -> list[st
     rows = [f"| {rank_col} | {metric} | seeds | trials | parameters |", "|---:|---|---|---|---|"]
     for r in records:
         rank = str(r["rank"]) if rank_col == "rank" else f"{r['survivor_rank']} (ranked {r['rank']})"
-        rows.append(f"| {rank} | {_interval(r['value'])} | {_seeds(r['seeds'])} | {_numbers(r['trials'])} | "
+        rows.append(f"| {rank} | {_interval(r['value'])} | {_seeds(r['seeds'], r)} | {_numbers(r['trials'])} | "
                     f"{_params(r['params'])} |")
     return rows
 
 
-def _seeds(seeds: dict[str, int]) -> str:
+def _seeds(seeds: dict[str, int], record: dict[str, Any] | None = None) -> str:
+    """"2 seeds, 1 pruned"; a configuration that broke a constraint says which (it ranks after the feasible)."""
     from hpsearch.report.export import SeedRuns
 
-    return SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()
+    text = SeedRuns(seeds["complete"], seeds["pruned"], seeds["failed"], seeds["pending"]).text()
+    if record is not None and record.get("violations"):
+        text += "; infeasible: " + "; ".join(record["violations"])
+    return text
 
 
 def _numbers(numbers: list[int]) -> str:
