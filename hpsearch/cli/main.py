@@ -299,9 +299,9 @@ def _check_settings(args: argparse.Namespace) -> None:
         if problem:
             raise HpsearchError(problem)
     if args.command in ("create-study", "worker"):
-        from hpsearch.queue.plan import issue_chunk
+        from hpsearch.queue.plan import chunk_size
 
-        issue_chunk()
+        chunk_size()
 
 
 def _setup_logging() -> None:

@@ -110,12 +110,12 @@ def _export(args: argparse.Namespace) -> int:
 
     from hpsearch.errors import HpsearchError
     from hpsearch.report.export import BINARY_TO_STDOUT, export
-    from hpsearch.storage import bulk as fastread
+    from hpsearch.storage import bulk
 
     if args.format == "parquet" and args.out in (None, "-"):
         raise HpsearchError(BINARY_TO_STDOUT)  # before reading a possibly large study
     study = _open(args.study, args.storage)
-    n = export(fastread.full_trials(study), args.format, args.out, names=study.metric_names)
+    n = export(bulk.full_trials(study), args.format, args.out, names=study.metric_names)
     if args.out not in (None, "-"):
         # On stderr: stdout carries the data and nothing else, whatever --out says.
         print(f"wrote {n} trials to {args.out}", file=sys.stderr)

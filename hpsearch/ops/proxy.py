@@ -81,7 +81,7 @@ def keep_queues(storage: Any, stop: threading.Event, period: float = 0.5) -> Non
     from hpsearch.queue.lock import StudyLock
 
     specs: dict[str, Any] = {}
-    chunk = plan_mod.issue_chunk(storage) or 64
+    chunk = plan_mod.chunk_size()
     while not stop.wait(period):
         try:
             for frozen in storage.get_all_studies():

@@ -35,9 +35,9 @@ from hpsearch.queue import control
 from hpsearch.queue import study as study_mod
 from hpsearch.report.cost import last_alive
 from hpsearch.report.snapshot import open_study
-from hpsearch.storage import bulk as fastread
+from hpsearch.storage import bulk
 from hpsearch.storage.backend import mask, open_storage, resolve_url
-from hpsearch.storage.optuna_internals import trial_id
+from hpsearch.storage.bulk import trial_id
 
 STATES = ("complete", "pruned", "failed", "handed back", "running", "waiting")
 RECENT_TRIALS = 20  # the ETA's throughput: at least the last 20 finished trials ...
@@ -63,7 +63,7 @@ def snapshot_study(study: optuna.Study, spec: Any = None, now: float | None = No
     """Everything `status` shows, gathered in one pass over the trials (rendering is separate)."""
     now = time.time() if now is None else now
     # Only the attributes shown (curves and configs of running trials only): fast at 50k trials.
-    trials = fastread.trials(study, keys=[schema.WORKER, schema.DEVICE, schema.DURATION_S, schema.RETRY_OF,
+    trials = bulk.trials(study, keys=[schema.WORKER, schema.DEVICE, schema.DURATION_S, schema.RETRY_OF,
                                           schema.FAIL_REASON, schema.REPEAT_OF],
                              running_keys=[schema.CURVE, schema.CONFIG])
     attrs = study.user_attrs
@@ -458,7 +458,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
     except HpsearchError:  # a study whose spec no longer reads is still listed (status names the problem)
         spec = None
     single = len(summary.directions) == 1
-    trials = fastread.trials(study, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,
+    trials = bulk.trials(study, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,
                                           schema.REPEAT_OF, schema.FAIL_REASON, schema.IS_REPEAT, *METRICS],
                             with_params=single)
     _, finished, _, _, remaining, more_seeds = progress(trials, attrs, spec)

@@ -1,10 +1,10 @@
 """Heartbeats, the stale-trial reaper and fail-then-requeue (the study lock is hpsearch.queue.lock).
 
-PostgreSQL and SQLite use Optuna's heartbeat table (database clock); the journal file and the
-gRPC proxy record the heartbeat as a trial user attribute. A trial whose heartbeat is older than
-1.5 heartbeat intervals is failed with a reason and queued again with the same parameters,
-its checkpoint and a link to the original, by whichever worker's reaper sees it first; the study
-lock makes that exactly once, and makes "nothing waits, nothing runs" a consistent reading.
+Each backend beats and reads heartbeat ages its own way (Optuna's heartbeat table by the database
+clock, or a trial attribute holding unix time). A trial whose heartbeat is older than 1.5
+heartbeat intervals is failed with a reason and queued again with the same parameters, its
+checkpoint and a link to the original, by whichever worker's reaper sees it first; the backend
+makes that exactly once, and makes "nothing waits, nothing runs" a consistent reading.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.queue.lock import StudyLock, study_key
 from hpsearch.queue.retries import max_retries, retry_template, retryable, stale_reason
-from hpsearch.schema import BEAT, BEAT_INTERVAL, FAIL_REASON, RETRY_EXHAUSTED, RETRY_HISTORY
-from hpsearch.storage import heartbeats, optuna_internals
+from hpsearch.schema import FAIL_REASON, RETRY_EXHAUSTED, RETRY_HISTORY
+from hpsearch.storage import backends, optuna_internals
 from hpsearch.storage.backend import mask
-from hpsearch.storage.kinds import backend_of
-from hpsearch.storage.reconnect import with_reconnect
 
 log = logging.getLogger("hpsearch.faults")
 
@@ -42,46 +39,16 @@ def grace(interval: float) -> float:
 def fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, only_if_stale: float | None = None) -> bool:
     """Mark a running trial failed with `reason` and queue its parameters again. Exactly once.
 
-    On PostgreSQL both happen in one transaction (hpsearch.storage.atomic), with staleness judged by the
-    database clock at the moment of the write. Elsewhere they are two writes under the study lock,
-    and sweep_orphans() re-queues a failure whose process died between them.
+    False when it was not running (or, with `only_if_stale`, not that silent) at the moment of the
+    write. Where the backend cannot make the two writes one transaction, sweep_orphans() re-queues
+    a failure whose process died between them.
     """
-    storage = optuna_internals.storage_of(study)
-    rdb = backend_of(study).lean
-    attrs = {FAIL_REASON: reason}
-    if rdb is not None:
-        from hpsearch.storage import atomic
-
-        done = with_reconnect(atomic.fail_and_requeue)(
-            rdb, study_key(study.study_name), optuna_internals.study_id(study), trial_id, attrs,
-            lambda frozen: retry_template(frozen, reason), only_if_stale, BEAT,
-            {RETRY_EXHAUSTED: True})
-        if done is None:
-            return False
-        failed, number = done
-        _said(failed, reason, requeued=number is not None)
-        return True
-    with StudyLock.of(study):
-        try:
-            frozen = storage.get_trial(trial_id)
-        except KeyError:
-            return False
-        if frozen.state != TrialState.RUNNING:
-            return False
-        if only_if_stale is not None and not _still_stale(study, frozen, only_if_stale):
-            return False
-        template = retry_template(frozen, reason)
-        try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
-            if template is None:  # said before the FAIL: a finished trial's attributes are frozen
-                storage.set_trial_user_attr(trial_id, RETRY_EXHAUSTED, True)
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                return False
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False
-        if template is not None:
-            study.add_trial(template)
-    _said(frozen, reason, requeued=template is not None)
+    done = backends.of(study).fail_and_requeue(study, trial_id, {FAIL_REASON: reason},
+                                               lambda frozen: retry_template(frozen, reason), only_if_stale,
+                                               {RETRY_EXHAUSTED: True})
+    if done is None:
+        return False
+    _said(done[0], reason, requeued=done[1])
     return True
 
 
@@ -96,7 +63,7 @@ def fail_for_good(study: optuna.Study, trial_id: int, reason: str) -> bool:
         return False
 
 
-def _said(frozen: optuna.trial.FrozenTrial, reason: str, requeued: bool) -> None:
+def _said(frozen: FrozenTrial, reason: str, requeued: bool) -> None:
     if not requeued:
         log.warning("trial %d failed (%s) and is not retried again: it crashed its worker %d times",
                     frozen.number, reason, max_retries())
@@ -106,13 +73,13 @@ def _said(frozen: optuna.trial.FrozenTrial, reason: str, requeued: bool) -> None
 
 def sweep_orphans(study: optuna.Study) -> int:
     """Re-queue every retryable failure that has no successor (its process died between the two
-    writes of a hand-back or a reap). Call under the study lock; a no-op on PostgreSQL, where the
-    two writes are one transaction."""
-    if backend_of(study).lean is not None:
-        return 0
-    trials = optuna_internals.storage_of(study).get_all_trials(optuna_internals.study_id(study), deepcopy=False)
+    writes of a hand-back or a reap), under the study lock; nothing to do where they are one transaction."""
+    return backends.of(study).requeue_orphans(study, _orphan_successors)
+
+
+def _orphan_successors(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     retried = {n for t in trials for n in t.user_attrs.get(RETRY_HISTORY, [])}
-    n = 0
+    out = []
     for t in trials:
         if (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get(RETRY_EXHAUSTED)
                 and retryable(str(t.user_attrs.get(FAIL_REASON, "")))):
@@ -120,15 +87,9 @@ def sweep_orphans(study: optuna.Study) -> int:
             template = retry_template(t, reason)
             if template is None:  # over its retry limit: stays failed (its reason says why)
                 continue
-            study.add_trial(template)
+            out.append(template)
             _said(t, reason, requeued=True)
-            n += 1
-    return n
-
-
-def _still_stale(study: optuna.Study, frozen: optuna.trial.FrozenTrial, limit: float) -> bool:
-    age = _ages_and_intervals(study, 30.0).get(optuna_internals.trial_id(frozen), (None, 0.0))[0]
-    return age is not None and age > limit
+    return out
 
 
 # ---------------------------------------------------------------- heartbeat
@@ -144,8 +105,7 @@ class Heartbeat:
         self._ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
         self._ids_lock = threading.Lock()
         self.interval = float(interval)
-        backend = backend_of(study)
-        self.rdb, self.ours = backend.rdb, backend.ours
+        self._backend = backends.of(study)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpsearch-heartbeat", daemon=True)
 
@@ -167,7 +127,7 @@ class Heartbeat:
         failed: Exception | None = None
         for trial_id in self.trial_ids:
             try:
-                self._beat_one(trial_id)
+                self._backend.beat(self.study, trial_id)  # one attempt: this loop retries on its own
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Taken over by a reaper; the worker finds out when it tells.
                 with self._ids_lock:
@@ -177,16 +137,6 @@ class Heartbeat:
                 failed = failed or exc
         if failed is not None:
             raise failed
-
-    def _beat_one(self, trial_id: int) -> None:
-        if self.ours is not None:
-            # Not through the reconnecting wrapper: its backoff (up to 15 s a try) would leave
-            # beats unsent for long after the database is back. This loop retries on its own.
-            self.ours.record_heartbeat_once(trial_id)
-        elif self.rdb is not None:
-            self.rdb.record_heartbeat(trial_id)
-        else:
-            optuna_internals.storage_of(self.study).set_trial_user_attr(trial_id, BEAT, time.time())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval / 2):
@@ -213,40 +163,14 @@ class Heartbeat:
 # ---------------------------------------------------------------- reaper
 
 
-def beat_ages(study: optuna.Study) -> dict[int, float]:
-    """Seconds since the last heartbeat of every running trial, where heartbeats are trial attributes."""
-    ages = {}
-    now = time.time()
-    storage = optuna_internals.storage_of(study)
-    for t in storage.get_all_trials(optuna_internals.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.user_attrs.get(BEAT)
-        if beat is None and t.datetime_start is not None:
-            beat = t.datetime_start.timestamp()
-        if beat is not None:
-            ages[optuna_internals.trial_id(t)] = now - float(beat)
-    return ages
-
-
 def stale_trials(study: optuna.Study, default_interval: float) -> list[tuple[int, float, float]]:
     """(trial_id, age, limit) of running trials whose heartbeat stopped."""
     out = []
-    for trial_id, (age, interval) in _ages_and_intervals(study, default_interval).items():
+    # Every worker runs this every interval/4: on a database it is one query over running trials only.
+    for trial_id, (age, interval) in backends.of(study).beat_ages(study, default_interval).items():
         if age > grace(interval):
             out.append((trial_id, age, grace(interval)))
     return out
-
-
-def _ages_and_intervals(study: optuna.Study, default_interval: float) -> dict[int, tuple[float, float]]:
-    """Every worker runs this every interval/4: on PostgreSQL it is one query over running trials only."""
-    rdb = backend_of(study).rdb
-    if rdb is None:
-        storage = optuna_internals.storage_of(study)
-        running = {optuna_internals.trial_id(t): t
-                   for t in storage.get_all_trials(optuna_internals.study_id(study), deepcopy=False,
-                                                   states=(TrialState.RUNNING,))}
-        return {tid: (age, float(running[tid].user_attrs.get(BEAT_INTERVAL, default_interval))
-                      if tid in running else default_interval) for tid, age in beat_ages(study).items()}
-    return heartbeats.ages_and_intervals(rdb, optuna_internals.study_id(study), BEAT_INTERVAL, BEAT, default_interval)
 
 
 class Reaper:
@@ -258,9 +182,9 @@ class Reaper:
     other worker may have been cut off too: it starts counting again from when it is back.
     """
 
-    def __init__(self, study: optuna.Study, lock: StudyLock, default_interval: float, log: Any = None) -> None:
+    def __init__(self, study: optuna.Study, default_interval: float, log: Any = None) -> None:
         self.study = study
-        self.lock = lock
+        self._backend = backends.of(study)
         self.interval = float(default_interval)
         self.out = log or (lambda msg: None)
         self._stop = threading.Event()
@@ -287,12 +211,12 @@ class Reaper:
     def _observe(self, gap_limit: float) -> None:
         """A gap since the last round longer than expected means this reaper was stopped or blocked.
 
-        Only on the journal file (and SQLite), where one stopped process holding the file's lock
-        blocks every other writer's heartbeats; on PostgreSQL nobody's heartbeat waits for another
-        worker, and staleness is judged by the database clock at the moment of the write.
+        Only where writes are serial (the journal file, SQLite): one stopped process holding the
+        storage's lock blocks every other writer's heartbeats. On PostgreSQL nobody's heartbeat waits
+        for another worker, and staleness is judged by the database clock at the moment of the write.
         """
         now = time.monotonic()
-        if self.lock.path is not None and now - self._last > gap_limit:
+        if self._backend.serial_writes and now - self._last > gap_limit:
             self.since = now
         self._last = now
 
@@ -300,7 +224,7 @@ class Reaper:
         n = 0
         stale = stale_trials(self.study, self.interval)
         self._observe(max(2.0, self.interval))  # a slow read (blocked storage) counts as a gap
-        if stale and not _writable(self.study, limit=max(1.0, self.interval / 4)):
+        if stale and not self._backend.writable(limit=max(1.0, self.interval / 4)):
             self.since = time.monotonic()
             return 0
         for trial_id, age, limit in stale:
@@ -313,9 +237,7 @@ class Reaper:
             if fail_and_requeue(self.study, trial_id, reason, only_if_stale=limit):
                 n += 1
                 self.out(f"trial {number} had no heartbeat for {age:.0f}s: marked failed (stale) and re-queued")
-        if self.lock.path is not None:  # journal/SQLite: restore what a process killed mid-hand-back left
-            with self.lock:
-                n += sweep_orphans(self.study)
+        n += sweep_orphans(self.study)  # restore what a process killed mid-hand-back left
         self.requeued += n
         return n
 
@@ -334,16 +256,3 @@ class Reaper:
             except Exception as exc:  # noqa: BLE001 - the reaper must outlive database hiccups
                 self.since = time.monotonic()
                 log.warning("reaper: %s", mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-
-
-def _writable(study: optuna.Study, limit: float) -> bool:
-    """Can this process write to the storage right now, without waiting? On the journal file a
-    stopped or slow process holding the journal's lock blocks every writer, heartbeats included."""
-    lock = backend_of(study).journal_lock
-    if lock is None or not hasattr(lock, "acquire"):
-        return True
-    t0 = time.monotonic()
-    if not lock.acquire():
-        return False
-    lock.release()
-    return time.monotonic() - t0 <= limit

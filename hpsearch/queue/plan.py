@@ -19,7 +19,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
-from hpsearch.queue.lock import StudyLock, study_key
 from hpsearch.schema import (
     ARTIFACTS_ATTR,
     CONFIG_ID,
@@ -32,14 +31,11 @@ from hpsearch.schema import (
     PLANNED_ATTR,
     READY_ATTR,
     REPEAT_OF,
-    REPEATS_ENQUEUED,
     SEED,
     SPEC_ATTR,
 )
 from hpsearch.spec.model import StudySpec
-from hpsearch.storage import atomic, claims, optuna_internals
-from hpsearch.storage.kinds import GRPC, POSTGRES, backend_of
-from hpsearch.storage.reconnect import with_reconnect
+from hpsearch.storage import backends, optuna_internals
 
 
 def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool = False,
@@ -62,12 +58,13 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     except optuna.exceptions.DuplicatedStudyError:
         pass
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler())
-    _ensure_indexes(storage)
+    backends.of(study).prepare()
     attrs = {SPEC_ATTR: spec.to_dict(), HASH_ATTR: spec_hash, CREATED_ATTR: time.time(),
              PLANNED_ATTR: planned_count(spec)}
     if artifacts:
         attrs[ARTIFACTS_ATTR] = artifacts
-    outcome = _plan_once(study, spec, attrs)
+    # The spec, the start of the plan and the ready flag, all or nothing (or finishing an interrupted creation).
+    outcome = backends.of(study).plan(study, attrs, lambda i: _plan_template(spec, i), chunk_size())
     if outcome != "exists" and study.metric_names is None:
         # optuna-dashboard and trials_dataframe() name the objective after it ("Objective 0" otherwise).
         with warnings.catch_warnings():
@@ -92,93 +89,14 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     )
 
 
-def _plan_once(study: optuna.Study, spec: StudySpec, attrs: dict[str, Any]) -> str:
-    """'created' (this call planned it), 'finished' (it completed an interrupted creation) or 'exists'."""
-    storage, sid = optuna_internals.storage_of(study), optuna_internals.study_id(study)
-    rdb = backend_of(study).lean
-    chunk = issue_chunk(storage)
-    first = attrs[PLANNED_ATTR] if chunk is None else min(attrs[PLANNED_ATTR], chunk)
-    if rdb is not None:
-        created = with_reconnect(atomic.plan)(rdb, study_key(study.study_name), sid, attrs, HASH_ATTR,
-                                              lambda i: _plan_template(spec, i), first,
-                                              {ISSUED_ATTR: first, READY_ATTR: True})
-        return "created" if created else "exists"
-    with StudyLock.of(study):
-        stored = study.user_attrs
-        if stored.get(HASH_ATTR) is None and not storage.get_n_trials(sid):
-            # Spec first, hash second: a study with a hash always has its spec.
-            study.set_user_attr(SPEC_ATTR, attrs[SPEC_ATTR])
-            for key, value in attrs.items():
-                if key != SPEC_ATTR:
-                    study.set_user_attr(key, value)
-            top_up(study, spec, first)
-            study.set_user_attr(READY_ATTR, True)
-            return "created"
-        if stored.get(HASH_ATTR) == attrs[HASH_ATTR] and not stored.get(READY_ATTR):
-            _finish_plan(study, spec)
-            return "finished"
-    return "exists"
-
-
-def _plan_indexes(study: optuna.Study) -> list[Any]:
-    """The plan index of every trial of the study (None for trials outside the plan)."""
-    storage = optuna_internals.storage_of(study)
-    return [t.user_attrs.get(PLAN_INDEX)
-            for t in storage.get_all_trials(optuna_internals.study_id(study), deepcopy=False)]
-
-
-def _finish_plan(study: optuna.Study, spec: StudySpec) -> None:
-    """Under the study lock (journal/SQLite): complete a creation that stopped after the spec."""
-    attrs = study.user_attrs
-    if PLANNED_ATTR not in attrs:
-        study.set_user_attr(PLANNED_ATTR, planned_count(spec))
-    if ISSUED_ATTR not in attrs:  # how far it got: the plan items it enqueued carry their index
-        indexes = _plan_indexes(study)
-        study.set_user_attr(ISSUED_ATTR, max([int(i) + 1 for i in indexes if i is not None], default=0))
-    study.set_user_attr(READY_ATTR, True)
-
-
 def ensure_ready(study: optuna.Study, spec: StudySpec) -> None:
     """A worker never treats a half-created study as done: it finishes planning it first."""
-    if study.user_attrs.get(READY_ATTR):
-        return
-    backend = backend_of(study)
-    rdb = backend.lean
-    if rdb is not None:
-        # Created in one transaction by this version: not ready means an older creator died mid-way.
-        sid = optuna_internals.study_id(study)
-
-        def finish() -> None:
-            with atomic.locked(rdb, study_key(study.study_name)) as session:
-                stored = atomic.study_attrs(session, sid, [READY_ATTR, PLANNED_ATTR])
-                if stored.get(READY_ATTR):
-                    return
-                extra: dict[str, Any] = {READY_ATTR: True}
-                if PLANNED_ATTR not in stored:
-                    extra[PLANNED_ATTR] = planned_count(spec)
-                    extra[ISSUED_ATTR] = atomic.max_plan_index(session, sid, PLAN_INDEX) + 1
-                atomic.set_study_attrs(session, sid, extra)
-
-        with_reconnect(finish)()
-        return
-    if backend.kind == GRPC:
-        raise HpsearchError(f"study {study.study_name!r} is not ready: its creation was interrupted; "
-                            "run the same hpsearch create-study again to finish it")
-    with StudyLock.of(study):
-        if not study.user_attrs.get(READY_ATTR):
-            _finish_plan(study, spec)
+    if not study.user_attrs.get(READY_ATTR):
+        backends.of(study).finish_plan(study, planned_count(spec))
 
 
-def _ensure_indexes(storage: optuna.storages.BaseStorage) -> None:
-    backend = backend_of(storage)
-    if backend.kind == POSTGRES and backend.rdb is not None:
-        claims.ensure_indexes(backend.rdb)
-
-
-def issue_chunk(storage: optuna.storages.BaseStorage | None = None) -> int | None:
-    """Trials issued at a time; everything at once where workers cannot take the study lock (gRPC)."""
-    if storage is not None and backend_of(storage).kind == GRPC:
-        return None
+def chunk_size() -> int:
+    """How many plan items are issued at a time ($HPSEARCH_ISSUE_CHUNK, 64)."""
     raw = os.environ.get("HPSEARCH_ISSUE_CHUNK", "64")
     try:
         value = int(raw)
@@ -248,30 +166,10 @@ def unissued(study: optuna.Study) -> int:
 
 
 def top_up(study: optuna.Study, spec: StudySpec, chunk: int) -> int:
-    """Issue the next chunk of the plan. Returns how many were issued.
-
-    PostgreSQL: the trials and the new issued count commit together, under the study lock taken
-    inside that transaction. Journal/SQLite (call under the StudyLock): how far the plan is issued
-    is read from the trials themselves (their plan_index), so a process killed half-way through a
-    chunk is resumed where it stopped, never repeated.
-    """
+    """Issue the next chunk of the plan (the trials and how far the plan is issued, exactly once). How many."""
     if chunk < 1:
         raise HpsearchError(f"the issue chunk must be >= 1, but got {chunk=}")
-    rdb = backend_of(study).lean
-    if rdb is not None:
-        return with_reconnect(atomic.issue)(rdb, study_key(study.study_name), optuna_internals.study_id(study),
-                                            PLANNED_ATTR, ISSUED_ATTR, lambda i: _plan_template(spec, i), chunk)
-    attrs = study.user_attrs
-    planned = int(attrs.get(PLANNED_ATTR, 0))
-    recorded = int(attrs.get(ISSUED_ATTR, planned if READY_ATTR in attrs else 0))
-    indexes = _plan_indexes(study)
-    issued = max([recorded] + [int(i) + 1 for i in indexes if i is not None])
-    stop = min(planned, issued + chunk)
-    for i in range(issued, stop):
-        study.add_trial(_plan_template(spec, i))
-    if stop > recorded or ISSUED_ATTR not in attrs:
-        study.set_user_attr(ISSUED_ATTR, max(stop, issued))
-    return max(0, stop - issued)
+    return backends.of(study).issue(study, lambda i: _plan_template(spec, i), chunk)
 
 
 def _template(params: dict[str, Any], user_attrs: dict[str, Any]) -> FrozenTrial:
@@ -307,21 +205,4 @@ def enqueue_seeds_of(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, 
         return [_template(params, {SEED: s, CONFIG_ID: cid, REPEAT_OF: frozen.number})
                 for s in seeds if (cid, s) not in existing]
 
-    storage, sid = optuna_internals.storage_of(study), optuna_internals.study_id(study)
-    tid = optuna_internals.trial_id(trial)
-    rdb = backend_of(study).lean
-    if rdb is not None:
-        return with_reconnect(atomic.enqueue_if_running)(rdb, study_key(study.study_name), sid, tid, templates,
-                                                         REPEATS_ENQUEUED, CONFIG_ID, SEED)
-    with StudyLock.of(study):
-        frozen = storage.get_trial(tid)
-        if frozen.state != TrialState.RUNNING:
-            return False
-        if frozen.user_attrs.get(REPEATS_ENQUEUED):
-            return True
-        existing = {(t.user_attrs.get(CONFIG_ID), int(t.user_attrs.get(SEED, -1)))
-                    for t in storage.get_all_trials(sid, deepcopy=False)}
-        for template in templates(frozen, existing):
-            study.add_trial(template)
-        storage.set_trial_user_attr(tid, REPEATS_ENQUEUED, True)
-    return True
+    return backends.of(study).enqueue_if_running(study, optuna_internals.trial_id(trial), templates)

@@ -1,7 +1,8 @@
 """A study as the queue sees it: loading it, its stored spec, a worker's name, what waits and runs.
 
 The plan and its issuing are in hpsearch.queue.plan, claims in hpsearch.queue.claim, retries in
-hpsearch.queue.retries, heartbeats, the reaper and the study lock in hpsearch.queue.faults.
+hpsearch.queue.retries, heartbeats and the reaper in hpsearch.queue.faults, the study lock in
+hpsearch.queue.lock; every one of them through the study's storage backend (hpsearch.storage.protocol).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import socket
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from hpsearch import schema
 from hpsearch.errors import HpsearchError, StudyNotFound
 from hpsearch.spec.model import StudySpec
 from hpsearch.spec.parse import spec_from_dict
-from hpsearch.storage import claims, optuna_internals
-from hpsearch.storage.kinds import backend_of
+from hpsearch.storage import backends
 
 
 def worker_id() -> str:
@@ -49,22 +48,9 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Several trial attributes in one database statement (one round trip, not one per key)."""
-    rdb = backend_of(trial.study).ours
-    if rdb is None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    rdb.set_trial_user_attrs(optuna_internals.trial_id(trial), attrs)
-    optuna_internals.cached_frozen_trial(trial).user_attrs.update(attrs)  # what trial.user_attrs reads back
+    backends.of(trial.study).set_trial_user_attrs(trial, attrs)
 
 
 def active_counts(study: optuna.Study) -> tuple[int, int]:
     """(waiting, running): the only question a worker's loop asks of the whole study."""
-    sid = optuna_internals.study_id(study)
-    rdb = backend_of(study).rdb
-    if rdb is not None:
-        return claims.active_counts(rdb, sid)
-    trials = optuna_internals.storage_of(study).get_all_trials(sid, deepcopy=False,
-                                                               states=(TrialState.WAITING, TrialState.RUNNING))
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    return waiting, len(trials) - waiting
+    return backends.of(study).active_counts(study)

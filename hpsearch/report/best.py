@@ -202,7 +202,7 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     from hpsearch.report import front
     from hpsearch.report.export import METRICS
     from hpsearch.report.stats import bounds_of, check_level, summarize
-    from hpsearch.storage import bulk as fastread
+    from hpsearch.storage import bulk
 
     check_level(level)
     if top < 1:
@@ -211,7 +211,7 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
     keys = [schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED, schema.RETRY_OF, schema.RETRY_HISTORY,
             schema.FAIL_REASON, schema.WORKER, schema.FUSED, schema.IS_REPEAT, *goals.keys()]
-    trials = fastread.trials(study, keys=keys, with_params=True) if spec is not None or not goals.multi else (
+    trials = bulk.trials(study, keys=keys, with_params=True) if spec is not None or not goals.multi else (
         study.get_trials(deepcopy=False))  # a plain Optuna study's objectives are in Optuna's table alone
     maximize, metric = goals.maximize[0], goals.metrics[0]
     rows = summarize(trials, maximize, level, bounds_of(metric), goals)

@@ -20,7 +20,7 @@ from hpsearch.report.objectives import Goals, first_objective
 from hpsearch.report.render import Figure
 from hpsearch.report.stats import ConfigSummary, bounds_of, check_group_by, check_level, summarize
 from hpsearch.spec.model import StudySpec
-from hpsearch.storage import bulk as fastread
+from hpsearch.storage import bulk
 from hpsearch.storage.backend import open_storage
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def take_snapshot(study: optuna.Study, out: Path, opts: ReportOptions) -> Snapsh
         spec: StudySpec | None = study_mod.stored_spec(study)
     except HpsearchError:
         spec = None  # a plain optuna study still gets a report (without the spec's extras)
-    trials = fastread.full_trials(study)
+    trials = bulk.full_trials(study)
     # The first objective's direction (Study.direction refuses a multi-objective study).
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     snap = Snapshot(study.study_name, spec, trials, dict(study.user_attrs), maximize,

@@ -10,15 +10,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.optuna_private import FilteredStudy
 from hpsearch.schema import IS_REPEAT
-from hpsearch.storage.optuna_internals import study_trials
 
 
 def _keep(trials: list[FrozenTrial], window: int | None) -> list[FrozenTrial]:
@@ -43,35 +43,14 @@ def _keep(trials: list[FrozenTrial], window: int | None) -> list[FrozenTrial]:
     return kept
 
 
-class _StudyView:
-    """The study as the sampler should see it; everything else is delegated unchanged."""
-
-    def __init__(self, study: Any, window: int | None) -> None:
-        self._study = study
-        self._window = window
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
-        return _keep(study_trials(self._study, deepcopy, states, use_cache), self._window)
-
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return _keep(self._study.get_trials(deepcopy=deepcopy, states=states), self._window)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
-
-
 class FilteredSampler(optuna.samplers.BaseSampler):
     def __init__(self, inner: optuna.samplers.BaseSampler, window: int | None = None) -> None:
         self.inner = inner
         self.window = window
 
     def _view(self, study: Any) -> Any:
-        return _StudyView(study, self.window)
+        """The study as the sampler should see it (repeats out, and only the window of finished trials)."""
+        return FilteredStudy(study, lambda trials: _keep(trials, self.window))
 
     def infer_relative_search_space(self, study: Any, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.inner.infer_relative_search_space(self._view(study), trial)

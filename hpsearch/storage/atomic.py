@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -35,8 +36,9 @@ from hpsearch.storage.postgres import GET_TRIAL, frozen_trial
 HOLDER_IDLE_LIMIT_S = 10.0
 
 
-class LockLost(Exception):
-    """The transaction was ended by the server (the holder was presumed stopped); nothing committed."""
+def study_key(name: str) -> int:
+    """The study's PostgreSQL advisory lock key."""
+    return (0x6870 << 32) | (zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 @contextmanager
@@ -188,6 +190,21 @@ def plan(rdb: optuna.storages.RDBStorage, key: int, study_id: int, attrs: dict[s
             _create(rdb, session, study_id, make(i))
         set_study_attrs(session, study_id, ready)
     return True
+
+
+def finish_plan(rdb: optuna.storages.RDBStorage, key: int, study_id: int, ready_key: str, planned_key: str,
+                issued_key: str, index_key: str, planned: int) -> None:
+    """Mark a study ready whose creation stopped before (an older creator that died mid-way: this
+    version creates a study in one transaction); how far its plan got is what its plan items say."""
+    with locked(rdb, key) as session:
+        stored = study_attrs(session, study_id, [ready_key, planned_key])
+        if stored.get(ready_key):
+            return
+        extra: dict[str, Any] = {ready_key: True}
+        if planned_key not in stored:
+            extra[planned_key] = planned
+            extra[issued_key] = max_plan_index(session, study_id, index_key) + 1
+        set_study_attrs(session, study_id, extra)
 
 
 def enqueue_if_running(rdb: optuna.storages.RDBStorage, key: int, study_id: int, trial_id: int,

@@ -2,7 +2,8 @@
 
 Storage is chosen by `--storage`, else `HPSEARCH_STORAGE`, else the embedded default: an Optuna
 journal file under ./.hpsearch/ (no server; exactly-once claims through the journal's ordered
-log; optuna-dashboard reads it). PostgreSQL is the storage for clusters.
+log; optuna-dashboard reads it). PostgreSQL is the storage for clusters. Opening a storage also
+builds its queue backend (hpsearch.storage.backends), named as kind(url) names the URL.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +52,17 @@ def resolve_url(url: str | None) -> str:
 
 
 def kind(url: str) -> str:
+    """The backend a (resolved) URL opens, by the name its queue backend has (hpsearch.storage.backends)."""
     if url.startswith("journal:"):
         return "journal"
     if url.startswith(("grpc://", "grpcs://")):
         return "grpc"
     if url.startswith("sqlite"):
         return "sqlite"
-    if url.startswith(("postgresql", "mysql")):
-        return "rdb"
+    if url.startswith("postgresql"):
+        return "postgresql"
+    if url.startswith("mysql"):
+        return "mysql"
     raise HpsearchError(
         f"storage {mask(url)!r} must be postgresql://..., sqlite:///..., grpc://host:port or a journal file path"
     )
@@ -79,13 +82,14 @@ def open_storage(
     *,
     create: bool = False,
     heartbeat: int | None = None,
-    retry_callback: Callable[[optuna.study.Study, optuna.trial.FrozenTrial], None] | None = None,
     pool_size: int = 2,
 ) -> optuna.storages.BaseStorage:
     """Open the storage; `create` allows creating a journal file or database tables.
 
-    Which backend it is, backend_of() (hpsearch.storage.kinds) tells from the storage itself.
+    Its queue backend is built here, once (hpsearch.storage.backends.of finds it again).
     """
+    from hpsearch.storage import backends
+
     url = resolve_url(url)
     k = kind(url)
     if k == "sqlite":
@@ -96,7 +100,8 @@ def open_storage(
         elif k == "grpc":
             storage = _open_grpc(url)
         else:
-            storage = _open_rdb(url, create, heartbeat, retry_callback, pool_size)
+            storage = _open_rdb(url, create, heartbeat, pool_size)
+        backends.of(storage)
         return storage
     except HpsearchError:
         raise
@@ -123,7 +128,7 @@ def _open_grpc(url: str) -> optuna.storages.GrpcStorageProxy:
 
 def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if kind(url) == "rdb":
+    if kind(url) in ("postgresql", "mysql"):
         # A worker needs one connection for trials and one for its heartbeat thread.
         engine_kwargs.update(pool_size=pool_size, max_overflow=2, pool_recycle=1800)
         if url.startswith("postgresql"):
@@ -133,9 +138,7 @@ def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
     return engine_kwargs
 
 
-def _open_rdb(url: str, create: bool, heartbeat: int | None,
-              retry_callback: Callable[[optuna.study.Study, optuna.trial.FrozenTrial], None] | None,
-              pool_size: int) -> ResilientRDBStorage:
+def _open_rdb(url: str, create: bool, heartbeat: int | None, pool_size: int) -> ResilientRDBStorage:
     engine_kwargs = _engine_kwargs(url, pool_size)
     if url.startswith("postgresql://"):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is installed too, so the same URL
@@ -150,9 +153,7 @@ def _open_rdb(url: str, create: bool, heartbeat: int | None,
                 url,
                 engine_kwargs=engine_kwargs,
                 skip_table_creation=not create,
-                heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat if heartbeat else None,
-                heartbeat_stale_trial_callback=retry_callback if heartbeat else None,
+                heartbeat_interval=heartbeat,  # claims start a trial's heartbeat row when it is set
             ))
         except Exception as exc:
             text = _chain_text(exc)

@@ -4,7 +4,8 @@ Optuna's get_trials() builds full FrozenTrials (params, every attribute, every r
 trial: minutes at 50k trials. These queries fetch only the columns and attribute keys asked for,
 in a handful of round trips, and return light trial records with the same attribute names
 (number, state, value, params, datetime_start, datetime_complete, user_attrs). Other storages
-(journal, gRPC) fall back to get_trials(), which is what they are sized for.
+(journal, gRPC) fall back to get_trials(), which is what they are sized for: each backend says
+which (hpsearch.storage.protocol: trials, full_trials).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 
 from hpsearch.storage import optuna_internals
-from hpsearch.storage.kinds import POSTGRES, backend_of
 
 
 @dataclass
@@ -32,7 +32,7 @@ class LightTrial:
     value: float | None = None
     user_attrs: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
-    _trial_id: int = -1
+    trial_id: int = -1
 
     @property
     def values(self) -> list[float] | None:
@@ -44,21 +44,35 @@ class LightTrial:
         return {}
 
 
-def supported(study: optuna.Study) -> bool:
-    return backend_of(study).kind == POSTGRES
+def trial_id(trial: Any) -> int:
+    """The storage's id of a trial these reads returned: a light one, or one of Optuna's."""
+    return trial.trial_id if isinstance(trial, LightTrial) else optuna_internals.trial_id(trial)
 
 
 def trials(study: optuna.Study, keys: Iterable[str] = (), states: Iterable[TrialState] | None = None,
            running_keys: Iterable[str] = (), with_params: bool = False) -> list[Any]:
     """Light trials with only `keys` of their user attrs (plus `running_keys` for running trials)."""
-    if not supported(study):
-        wanted = tuple(states) if states is not None else None
-        return study.get_trials(deepcopy=False, states=wanted)
+    from hpsearch.storage import backends
+
+    return backends.of(study).trials(study, keys, states, running_keys, with_params)
+
+
+def full_trials(study: optuna.Study, states: Iterable[TrialState] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Every trial as a real FrozenTrial (params, distributions, reports, all attributes), in bulk.
+
+    On PostgreSQL, the same content as Optuna's ORM get_trials(), from five set-based queries
+    (hpsearch.storage.postgres): seconds instead of minutes at 50k trials.
+    """
+    from hpsearch.storage import backends
+
+    return backends.of(study).full_trials(study, states)
+
+
+def postgres_trials(rdb: optuna.storages.RDBStorage, sid: int, keys: Iterable[str], states: Iterable[TrialState] | None,
+                    running_keys: Iterable[str], with_params: bool) -> list[LightTrial]:
+    """PostgreSQL: the light trials of study `sid`, in a few set-based queries."""
     import sqlalchemy as sa
 
-    rdb = backend_of(study).rdb
-    assert rdb is not None
-    sid = optuna_internals.study_id(study)
     state_filter = ""
     params: dict[str, Any] = {"s": sid}
     if states is not None:
@@ -79,7 +93,7 @@ def trials(study: optuna.Study, keys: Iterable[str] = (), states: Iterable[Trial
                  f"FROM trials t LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
                  f"WHERE t.study_id = :s{state_filter}")
         out = {r[0]: LightTrial(number=r[1], state=TrialState[r[2]], datetime_start=r[3], datetime_complete=r[4],
-                                value=r[5], _trial_id=r[0]) for r in rows}
+                                value=r[5], trial_id=r[0]) for r in rows}
         keys = list(keys)
         if keys:
             for tid, key, val in q(f"SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
@@ -102,16 +116,3 @@ def trials(study: optuna.Study, keys: Iterable[str] = (), states: Iterable[Trial
                     dist = dists.get(dist_json) or dists.setdefault(dist_json, json_to_distribution(dist_json))
                     out[tid].params[name] = dist.to_external_repr(value)
     return sorted(out.values(), key=lambda t: t.number)
-
-
-def full_trials(study: optuna.Study, states: Iterable[TrialState] | None = None) -> list[optuna.trial.FrozenTrial]:
-    """Every trial as a real FrozenTrial (params, distributions, reports, all attributes), in bulk.
-
-    The same content as Optuna's ORM get_trials(), from five set-based queries (hpsearch.storage.postgres):
-    seconds instead of minutes at 50k trials.
-    """
-    wanted = tuple(states) if states is not None else None
-    rdb = backend_of(study).lean
-    if rdb is None:
-        return study.get_trials(deepcopy=False, states=wanted)
-    return sorted(rdb.bulk_trials(optuna_internals.study_id(study), wanted), key=lambda t: t.number)

@@ -1,4 +1,5 @@
-"""The client side of `hpsearch proxy`: a channel that carries the token on every call, over TLS when asked.
+"""The client side of `hpsearch proxy`: a channel that carries the token on every call, over TLS when asked,
+and the queue backend of its workers.
 
 `grpc://[:TOKEN@]host:port` is plain gRPC (loopback, or a network the proxy was told to trust
 with --insecure); `grpcs://[:TOKEN@]host:port` is TLS, checked against the system's roots or
@@ -11,16 +12,20 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import grpc
+import optuna
+from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError, StorageUnavailable
 from hpsearch.redact import mask
 from hpsearch.storage import token as token_mod
+from hpsearch.storage.generic import OptunaBackend
 
 CA_ENV = "HPSEARCH_TLS_CA"
 SCHEMES = ("grpc://", "grpcs://")
@@ -131,3 +136,29 @@ def refused_message(where: str, sent: bool) -> str:
     found = "" if sent else " (none was found here)"
     return (f"the proxy at {where} refused this connection: {REFUSED_DETAILS}{found}; set ${token_mod.TOKEN_ENV} to "
             f"the proxy's token (the token or @FILE; the proxy keeps it in {token_mod.token_file()} unless given one)")
+
+
+class GrpcBackend(OptunaBackend):
+    """Workers behind `hpsearch proxy`: Optuna's own compare-and-set claims through the proxy, beats as
+    a trial attribute. Workers take no study lock and run no reaper (200 of them would flood the
+    proxy): the proxy's keeper issues the plan and reaps, under the database's own study lock."""
+
+    name = "grpc"
+    workers_keep_queue = False
+
+    def _claim_order(self, waiting: list[FrozenTrial]) -> list[FrozenTrial]:
+        """Optuna's own _pop_waiting_trial_id tries the waiting trials in order, so N workers asking at
+        once all race for the first one and make O(N) failed attempts each, every attempt a round
+        trip through the proxy: each worker starts at a random place among the first waiting trials."""
+        if len(waiting) <= 1:
+            return waiting
+        head = min(len(waiting), 64)
+        start = random.randrange(head)
+        return waiting[start:head] + waiting[:start] + waiting[head:]
+
+    def _first_chunk(self, planned: int, chunk: int) -> int:
+        return planned  # everything at once: workers here cannot take the study lock to issue the rest
+
+    def finish_plan(self, study: optuna.Study, planned: int) -> None:
+        raise HpsearchError(f"study {study.study_name!r} is not ready: its creation was interrupted; "
+                            "run the same hpsearch create-study again to finish it")

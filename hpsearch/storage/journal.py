@@ -1,4 +1,4 @@
-"""The embedded journal file, made to survive a crash mid-write and a full disk.
+"""The embedded journal file, made to survive a crash mid-write and a full disk, and its queue backend.
 
 Optuna's JournalFileBackend appends one JSON line per operation. A write cut short (the process
 killed mid-write, the disk full, `truncate`) leaves a last line without its newline. Optuna's
@@ -19,12 +19,16 @@ import fcntl
 import json
 import logging
 import os
+import time
+from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.storages.journal import JournalFileBackend
 
 from hpsearch.errors import StorageUnavailable
 from hpsearch.storage import optuna_internals
+from hpsearch.storage.lockfile import LockFileBackend
 
 log = logging.getLogger("hpsearch.journal")
 _TAIL_CHUNK = 64 * 1024
@@ -157,3 +161,28 @@ def _last_newline_end(fd: int, size: int) -> int:
             return start + at + 1
         pos = start
     return 0
+
+
+class JournalBackend(LockFileBackend):
+    """The journal file as a queue: Optuna's JournalStorage, whose log orders every write, so its
+    compare-and-set claims are exactly once; the study lock is a file beside the journal."""
+
+    name = "journal"
+
+    def __init__(self, storage: optuna.storages.JournalStorage) -> None:
+        log_backend = optuna_internals.journal_backend(storage)
+        path = optuna_internals.journal_file_path(log_backend)
+        super().__init__(storage, None if path is None else Path(path + ".hpsearch.lock"))
+        self._append_lock = optuna_internals.journal_lock(log_backend)  # what every append takes
+
+    def writable(self, limit: float) -> bool:
+        """On the journal file a stopped or slow process holding the append lock blocks every writer,
+        heartbeats included: can this process take it within `limit` seconds?"""
+        lock = self._append_lock
+        if lock is None or not hasattr(lock, "acquire"):
+            return True
+        t0 = time.monotonic()
+        if not lock.acquire():
+            return False
+        lock.release()
+        return time.monotonic() - t0 <= limit

@@ -1,13 +1,13 @@
-"""Every use of Optuna's (and optuna-dashboard's) private names, behind named functions.
+"""Every use of Optuna's (and optuna-dashboard's) private names around storage, behind named functions.
 
 hpsearch needs a few things Optuna does not expose: a trial's and a study's storage ids, the
-storage under a study, the cache around an RDB storage
-(unwrapping it, telling it about a claimed trial), the RDB storage's session factory, row building,
-base methods and schema check, the journal backend's file and lock, the dashboard's artifact lookup and notes, the gRPC proxy's
-client channel and service.
-They are reached here and nowhere else, so a new Optuna release is checked against one file, and
-the version is checked when hpsearch first touches storage: a different Optuna stops with one
-line instead of failing somewhere deep inside a trial.
+storage under a study, the cache around an RDB storage (unwrapping it, telling it about a claimed
+trial), the RDB storage's session factory, row building, base methods and schema check, the
+journal backend's file and lock, the dashboard's artifact lookup and notes, the gRPC proxy's
+client channel and service. They are reached here and nowhere else (a sampler's view of a study,
+which is not storage, is hpsearch.optuna_private), so a new Optuna release is checked against
+these two files, and the version is checked when hpsearch first touches storage: a different
+Optuna stops with one line instead of failing somewhere deep inside a trial.
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ def study_id(study: optuna.Study) -> int:
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     """The storage a study was loaded with (Optuna wraps an RDB storage in its cache)."""
     return study._storage
-
-
-def study_trials(study: optuna.Study, deepcopy: bool, states: Any, use_cache: bool) -> list[optuna.trial.FrozenTrial]:
-    """Optuna's own trial read with its cache flag (what samplers call through the study)."""
-    return study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
 
 
 def forget_trials_cache(study: optuna.Study) -> None:

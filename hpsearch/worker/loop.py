@@ -268,9 +268,9 @@ def _fusion(spec: StudySpec, opts: Options, device: Any, out: Any) -> Any:
 
 def _start(w: Worker) -> None:
     """The issue chunk, the study lock and the reaper beside the loop, the signal handlers; the banner."""
-    w.chunk = plan_mod.issue_chunk(w.storage) or 1
-    w.lock = StudyLock(w.study, w.url)
-    w.reaper = Reaper(w.study, w.lock, default_interval=w.opts.heartbeat, log=w.out)
+    w.chunk = plan_mod.chunk_size()
+    w.lock = StudyLock(w.study)
+    w.reaper = Reaper(w.study, default_interval=w.opts.heartbeat, log=w.out)
     if w.lock.available:  # through the gRPC proxy, its keeper reaps for everyone
         w.reaper.start()
     stopping.install_signals(w.opts.stop_timeout, w.out)
@@ -337,7 +337,7 @@ def _nothing_to_claim(w: Worker) -> bool:
         with w.lock:
             if plan_mod.top_up(w.study, w.spec, w.chunk) > 0:
                 return False
-            if w.lock.path is not None and sweep_orphans(w.study) > 0:
+            if sweep_orphans(w.study) > 0:
                 return False
             waiting, running = study_mod.active_counts(w.study)
         unissued = 0

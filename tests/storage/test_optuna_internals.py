@@ -1,5 +1,5 @@
 """hpsearch's reach into Optuna stays inside its own storages: Optuna's classes are left as they are,
-a different Optuna release stops with one line, and the backend of a storage is decided once."""
+a different Optuna release stops with one line, and the backend of a storage is built once."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import sqlalchemy as sa
 
 import hpsearch.storage  # noqa: F401 - what a process running hpsearch has imported
 from hpsearch.errors import HpsearchError
-from hpsearch.storage import backend_of, kinds, optuna_internals
-from hpsearch.storage.backend import open_storage
+from hpsearch.storage import backends, optuna_internals
+from hpsearch.storage.backend import kind, open_storage
+from hpsearch.storage.database import DatabaseBackend
+from hpsearch.storage.generic import OptunaBackend
+from hpsearch.storage.journal import JournalBackend
 from hpsearch.storage.postgres import LeanRDBStorage
+from hpsearch.storage.postgres_queue import PostgresBackend
 from hpsearch.storage.reconnect import ResilientRDBStorage
 
 
@@ -64,31 +68,36 @@ def test_another_optuna_release_stops_with_one_line() -> None:
     optuna_internals.check_version(optuna_internals.OPTUNA_VERSION)
 
 
-def test_the_backend_is_seen_through_optunas_cache(tmp_path: Path) -> None:
+def test_the_backend_is_built_once_and_seen_through_optunas_cache(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'kind.db'}"
     storage = open_storage(url, create=True)
     assert isinstance(storage, ResilientRDBStorage)
-    assert backend_of(storage).kind == kinds.SQLITE
+    backend = backends.of(storage)
+    assert isinstance(backend, DatabaseBackend) and backend.name == kind(url) == "sqlite"
     study = optuna.create_study(storage=storage)
-    backend = backend_of(study)  # the study's storage is Optuna's cache around ours
-    assert backend.kind == kinds.SQLITE and backend.rdb is storage and backend.lean is None
-    assert backend.lock_path == (tmp_path / "kind.lock")
+    assert backends.of(study) is backend  # the study's storage is Optuna's cache around ours: the same one
+    assert backend.rdb is storage and backend.lock_path == (tmp_path / "kind.lock")
+    assert backend.workers_keep_queue and backend.serial_writes
     storage.engine.dispose()
 
 
-def test_storages_hpsearch_did_not_open_are_probed(tmp_path: Path) -> None:
-    assert backend_of(optuna.storages.InMemoryStorage()).kind == kinds.OTHER
+def test_storages_hpsearch_did_not_open_get_a_backend_the_first_time(tmp_path: Path) -> None:
+    memory = optuna.storages.InMemoryStorage()
+    assert type(backends.of(memory)) is OptunaBackend and backends.of(memory).name == "other"
+    assert backends.of(memory) is backends.of(memory)
     journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
-    backend = backend_of(journal)
-    assert backend.kind == kinds.JOURNAL and backend.rdb is None
+    backend = backends.of(journal)
+    assert isinstance(backend, JournalBackend) and backend.name == kind(f"journal:{tmp_path / 'j.log'}")
     assert backend.lock_path == Path(str(tmp_path / "j.log") + ".hpsearch.lock")
-    assert backend.journal_lock is not None
+    assert backend.writable(1.0)
     plain = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}")
-    assert backend_of(plain).kind == kinds.SQLITE and backend_of(plain).rdb is plain
+    assert isinstance(backends.of(plain), DatabaseBackend) and backends.of(plain).rdb is plain
     plain.engine.dispose()
 
 
 def test_hpsearch_postgres_storage_is_lean(pg_session_db: str) -> None:
     storage = open_storage(pg_session_db, create=True)
-    backend = backend_of(storage)
-    assert backend.kind == kinds.POSTGRES and backend.lean is storage and backend.lock_path is None
+    backend = backends.of(storage)
+    assert isinstance(backend, PostgresBackend) and backend.rdb is storage
+    assert backend.name == kind(pg_session_db) == "postgresql"
+    assert backend.workers_keep_queue and not backend.serial_writes

@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import unique
-from hpsearch.storage import bulk as fastread
+from hpsearch.storage import bulk
 from hpsearch.storage.backend import open_storage
 
 
@@ -33,7 +33,7 @@ def test_full_trials_equal_optunas_trials(pg_session_db: str) -> None:
     # The reference is Optuna's own ORM reader (hpsearch's storage reads lean SQL: hpsearch.storage.postgres).
     plain = optuna.storages.RDBStorage(pg_session_db.replace("postgresql://", "postgresql+psycopg2://"))
     theirs = plain.get_all_trials(study._study_id, deepcopy=False)
-    ours = fastread.full_trials(study)
+    ours = bulk.full_trials(study)
     assert [t.number for t in ours] == [t.number for t in theirs]
     for a, b in zip(ours, theirs, strict=True):
         assert (a.state, a.params, a.distributions, a.user_attrs) == (b.state, b.params, b.distributions, b.user_attrs)
@@ -41,6 +41,6 @@ def test_full_trials_equal_optunas_trials(pg_session_db: str) -> None:
         assert _same(a.value, b.value)
         assert a.intermediate_values.keys() == b.intermediate_values.keys()
         assert all(_same(a.intermediate_values[k], b.intermediate_values[k]) for k in a.intermediate_values)
-    light = fastread.trials(study, keys=["seed"], states=(TrialState.COMPLETE,), with_params=True)
+    light = bulk.trials(study, keys=["seed"], states=(TrialState.COMPLETE,), with_params=True)
     assert [(t.number, t.params, t.user_attrs) for t in light] == [
         (t.number, t.params, {"seed": t.user_attrs["seed"]}) for t in theirs if t.state == TrialState.COMPLETE]
