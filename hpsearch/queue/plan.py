@@ -54,7 +54,7 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
         except KeyError:
             pass
     try:
-        storage.create_new_study([_direction(spec)], spec.name)
+        storage.create_new_study(_directions(spec), spec.name)
     except optuna.exceptions.DuplicatedStudyError:
         pass
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler())
@@ -69,7 +69,7 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
         # optuna-dashboard and trials_dataframe() name the objective after it ("Objective 0" otherwise).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([spec.metric])
+            study.set_metric_names(list(spec.metrics))
     what = plan_summary(spec)
     if outcome == "created":
         return study, f"created study {spec.name!r} ({spec.sampler['name']}, {what}; hash {spec_hash})"
@@ -107,8 +107,10 @@ def chunk_size() -> int:
     return value
 
 
-def _direction(spec: StudySpec) -> optuna.study.StudyDirection:
-    return optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
+def _directions(spec: StudySpec) -> list[optuna.study.StudyDirection]:
+    """One per objective, in the spec's order."""
+    return [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+            for d in spec.directions]
 
 
 def plan_item(spec: StudySpec, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
