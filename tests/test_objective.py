@@ -70,16 +70,15 @@ def test_divergent_is_divergent_and_preempted_is_not() -> None:
 
 
 def test_should_stop_is_false_outside_a_worker_and_the_worker_s_flag_inside() -> None:
-    from hpsearch.worker import stopping
+    from hpsearch.worker.stopping import Stopping
 
-    saved = objective._stop_check[0]
+    saved, stop = objective._stop_check[0], Stopping()
     try:
         objective.stop_when(objective._never)
         assert objective.should_stop() is False
-        objective.stop_when(stopping.asked_to_stop)  # what importing the worker's stopping installs
+        objective.stop_when(stop.asked_to_stop)  # what a worker installs when it starts
         assert objective.should_stop() is False
-        stopping.STOP.set()
+        stop.requested.set()
         assert objective.should_stop() is True
     finally:
-        stopping.STOP.clear()
         objective.stop_when(saved)

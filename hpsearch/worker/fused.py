@@ -44,7 +44,7 @@ from hpsearch.training.fused_model import FusedModel, fusable, leaves
 from hpsearch.training.fused_steps import Steps
 from hpsearch.worker import train
 from hpsearch.worker import trial as trial_mod
-from hpsearch.worker.stopping import CURRENT
+from hpsearch.worker.context import TrialContext
 
 # Models whose forward is their layers in order (what FusedModel runs); plugins may branch.
 SEQUENTIAL_MODELS = ("dense", "cnn", "tabular")
@@ -125,7 +125,7 @@ class Fusion:
             return None  # a sampled ticket: its parameters are not chosen yet
         return fusion_key(self.spec, dict(params or {}), self._shape, self._classes)
 
-    def run_group(self, study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, ctx: dict[str, Any],
+    def run_group(self, study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, ctx: TrialContext,
                   opts: Any, out: Any) -> list[str]:
         return run_group(study, trials, spec, ctx, opts, out)
 
@@ -149,7 +149,7 @@ class Member:
         return f"trial {self.trial.number}"
 
 
-def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, ctx: dict[str, Any], opts: Any,
+def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, ctx: TrialContext, opts: Any,
               out: Any) -> list[str]:
     """Train `trials` fused; each ends as it would alone. Returns each member's end state."""
 
@@ -170,7 +170,7 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
                 try:
                     m.run = trainer.start(m.trial, spec, m.ctx)
                     # Right away: the next member's start() reseeds torch's global generator.
-                    m.dropout = _dropout_generator(m.run, ctx["device"])
+                    m.dropout = _dropout_generator(m.run, ctx.device)
                 except Exception as exc:  # noqa: BLE001 - this member's configuration: it fails alone
                     _end(study, m, spec, ctx, out, exc=exc)
             # --- train the rest together ------------------------------------------------------
@@ -181,10 +181,10 @@ def run_group(study: optuna.Study, trials: list[optuna.Trial], spec: StudySpec, 
     return [m.state or "dropped" for m in members] + ["dropped"] * (len(trials) - len(members))
 
 
-def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dict[str, Any], out: Any) -> None:
+def _train(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: TrialContext, out: Any) -> None:
     if not members:
         return
-    device = ctx["device"]
+    device = ctx.device
     for m in members:
         m.epoch = m.run.start_epoch  # type: ignore[union-attr]
     launch_bound = _launch_bound(device)
@@ -298,7 +298,7 @@ def _dropout_generator(r: trainer.TrialRun, device: Any) -> torch.Generator:
 # ---------------------------------------------------------------- ending members
 
 
-def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: dict[str, Any], out: Any,
+def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: TrialContext, out: Any,
          value: float | None = None, exc: BaseException | None = None) -> None:
     """End one member as the worker ends a trial alone: W&B run, then tell/hand back, heartbeat."""
 
@@ -316,17 +316,17 @@ def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: dict[str, Any], o
         except optuna.exceptions.UpdateFinishedTrialError:
             m.state = trial_mod.dropped(m.label, out)
         finally:
-            CURRENT.pop(trial_id(m.trial), None)
+            ctx.stop.release(m.trial)
             m.heartbeat.release(trial_id(m.trial))
         return
     if tracker is not None:
         tracker.finish("complete")
-    CURRENT.pop(trial_id(m.trial), None)
+    ctx.stop.release(m.trial)
     m.heartbeat.release(trial_id(m.trial))
     m.state = trial_mod.completed(study, m.trial, spec, float(value), m.timing, ctx, out)  # type: ignore[arg-type]
 
 
-def _end_all(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: dict[str, Any], out: Any,
+def _end_all(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: TrialContext, out: Any,
              exc: BaseException) -> None:
     """A group-wide end (stop signal, interrupt, a failure of the fused step): each member ends with
     it, all of them even if one of them re-raises (an interrupt hands every member back first)."""

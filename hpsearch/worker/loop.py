@@ -42,8 +42,8 @@ from hpsearch.storage.optuna_internals import storage_of, study_id, trial_id
 from hpsearch.worker import share as share_mod
 from hpsearch.worker import stopping
 from hpsearch.worker import trial as trial_mod
+from hpsearch.worker.context import TrialContext
 from hpsearch.worker.options import Options
-from hpsearch.worker.record import CLASS_COUNTS_STORED
 
 # User objectives of earlier releases import should_stop from here (hpsearch.should_stop is public).
 should_stop = objective.should_stop
@@ -68,7 +68,8 @@ class Summary:
 
 @dataclass
 class Worker:
-    """What a running worker holds: its study and spec, its trials' context, the lock and the reaper."""
+    """What a running worker holds: its study and spec, its trials' context, its stop state, the lock
+    and the reaper. Nothing of it is the module's: two workers in one process share none of it."""
 
     opts: Options
     url: str
@@ -77,7 +78,8 @@ class Worker:
     storage: optuna.storages.BaseStorage
     study: optuna.Study
     spec: StudySpec
-    ctx: dict[str, Any] = field(default_factory=dict)
+    ctx: TrialContext | None = None  # made by the checks before claiming (the device, the checkpoint store)
+    stop: stopping.Stopping = field(default_factory=stopping.Stopping)
     fuse: Any = None  # hpsearch.worker.fused.Fusion, or None: one trial at a time
     deadline: float | None = None  # the study's wall-clock budget ends (unix time)
     my_deadline: float | None = None  # this worker's --timeout ends (monotonic)
@@ -184,8 +186,9 @@ def _check_before_claiming(w: Worker) -> None:
     w.my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
     _carried_over(w)
 
-    w.ctx = _context(spec, opts, w.url, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)  # type: ignore[union-attr]
-    w.ctx[CLASS_COUNTS_STORED] = schema.CLASS_COUNTS_ATTR in attrs
+    w.ctx = _context(spec, opts, w.url, w.stop, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)  # type: ignore[union-attr]
+    w.ctx.class_counts_stored = schema.CLASS_COUNTS_ATTR in attrs
+    w.ctx.threads = w.threads
     # The spec was read structurally: its plugins are imported here, before any claim, and its names
     # checked against the registries they fill (a model a plugin no longer registers is one line now).
     check_registries(spec, f"study {opts.study}")
@@ -199,8 +202,8 @@ def _check_before_claiming(w: Worker) -> None:
         # queue of failed trials (and the worker reuses it for every trial it runs).
         from hpsearch.training.data import loading as data_mod
 
-        data_mod.load(spec.dataset, w.ctx["device"])
-        w.fuse = _fusion(spec, opts, w.ctx["device"], w.out)
+        data_mod.load(spec.dataset, w.ctx.device)
+        w.fuse = _fusion(spec, opts, w.ctx.device, w.out)
 
 
 def _carried_over(w: Worker) -> None:
@@ -217,15 +220,15 @@ def _carried_over(w: Worker) -> None:
         return
 
 
-def _context(spec: StudySpec, opts: Options, url: str, recorded: str | None = None,
-             gpu: int | None = None) -> dict[str, Any]:
+def _context(spec: StudySpec, opts: Options, url: str, stop: stopping.Stopping, recorded: str | None = None,
+             gpu: int | None = None) -> TrialContext:
     from hpsearch.storage.artifacts import artifact_store
 
     device = "cpu"
     if spec.objective is None:  # user objectives import torch only if they want to
         device = pick_device(opts.device, gpu)
     # The study records where its checkpoints live, so a retry started elsewhere still finds them.
-    return {"device": device, "artifacts": artifact_store(url, recorded, study=opts.study), "url": url}
+    return TrialContext(device=device, artifacts=artifact_store(url, recorded, study=opts.study), stop=stop)
 
 
 def _take_share(w: Worker) -> None:
@@ -241,7 +244,8 @@ def _take_share(w: Worker) -> None:
         w.out(f"threads: {w.threads} -> {threads} ({why})")
     w.threads = threads
     set_threads(threads)
-    w.ctx["threads"] = threads
+    if w.ctx is not None:
+        w.ctx.threads = threads
     w.threads_why = why
 
 
@@ -273,11 +277,11 @@ def _start(w: Worker) -> None:
     w.reaper = Reaper(w.study, default_interval=w.opts.heartbeat, log=w.out)
     if w.lock.available:  # through the gRPC proxy, its keeper reaps for everyone
         w.reaper.start()
-    stopping.install_signals(w.opts.stop_timeout, w.out)
+    w.stop.install_signals(w.opts.stop_timeout, w.out)
+    objective.stop_when(w.stop.asked_to_stop)  # what a user objective's should_stop() asks in this process
     w.summary = Summary()
-    w.ctx["threads"] = w.threads
     w.out(f"worker {w.wid} on study {w.opts.study!r} ({w.spec.sampler['name']}, storage {mask(w.url)}, "
-          f"device {w.ctx['device']}, {w.threads} thread{'s' if w.threads > 1 else ''}: {w.threads_why})")
+          f"device {w.ctx.device}, {w.threads} thread{'s' if w.threads > 1 else ''}: {w.threads_why})")  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------- the claim loop
@@ -293,7 +297,7 @@ def _claim_loop(w: Worker) -> int:
         _take_share(w)
         t_claim = time.perf_counter()
         trial = claim_mod.claim(w.study)
-        w.ctx["claim_s"] = time.perf_counter() - t_claim
+        w.ctx.claim_s = time.perf_counter() - t_claim  # type: ignore[union-attr]
         if trial is None:
             if _nothing_to_claim(w):
                 w.summary.reason = "study done"
@@ -301,7 +305,7 @@ def _claim_loop(w: Worker) -> int:
             continue
         w.idle_rounds = 0
         _count(w, _run(w, trial))
-        why = stopping.restart_reason()
+        why = w.stop.restart_reason
         if why is not None:  # an out-of-memory error: its leak would fail every later trial
             _restart(w, why)
         if w.failures_in_row >= w.opts.max_failures:
@@ -313,7 +317,7 @@ def _claim_loop(w: Worker) -> int:
 def _limit_reached(w: Worker) -> str | None:
     """Why this worker stops before claiming another trial, or None."""
     opts = w.opts
-    if stopping.STOP.is_set():
+    if w.stop.requested.is_set():
         return "stopped by signal"
     if opts.n_trials is not None and w.done >= opts.n_trials:
         return f"--n-trials {opts.n_trials} reached"
@@ -352,7 +356,7 @@ def _nothing_to_claim(w: Worker) -> bool:
     # Others still run trials that may come back to the queue: wait, reap, retry.
     # The wait grows while idle, so a crowd of idle workers does not flood the storage.
     w.idle_rounds += 1
-    stopping.STOP.wait(min(8.0, 1.0 + 0.5 * w.idle_rounds) * (0.5 + random.random()))
+    w.stop.requested.wait(min(8.0, 1.0 + 0.5 * w.idle_rounds) * (0.5 + random.random()))
     w.reaper.poke()
     return False
 
@@ -366,15 +370,17 @@ def _run(w: Worker, trial: optuna.Trial) -> list[str]:
         if k > 1:  # near the study's end, no more than this worker's share of what is left
             k = claim_mod.fair_share(w.study, k, w.here)
         group = claim_mod.claim_group(w.study, trial, k, w.fuse.key)
-    w.ctx["fused"] = len(group)
+    ctx = w.ctx
+    assert ctx is not None
+    ctx.fused = len(group)
     limit = w.opts.trial_timeout or w.spec.trial_timeout
-    stopping.start_clock(limit, lambda lim: _overrun(w, lim))
+    w.stop.start_clock(limit, lambda lim: _overrun(w, lim))
     try:
         if len(group) > 1:
-            return w.fuse.run_group(w.study, group, w.spec, w.ctx, w.opts, w.out)  # type: ignore[no-any-return]
-        return [trial_mod.run_one(w.study, trial, w.spec, w.ctx, w.opts, w.out)]
+            return w.fuse.run_group(w.study, group, w.spec, ctx, w.opts, w.out)  # type: ignore[no-any-return]
+        return [trial_mod.run_one(w.study, trial, w.spec, ctx, w.opts, w.out)]
     finally:
-        stopping.stop_clock()
+        w.stop.stop_clock()
 
 
 def _overrun(w: Worker, limit: float) -> None:
@@ -384,7 +390,7 @@ def _overrun(w: Worker, limit: float) -> None:
     grace = stopping.overrun_grace(limit)
     reason = (f"time limit: still running {limit:g}s after its start (trial_timeout) and did not stop within "
               f"{grace:g}s; its worker restarted")
-    for study, trial in list(stopping.CURRENT.values()):
+    for study, trial in w.stop.held():
         if fail_for_good(study, trial_id(trial), reason):
             w.out(f"[trial {trial.number}] failed: {reason}")
             w.summary.states["failed"] += 1

@@ -15,13 +15,9 @@ import optuna
 
 from hpsearch import schema
 from hpsearch.storage.backend import mask
+from hpsearch.worker.context import TrialContext
 
 log = logging.getLogger("hpsearch.worker")
-
-# ctx key: the study's class counts are known to be stored (read once at the worker's start, or
-# written by this worker), so later trials neither read the study's attributes nor write them again.
-CLASS_COUNTS_STORED = "class_counts_stored"
-
 
 def safe(fn: Any, *args: Any) -> bool:
     """Call fn(*args); False (and a warning) when it failed."""
@@ -33,9 +29,9 @@ def safe(fn: Any, *args: Any) -> bool:
     return True
 
 
-def how_computed(ctx: dict[str, Any]) -> dict[str, Any]:
+def how_computed(ctx: TrialContext) -> dict[str, Any]:
     """The trial's provenance: device, threads, fused group size, torch and hpsearch releases."""
-    return {schema.DEVICE: str(ctx["device"]), schema.THREADS: ctx.get("threads"), schema.FUSED: ctx.get("fused", 1),
+    return {schema.DEVICE: str(ctx.device), schema.THREADS: ctx.threads, schema.FUSED: ctx.fused,
             schema.TORCH_VERSION: _version("torch"), schema.HPSEARCH_VERSION: _version("hpsearch")}
 
 
@@ -47,12 +43,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def record_class_counts(study: optuna.Study, data: Any, ctx: dict[str, Any]) -> None:
+def record_class_counts(study: optuna.Study, data: Any, ctx: TrialContext) -> None:
     """The dataset's class histograms on the study (the report's baselines), by the first trial that loads it."""
-    if ctx.get(CLASS_COUNTS_STORED):
+    if ctx.class_counts_stored:
         return
     stored = schema.CLASS_COUNTS_ATTR in study.user_attrs
     if not stored:
         stored = safe(study.set_user_attr, schema.CLASS_COUNTS_ATTR,
                       {**data.class_counts(), "classes": data.class_names})
-    ctx[CLASS_COUNTS_STORED] = stored
+    ctx.class_counts_stored = stored

@@ -25,10 +25,9 @@ from hpsearch.queue.faults import Heartbeat, fail_and_requeue
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage.backend import mask
 from hpsearch.storage.optuna_internals import storage_of, trial_id
-from hpsearch.worker import stopping
+from hpsearch.worker.context import TrialContext
 from hpsearch.worker.options import Options
 from hpsearch.worker.record import how_computed, safe
-from hpsearch.worker.stopping import CURRENT
 from hpsearch.worker.train import objective
 
 log = logging.getLogger("hpsearch.worker")
@@ -36,7 +35,7 @@ log = logging.getLogger("hpsearch.worker")
 Timing = Callable[[], dict[str, Any]]
 
 
-def run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dict[str, Any], opts: Options,
+def run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: TrialContext, opts: Options,
             out: Any) -> str:
     """Train `trial` alone; how it ended (complete, pruned, preempted, failed, divergent, dropped)."""
     label = f"trial {trial.number}"
@@ -48,26 +47,26 @@ def run_one(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ctx: dict
             except BaseException as exc:
                 return ended(study, trial, exc, timing, ctx, out)
             finally:
-                CURRENT.pop(trial_id(trial), None)
+                ctx.stop.release(trial)
         return completed(study, trial, spec, value, timing, ctx, out)
     except optuna.exceptions.UpdateFinishedTrialError:
         return dropped(label, out)
 
 
-def begin(study: optuna.Study, trial: optuna.Trial, ctx: dict[str, Any], opts: Options) -> Timing:
+def begin(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, opts: Options) -> Timing:
     """Mark the trial as this worker's; returns its timing attributes, read when it ends."""
     from hpsearch.storage.reconnect import storage_seconds
 
     service0 = storage_seconds()
     study_mod.set_user_attrs(trial, {schema.WORKER: study_mod.worker_id(), schema.BEAT_INTERVAL: opts.heartbeat,
                                      **how_computed(ctx)})
-    CURRENT[trial_id(trial)] = (study, trial)
+    ctx.stop.hold(study, trial)
     t0 = time.monotonic()
 
     def timing() -> dict[str, Any]:
         # Database time on this trial's critical path (claim, reports, attrs): the service's overhead.
-        return {schema.DURATION_S: time.monotonic() - t0, schema.DEVICE: str(ctx["device"]),
-                schema.SERVICE_S: storage_seconds() - service0 + ctx.get("claim_s", 0.0)}
+        return {schema.DURATION_S: time.monotonic() - t0, schema.DEVICE: str(ctx.device),
+                schema.SERVICE_S: storage_seconds() - service0 + ctx.claim_s}
 
     return timing
 
@@ -75,7 +74,7 @@ def begin(study: optuna.Study, trial: optuna.Trial, ctx: dict[str, Any], opts: O
 # ---------------------------------------------------------------- how it ended
 
 
-def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: Timing, ctx: dict[str, Any],
+def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: Timing, ctx: TrialContext,
           out: Any) -> str:
     """A trial whose training raised `exc`: pruned, handed back, dropped or failed (the state's name).
     Re-raises what must stop the worker (the storage gone, an interrupt)."""
@@ -87,14 +86,14 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
         _discard(ctx, trial)
         out(f"[{label}] {_pruned_text(study, trial, exc)}")
         return "pruned"
-    limit = stopping.timed_out()
-    if isinstance(exc, Preempted) and limit is not None and not stopping.STOP.is_set():
+    limit = ctx.stop.timed_out()
+    if isinstance(exc, Preempted) and limit is not None and not ctx.stop.requested.is_set():
         # It stopped because its time limit passed, not because the worker was asked to stop:
         # that is the trial's own end, not a hand-back (it would only run out of time again).
         return _failed(study, trial, TrialTimedOut(f"time limit: still running {limit:g}s after its start "
-                                                   "(trial_timeout); stopped"), label, out)
+                                                   "(trial_timeout); stopped"), ctx, out)
     if isinstance(exc, Preempted):
-        CURRENT.pop(trial_id(trial), None)
+        ctx.stop.release(trial)
         if not fail_and_requeue(study, trial_id(trial), f"preempted: {exc}"):
             return dropped(label, out)
         out(f"[{label}] handed back to the queue ({exc})")
@@ -110,7 +109,7 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         fail_and_requeue(study, trial_id(trial), f"worker interrupted: {type(exc).__name__}")
         raise exc
-    return _failed(study, trial, exc, label, out)
+    return _failed(study, trial, exc, ctx, out)
 
 
 def _gone(study: optuna.Study, trial: optuna.Trial) -> bool:
@@ -139,13 +138,14 @@ def _pruned_text(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -
     return f"pruned at step {step} (reported {reports[step]:.4g})"
 
 
-def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, label: str, out: Any) -> str:
+def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, ctx: TrialContext, out: Any) -> str:
     """A trial's failure must not take the worker down: why, recorded on the trial, then FAIL."""
+    label = f"trial {trial.number}"
     reason = _reason(exc)
     if isinstance(exc, MemoryError):
         # Whatever leaked stays in this process and would fail every later trial: the worker
         # restarts clean once this one is recorded (hpsearch.worker.loop).
-        stopping.restart_after(f"trial {trial.number} ran out of memory")
+        ctx.stop.restart_after(f"trial {trial.number} ran out of memory")
     divergent = is_divergent(exc)
     safe(trial.set_user_attr, schema.FAIL_REASON, reason)
     safe(trial.set_user_attr, schema.DIVERGENT, divergent)
@@ -159,13 +159,13 @@ def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, label:
 
 
 def completed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, value: float, timing: Timing,
-              ctx: dict[str, Any], out: Any) -> str:
+              ctx: TrialContext, out: Any) -> str:
     """A trial that trained to the end: its timing, its repeats (once), its value; then its checkpoint goes."""
     label = f"trial {trial.number}"
     try:
         value = checked(value, spec.metric)  # only a finite number is told (Optuna stores inf as COMPLETE)
     except BadResult as exc:
-        return _failed(study, trial, exc, label, out)
+        return _failed(study, trial, exc, ctx, out)
     try:
         study_mod.set_user_attrs(trial, timing())
         if not _maybe_enqueue_repeats(study, trial, spec) or not _tell(study, trial, value=value):
@@ -183,13 +183,13 @@ def dropped(label: str, out: Any) -> str:
     return "dropped"
 
 
-def _discard(ctx: dict[str, Any], trial: optuna.Trial) -> None:
+def _discard(ctx: TrialContext, trial: optuna.Trial) -> None:
     """A finished trial's checkpoint: no retry will need it, and kept it would fill the disk."""
     attrs = trial.user_attrs  # a copy of what the worker holds: no storage read
     if attrs.get(schema.CHECKPOINT):  # only the built-in trainer writes them (torch stays unimported)
         from hpsearch.training.checkpoints import discard_checkpoint
 
-        discard_checkpoint(ctx["artifacts"], attrs)
+        discard_checkpoint(ctx.artifacts, attrs)
 
 
 def _maybe_enqueue_repeats(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> bool:

@@ -24,8 +24,10 @@ from hpsearch.spec.model import SpecError
 from hpsearch.spec.parse import spec_from_dict
 from hpsearch.storage.backend import open_storage
 from hpsearch.training import trainer
-from hpsearch.worker import fused, stopping
+from hpsearch.worker import fused
 from hpsearch.worker import loop as worker_mod
+from hpsearch.worker.context import TrialContext
+from hpsearch.worker.stopping import Stopping
 
 CPU = torch.device("cpu")
 ARCH = {
@@ -69,10 +71,10 @@ def _alone(spec: Any, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fused(spec: Any, study: optuna.Study, n: int, out: Any = None, artifacts: Any = None,
-           checkpoint_every: float = 30.0) -> list[str]:
+           checkpoint_every: float = 30.0, stop: Stopping | None = None) -> list[str]:
     trials = [study.ask() for _ in range(n)]
     opts = worker_mod.Options(study="fused", heartbeat=30, checkpoint_every=checkpoint_every)
-    ctx = {"device": CPU, "artifacts": artifacts, "url": ""}
+    ctx = TrialContext(device=CPU, artifacts=artifacts, stop=stop or Stopping())
     return fused.run_group(study, trials, spec, ctx, opts, out or (lambda m: None))
 
 
@@ -152,14 +154,13 @@ def test_a_fused_checkpoint_resumes_alone_on_the_same_curve(tmp_path: Path) -> N
     store = FileSystemArtifactStore(str(tmp_path))
     study = _study(members)
 
+    stop = Stopping()
+
     def out(msg: str) -> None:
         if "epoch 2/4" in msg:
-            stopping.STOP.set()  # what SIGTERM does
+            stop.requested.set()  # what SIGTERM does
 
-    try:
-        assert _fused(spec, study, len(members), out, artifacts=store, checkpoint_every=0) == ["preempted"] * 3
-    finally:
-        stopping.STOP.clear()
+    assert _fused(spec, study, len(members), out, artifacts=store, checkpoint_every=0, stop=stop) == ["preempted"] * 3
     retries = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
     assert len(retries) == 3 and all(t.user_attrs["checkpoint_epoch"] == 2 for t in retries)
     for a, _ in zip(alone, retries, strict=True):
