@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hpsearch import schema
 from hpsearch.redact import mask
 
 if TYPE_CHECKING:
@@ -54,25 +55,34 @@ class Duplicate(Exception):  # noqa: N818 - named for the trial it marks
 
 
 def refuse_duplicate(trial: optuna.Trial, spec: StudySpec, config_id: str, seed: int) -> None:
-    """Raise Duplicate when a sampled trial repeats an earlier trial's configuration and seed.
+    """Raise Duplicate when a sampled trial repeats another trial's configuration and seed.
 
     Samplers that breed configurations (NSGA-II/III's crossover keeps a parent's values; CMA-ES or
-    TPE on a stepped range) can propose one again. Training it again adds nothing but a second
-    copy of the same seed, which `best` would count as a second seed. The trial ends FAIL with the
-    reason (the sampler then simply samples on), never retried, and not counted as a worker's
-    failure. Grid points and repeat seeds are unique by plan: a grid study is not checked.
+    TPE on a stepped range) can propose one again, and two workers sampling at once can draw the
+    same one. Training it again adds nothing but a second copy of the same seed, which `best` would
+    count as a second seed. The trial ends FAIL with the reason (the sampler then simply samples
+    on), never retried, and not counted as a worker's failure. Grid points and repeat seeds are
+    unique by plan: a grid study is not checked.
+
+    Asked twice, once the trial's own configuration is recorded: before training and again before
+    its result is told. The trial is a duplicate when the other one has finished (complete or
+    pruned), or runs and has a lower number. Two workers that drew the same configuration at the
+    same moment may both pass the first look (neither saw the other's record yet); the second look
+    keeps the lower-numbered one and fails the other, so one result is told, not two.
     """
     if spec.sampler.get("name") == "grid":
         return
     from optuna.trial import TrialState
 
-    from hpsearch import schema
 
     for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                                   TrialState.RUNNING)):
         attrs = other.user_attrs
-        if (other.number < trial.number and attrs.get(schema.CONFIG_ID) == config_id
-                and int(attrs.get(schema.SEED, spec.seed)) == seed):
+        if (other.number != trial.number and attrs.get(schema.CONFIG_ID) == config_id
+                and int(attrs.get(schema.SEED, spec.seed)) == seed
+                and (other.state != TrialState.RUNNING or other.number < trial.number)):
+            # Said on the trial itself: `best` and `export` count it as no seed of the configuration.
+            trial.set_user_attr(schema.DUPLICATE_OF, other.number)
             raise Duplicate(f"duplicate: the sampler proposed the configuration and seed of trial {other.number} "
                             f"again ({config_id}, seed {seed}); not trained twice")
 
@@ -163,7 +173,6 @@ def constrain(trial: optuna.Trial, spec: StudySpec, value_of: Callable[[str], fl
     is BadResult: the trial fails saying so, rather than count as feasible."""
     if not spec.constraints:
         return
-    from hpsearch import schema
     from hpsearch.metrics import constraint_values
 
     values = constraint_values(spec.constraints, value_of)
@@ -215,7 +224,9 @@ def run(trial: optuna.Trial, spec: StudySpec, builtin: Callable[[], float], reco
     fn = load(spec)
     if fn is None:
         return builtin()
-    value = result(fn(trial, _suggest_and_record(trial, spec, record)), spec)
+    config_id, seed = _suggest_and_record(trial, spec, record)
+    value = result(fn(trial, spec.to_dict()), spec)
+    refuse_duplicate(trial, spec, config_id, seed)  # again, at its end
     _settle(trial, spec, value, record)
     return value
 
@@ -238,18 +249,19 @@ def _settle(trial: optuna.Trial, spec: StudySpec, value: float | list[float], re
         constrain(trial, spec, value_of, record)
 
 
-def _suggest_and_record(trial: optuna.Trial, spec: StudySpec, record: Record) -> dict[str, Any]:
-    """Suggest the spec's space and record the trial's configuration; the spec as the objective gets it.
+def _suggest_and_record(trial: optuna.Trial, spec: StudySpec, record: Record) -> tuple[str, int]:
+    """Suggest the spec's space and record the trial's configuration; its (config_id, seed), checked
+    against the other trials' (refuse_duplicate).
 
     The space is suggested here, so grid points, conditions and samplers work the same for user
     objectives; they read trial.params (or suggest more of their own)."""
-    from hpsearch import schema
     from hpsearch import space as space_mod
 
     params = space_mod.suggest(trial, spec.space)
     seed = trial.user_attrs.get(schema.SEED, spec.seed)
+    config_id = space_mod.config_id(params)
     # "seed" inside the config is the training setting (the config is what the trainer resolved).
-    record(trial, {schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params),
+    record(trial, {schema.CONFIG_ID: config_id, schema.NAME: space_mod.short_name(params),
                    schema.CONFIG: {**spec.train, **params, "seed": seed}})
-    refuse_duplicate(trial, spec, space_mod.config_id(params), int(seed))
-    return spec.to_dict()
+    refuse_duplicate(trial, spec, config_id, int(seed))
+    return config_id, int(seed)

@@ -61,6 +61,8 @@ IS_REPEAT = _attr("is_repeat", "trial", bool, "queued by `hpsearch repeat`: runs
 REPEATS_ENQUEUED = _attr("repeats_enqueued", "trial", bool, "its configuration's repeat seeds are queued")
 CRASHES = _attr("hpsearch:crashes", "trial", int, "times this configuration x seed lost its worker")
 RETRY_EXHAUSTED = _attr("retry_exhausted", "trial", bool, "a failure not retried again: it crashed workers too often")
+DUPLICATE_OF = _attr("duplicate_of", "trial", int,
+                     "the trial whose sampled configuration and seed this one drew again: not trained, no seed of it")
 
 # --- trial user attributes: the worker running it -----------------------------------------------
 WORKER = _attr("worker", "trial", str, "host:pid:token of the worker that ran it")

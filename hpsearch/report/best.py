@@ -210,7 +210,7 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     goals = front.goals_of(study, spec)
     # Every state: pruned, failed and pending seeds are counted, not only the complete ones.
     keys = [schema.CONFIG_ID, schema.NAME, *METRICS, schema.SEED, schema.RETRY_OF, schema.RETRY_HISTORY,
-            schema.FAIL_REASON, schema.WORKER, schema.FUSED, schema.IS_REPEAT, *goals.keys()]
+            schema.FAIL_REASON, schema.WORKER, schema.FUSED, schema.IS_REPEAT, schema.DUPLICATE_OF, *goals.keys()]
     trials = bulk.trials(study, keys=keys, with_params=True) if spec is not None or not goals.multi else (
         study.get_trials(deepcopy=False))  # a plain Optuna study's objectives are in Optuna's table alone
     maximize, metric = goals.maximize[0], goals.metrics[0]

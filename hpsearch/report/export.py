@@ -113,7 +113,10 @@ def seed_outcome(trial: Any) -> str:
 
 
 def _known_config(trial: Any) -> bool:
-    # A parameterless ticket (random/TPE) has no configuration until a worker samples it.
+    # A parameterless ticket (random/TPE) has no configuration until a worker samples it; a trial
+    # refused as a duplicate of another (objective.refuse_duplicate) is no seed of its configuration.
+    if trial.user_attrs.get(schema.DUPLICATE_OF) is not None:
+        return False
     return (bool(trial.user_attrs.get(schema.CONFIG_ID)) or bool(params_of(trial))
             or trial.state == TrialState.COMPLETE)
 

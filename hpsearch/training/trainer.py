@@ -28,7 +28,6 @@ from hpsearch.metrics import BUILTIN, epoch_metric
 from hpsearch.models import build_model, count_parameters
 from hpsearch.objective import (
     Divergent,
-    Duplicate,
     Preempted,
     constrain,
     record_each,
@@ -143,6 +142,7 @@ class TrialRun:
     best_state: dict[str, Any] | None
     start_epoch: int
     dropout_rng: torch.Generator | None = None  # a fused member's own; None: torch's global generator
+    config_id: str = ""  # the configuration's identity (what refuse_duplicate compares)
     t_start: float = field(default_factory=time.monotonic)
     last_ckpt: float = field(default_factory=time.monotonic)
 
@@ -183,11 +183,10 @@ def start(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> TrialRun:
     cfg = resolve_config(spec, params)
     attrs: dict[str, Any] = {schema.CONFIG: {**cfg, "seed": seed, "dataset": spec.dataset},
                              schema.CONFIG_ID: space_mod.config_id(params), schema.NAME: space_mod.short_name(params)}
-    try:
-        refuse_duplicate(trial, spec, attrs[schema.CONFIG_ID], seed)
-    except Duplicate:
-        ctx.record(trial, attrs)  # the failed trial still says which configuration it was
-        raise
+    # Recorded before the duplicate check, so a concurrent trial of the same configuration sees it
+    # (and a refused trial still says which configuration it was).
+    ctx.record(trial, attrs)
+    refuse_duplicate(trial, spec, attrs[schema.CONFIG_ID], seed)
     gen = seed_everything(seed)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     ctx.progress(f"start: {shown or 'fixed settings'}, seed {seed}")
@@ -200,12 +199,12 @@ def start(trial: optuna.Trial, spec: StudySpec, ctx: Context) -> TrialRun:
     optimizer = build_optimizer(model.parameters(), cfg)
     schedule = build_schedule(optimizer, cfg)
     loss_fn = build_loss(cfg["loss"])
-    attrs[schema.N_PARAMETERS] = count_parameters(model)
-    ctx.record(trial, attrs)
+    ctx.record(trial, {schema.N_PARAMETERS: count_parameters(model)})
 
     r = TrialRun(trial=trial, spec=spec, ctx=ctx, cfg=cfg, seed=seed, gen=gen, data=data, model=model,
                  optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, best_state=None, start_epoch=0,
-                 state={"epoch": 0, "curve": [], "best": None, "best_epoch": None, "stale": 0})
+                 state={"epoch": 0, "curve": [], "best": None, "best_epoch": None, "stale": 0},
+                 config_id=attrs[schema.CONFIG_ID])
     _resume(r)
     r.t_start = r.last_ckpt = time.monotonic()  # training starts now, after any resume
     return r
@@ -333,6 +332,9 @@ def finish(r: TrialRun) -> float | list[float]:
     """The test evaluation, only now and with the weights of the best validation epoch; then what the
     spec optimizes or bounds besides accuracy (cost), and the constraints. The value(s) to tell."""
     model, data, state = r.model, r.data, r.state
+    # Looked at again before a result exists: another worker may have drawn the same configuration
+    # and seed at the same moment (hpsearch.objective.refuse_duplicate).
+    refuse_duplicate(r.trial, r.spec, r.config_id, r.seed)
     if r.best_state is not None:
         model.load_state_dict(r.best_state)
     test = evaluate(model, r.loss_fn, data.x_test, data.y_test, r.batch_size, data.n_classes, confusion=True)

@@ -34,7 +34,7 @@ import torch
 from hpsearch import schema
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
-from hpsearch.objective import BadResult, Preempted, checked
+from hpsearch.objective import BadResult, Preempted, result
 from hpsearch.queue.faults import Heartbeat
 from hpsearch.spec.model import MAX_FUSE, StudySpec
 from hpsearch.storage.optuna_internals import trial_id
@@ -304,7 +304,7 @@ def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: TrialContext, out
 
     if exc is None:
         try:
-            value = checked(value, spec.metric)
+            value = result(value, spec)
         except BadResult as bad:  # ends as a failure, its W&B run included
             exc = bad
     tracker = m.ctx.tracker if m.ctx is not None else None
@@ -323,7 +323,7 @@ def _end(study: optuna.Study, m: Member, spec: StudySpec, ctx: TrialContext, out
         tracker.finish("complete")
     ctx.stop.release(m.trial)
     m.heartbeat.release(trial_id(m.trial))
-    m.state = trial_mod.completed(study, m.trial, spec, float(value), m.timing, ctx, out)  # type: ignore[arg-type]
+    m.state = trial_mod.completed(study, m.trial, spec, value, m.timing, ctx, out)  # type: ignore[arg-type]
 
 
 def _end_all(study: optuna.Study, members: list[Member], spec: StudySpec, ctx: TrialContext, out: Any,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from hpsearch import schema
 from hpsearch.errors import StorageUnavailable
-from hpsearch.objective import BadResult, Duplicate, Preempted, checked, is_divergent
+from hpsearch.objective import BadResult, Duplicate, Preempted, is_divergent, result, shown
 from hpsearch.queue import plan as plan_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.queue.faults import Heartbeat, fail_and_requeue
@@ -158,12 +158,12 @@ def _failed(study: optuna.Study, trial: optuna.Trial, exc: BaseException, ctx: T
     return "divergent" if divergent else "failed"
 
 
-def completed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, value: float, timing: Timing,
+def completed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, value: float | list[float], timing: Timing,
               ctx: TrialContext, out: Any) -> str:
     """A trial that trained to the end: its timing, its repeats (once), its value; then its checkpoint goes."""
     label = f"trial {trial.number}"
     try:
-        value = checked(value, spec.metric)  # only a finite number is told (Optuna stores inf as COMPLETE)
+        value = result(value, spec)  # only finite numbers are told (Optuna stores inf as COMPLETE)
     except BadResult as exc:
         return _failed(study, trial, exc, ctx, out)
     try:
@@ -173,7 +173,7 @@ def completed(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, value: 
         _discard(ctx, trial)
     except optuna.exceptions.UpdateFinishedTrialError:
         return dropped(label, out)
-    out(f"[{label}] complete: {spec.metric}={value:.4f} ({timing()[schema.DURATION_S]:.1f}s)")
+    out(f"[{label}] complete: {shown(value, spec)} ({timing()[schema.DURATION_S]:.1f}s)")
     return "complete"
 
 
@@ -204,7 +204,8 @@ def _maybe_enqueue_repeats(study: optuna.Study, trial: optuna.Trial, spec: Study
     return plan_mod.enqueue_seeds_of(study, trial, spec, seeds)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> bool:
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | list[float] | None = None,
+          state: TrialState | None = None) -> bool:
     """Finish the trial; False when another worker took it over meanwhile (the result is dropped)."""
     try:
         # Read from the storage, not the worker's copy: whether it was reaped meanwhile is the question.
