@@ -57,6 +57,8 @@ def pareto_summary(rows: list[ConfigSummary], goals: Goals) -> dict[str, Any]:
 def front_line(data: dict[str, Any]) -> str:
     p = data["pareto"]
     size, others, dominated = p["size"], p["others"], p["dominated"]
+    if not others:
+        return f"all {size} configuration{'s are' if size != 1 else ' is'} on the front: none dominates another"
     text = (f"the front's {size} configuration{'s' if size != 1 else ''} dominate{'s' if size == 1 else ''} "
             f"{dominated} of the {others} other configuration{'s' if others != 1 else ''}")
     beside = [f"{n} {what}" for what, n in (("infeasible", p["not_dominated"]["infeasible"]),
