@@ -57,6 +57,7 @@ RETRY_OF = _attr("retry_of", "trial", int, "number of the original trial this on
 RETRY_HISTORY = _attr("retry_history", "trial", list, "numbers of the trials this one retries, oldest first")
 RETRY_REASON = _attr("retry_reason", "trial", str, "why the trial it retries ended (stale, preempted, ...)")
 REPEAT_OF = _attr("repeat_of", "trial", int, "number of the trial whose configuration this one repeats")
+WARM_START = _attr("warm_start_of", "trial", str, "the study, trial and rank of the configuration a warm start began with")
 IS_REPEAT = _attr("is_repeat", "trial", bool, "queued by `hpsearch repeat`: runs unpruned")
 REPEATS_ENQUEUED = _attr("repeats_enqueued", "trial", bool, "its configuration's repeat seeds are queued")
 CRASHES = _attr("hpsearch:crashes", "trial", int, "times this configuration x seed lost its worker")

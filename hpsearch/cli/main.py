@@ -132,6 +132,9 @@ def _study_parsers(sub: Any) -> None:
     p.add_argument("--sampler", help="override the spec's sampler: grid, random, tpe, qmc, gp, cmaes, nsga2, nsga3")
     p.add_argument("--pruner", help="override the spec's pruner: none, median, percentile, successive_halving, hyperband")
     p.add_argument("--replace", action="store_true", help="delete an existing study of that name and its trials first")
+    p.add_argument("--warm-start", metavar="STUDY", help="begin with the best configurations of STUDY (same storage), "
+                   "restricted to this spec's space; sampled studies only (the spec's warm_start: {from, top})")
+    p.add_argument("--top", type=int, metavar="K", help="with --warm-start: how many of its best configurations (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a spec field, e.g. --set dataset.root=/data --set train.epochs=1 (repeatable)")
 
@@ -326,13 +329,18 @@ def _setup_logging() -> None:
 
 @command("create-study")
 def _create_study(args: argparse.Namespace) -> int:
+    from hpsearch.ops import warm
     from hpsearch.queue import plan as plan_mod
     from hpsearch.search.samplers import check_sampler_fits
     from hpsearch.spec.loading import load_spec
     from hpsearch.storage.artifacts import artifact_location
     from hpsearch.storage.backend import open_storage, resolve_url
 
-    overrides = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
+    overrides: dict[str, Any] = {"name": args.name, "sampler": args.sampler, "pruner": args.pruner}
+    if args.top is not None and not args.warm_start:
+        raise HpsearchError("--top goes with --warm-start STUDY, but got --top alone")
+    if args.warm_start:
+        overrides["warm_start"] = {"from": args.warm_start, **({"top": args.top} if args.top is not None else {})}
     spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
     check_sampler_fits(spec, args.spec)  # what the sampler cannot do with this space and budget
     if spec.objective:
@@ -342,10 +350,13 @@ def _create_study(args: argparse.Namespace) -> int:
         load_plugin(spec.objective, "objective")
     url = resolve_url(args.storage)
     storage = open_storage(url, create=True)
+    spec, warm_line = warm.resolve(spec, storage, reuse=not args.replace)  # chosen once, stored in the spec
     if args.replace:
         _remove_predecessors_checkpoints(spec.name, storage, url)
     _, message = plan_mod.create(spec, storage, replace=args.replace, artifacts=artifact_location(url))
     print(message)
+    if warm_line:
+        print(warm_line)
     print(f"run workers with: hpsearch worker --study {spec.name}" + _storage_hint(args.storage))
     return 0
 

@@ -33,7 +33,9 @@ from hpsearch.schema import (
     REPEAT_OF,
     SEED,
     SPEC_ATTR,
+    WARM_START,
 )
+from hpsearch.spec import warm as warm_mod
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import backends, optuna_internals
 
@@ -118,6 +120,10 @@ def plan_item(spec: StudySpec, index: int) -> tuple[dict[str, Any], dict[str, An
     if spec.is_grid:
         params, seed = _grid_plan(spec)[index]
         return params, {SEED: seed, CONFIG_ID: space_mod.config_id(params)}
+    warm = spec.warm_configs()
+    if index < len(warm):  # a warm start's configurations come first (hpsearch.spec.warm)
+        origin = warm_mod.origin(spec.warm_start or {}, warm[index])
+        return dict(warm[index]["params"]), {SEED: spec.seed, WARM_START: origin}
     return {}, {SEED: spec.seed}
 
 

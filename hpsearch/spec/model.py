@@ -85,6 +85,8 @@ class StudySpec:
     directions: list[str] = field(default_factory=list)
     # metric -> {min: X, max: Y}: bounds on any reported metric (hpsearch.metrics)
     constraints: dict[str, dict[str, float]] = field(default_factory=dict)
+    # {from: STUDY, top: K, configs: [{params, trial, rank}]}: the plan's first entries (hpsearch.spec.warm)
+    warm_start: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.metrics = list(self.metrics) or [self.metric]
@@ -122,7 +124,12 @@ class StudySpec:
             # Several objectives keep `metric`/`direction` (the first) for readers of one.
             **({"metrics": list(self.metrics), "directions": list(self.directions)} if self.multi_objective else {}),
             **({"constraints": {m: dict(b) for m, b in self.constraints.items()}} if self.constraints else {}),
+            **({"warm_start": dict(self.warm_start)} if self.warm_start else {}),
         }
+
+    def warm_configs(self) -> list[dict[str, Any]]:
+        """The configurations a warm start puts first in the plan (chosen at create-study)."""
+        return list((self.warm_start or {}).get("configs") or [])
 
     def hash(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()

@@ -26,7 +26,7 @@ from hpsearch.search.samplers import (
     check_sampler,
 )
 from hpsearch.space import grid_size
-from hpsearch.spec import objectives, trainer
+from hpsearch.spec import objectives, trainer, warm
 from hpsearch.spec.model import (
     MAX_FUSE,
     MAX_NAME,
@@ -43,7 +43,7 @@ from hpsearch.spec.problems import Problems, did_you_mean, is_int, is_num, short
 TOP_KEYS = {
     "name", "description", "metric", "direction", "metrics", "directions", "constraints", "sampler", "pruner",
     "repeats", "seed", "budget", "dataset", "train", "space", "objective", "tracking", "fuse", "trial_timeout",
-    "plugins",
+    "plugins", "warm_start",
 }
 # fullmatch, not `$`: `$` also matches before a trailing newline ("name\n" would be stored).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -86,6 +86,7 @@ def parse_spec(raw: dict[str, Any], source: str, registries: bool = True) -> Stu
     if builtin:
         trainer.check_accepted_values(train, space, err)
     _check_grid(sampler, space, repeats, err)
+    warm_start = warm.parse(raw.get("warm_start"), sampler, budget_trials, space, err)
     # --- tracking and fusion; last, names in the registries (they import torch) ----------
     tracking = _tracking(raw.get("tracking"), err)
     fuse = _fuse(raw.get("fuse"), builtin, err)
@@ -101,7 +102,7 @@ def parse_spec(raw: dict[str, Any], source: str, registries: bool = True) -> Stu
         repeats=repeats, seed=seed, budget_trials=budget_trials, wall_clock=wall_clock,
         dataset=dataset, train=dict(train), space=space, objective=objective, tracking=tracking,
         description=str(raw.get("description", "") or ""), fuse=fuse, trial_timeout=trial_timeout,
-        plugins=plugins, metrics=metrics, directions=directions, constraints=constraints,
+        plugins=plugins, metrics=metrics, directions=directions, constraints=constraints, warm_start=warm_start,
     )
 
 

@@ -55,8 +55,9 @@ def tiny_data_overrides(path: Path, root: Path) -> list[str]:
     return sets
 
 
-def run_one_trial(tmp_path: Path, spec_path: Path, url: str, sets: list[str]) -> optuna.trial.FrozenTrial:
-    name = unique(spec_path.stem)
+def run_one_trial(tmp_path: Path, spec_path: Path, url: str, sets: list[str],
+                  name: str | None = None) -> optuna.trial.FrozenTrial:
+    name = name or unique(spec_path.stem)
     args = [a for s in sets for a in ("--set", s)]
     created = run_cli("create-study", str(spec_path), "--storage", url, "--name", name, *args, check=True)
     assert " planned: " in created.stdout and "created study" in created.stdout
@@ -71,7 +72,17 @@ def run_one_trial(tmp_path: Path, spec_path: Path, url: str, sets: list[str]) ->
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
 def test_every_study_spec_runs_one_trial_on_tiny_data(tmp_path: Path, journal_url: str, path: Path) -> None:
-    trial = run_one_trial(tmp_path, path, journal_url, tiny_data_overrides(path, tmp_path / "data"))
+    sets = tiny_data_overrides(path, tmp_path / "data")
+    warm = load_spec(path).warm_start
+    if warm:  # the seed's story: the source study first (one trial), then this one starts from it
+        source_path, source = ROOT / "studies" / f"{warm['from']}.yaml", unique(warm["from"])
+        (tmp_path / "source").mkdir()
+        first = run_one_trial(tmp_path / "source", source_path, journal_url,
+                              tiny_data_overrides(source_path, tmp_path / "data"), name=source)
+        sets.append(f"warm_start.from={source}")
+    trial = run_one_trial(tmp_path, path, journal_url, sets)
+    if warm:  # its first trial is the source's best configuration, saying so
+        assert trial.params == first.params and trial.user_attrs["warm_start_of"].startswith(f"{source} trial 0")
     log = (tmp_path / "worker.log").read_text()
     assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs.get("fail_reason", log)
     attrs = trial.user_attrs
