@@ -111,7 +111,17 @@ def test_a_builder_killed_mid_build_holds_no_worker_up(root: Path, monkeypatch: 
 
 
 def test_without_sources_or_with_the_cache_off_nothing_is_written(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data.load({"name": "digits", "val_fraction": 0.2})  # embedded in scikit-learn: nothing to gain
+    import numpy as np
+
+    from hpsearch.training.data.registry import Raw, register
+
+    @register("hps_test_no_sources")  # a loader that names no files (a plugin's): never cached
+    def no_sources(cfg: dict[str, Any]) -> Raw:
+        rng = np.random.default_rng(0)
+        return Raw(rng.random((40, 4), dtype=np.float32), np.arange(40) % 2, rng.random((10, 4), dtype=np.float32),
+                   np.arange(10) % 2, ["a", "b"])
+
+    data.load({"name": "hps_test_no_sources", "val_fraction": 0.2})
     monkeypatch.setenv(cache.ENV_DIR, "off")
     data.load(dict(CFG))
     assert _entries(root / ".hpsearch-cache", root.parent / "home" / ".cache" / "hpsearch" / "tensors") == []
@@ -203,3 +213,25 @@ def test_cache_keys_watch_the_folders_torchvision_reads(tmp_path: Path, name: st
     cls = vision._classes()[name]
     assert vision.expected_files(cls, tmp_path)[0] == tmp_path / vision.FOLDERS[name]
 
+
+
+def test_the_embedded_digits_are_cached_and_a_later_worker_does_not_import_scikit_learn(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing scikit-learn (SciPy, pandas) to read digits cost each worker as much as torch."""
+    digits = WORKER.replace('"name": "mnist", "val_fraction": 0.25', '"name": "digits", "val_fraction": 0.2') \
+                   .replace('"torchvision" in sys.modules', '"sklearn" in sys.modules')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HPSEARCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+    def fresh() -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-c", digits], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=300, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    first, second = fresh(), fresh()
+    assert first["torchvision"]  # (the key holds "sklearn" in sys.modules) the first builds the entry ...
+    assert not second["torchvision"] and second["mapped"]  # ... a later one maps it, never importing it
+    with monkeypatch.context() as m:  # and equal, bitwise, to what loading computes without any cache
+        m.setenv(cache.ENV_DIR, "off")
+        m.setattr(data, "_CACHE", {})
+        reference = _digest(data.load({"name": "digits", "val_fraction": 0.2}))
+    assert {k: second[k] for k in ("tensors", "meta")} == reference == {k: first[k] for k in ("tensors", "meta")}

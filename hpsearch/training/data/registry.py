@@ -24,8 +24,8 @@ COMMON_OPTIONS = {"name", "val_fraction", "split_seed", "limit", "normalize"}
 DATASET_OPTIONS: dict[str, set[str]] = {}
 AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
 # The files or folders a loader reads, for the loaders whose split tensors the machine's cache
-# (cache.py) may keep: their sizes and mtimes key it. A loader without them is never cached (the
-# embedded digits gain nothing; a plugin's sources cannot be known).
+# (cache.py) may keep: their sizes and mtimes key it. A loader without them is never cached (a
+# plugin's sources cannot be known).
 Sources = Callable[[Mapping[str, Any]], list[Path]]
 DATASET_SOURCES: dict[str, Sources] = {}
 
