@@ -331,7 +331,6 @@ def _setup_logging() -> None:
 def _create_study(args: argparse.Namespace) -> int:
     from hpsearch.ops import warm
     from hpsearch.queue import plan as plan_mod
-    from hpsearch.search.samplers import check_sampler_fits
     from hpsearch.spec.loading import load_spec
     from hpsearch.storage.artifacts import artifact_location
     from hpsearch.storage.backend import open_storage, resolve_url
@@ -342,7 +341,6 @@ def _create_study(args: argparse.Namespace) -> int:
     if args.warm_start:
         overrides["warm_start"] = {"from": args.warm_start, **({"top": args.top} if args.top is not None else {})}
     spec = load_spec(args.spec, overrides, args.set)  # validate everything before touching the storage
-    check_sampler_fits(spec, args.spec)  # what the sampler cannot do with this space and budget
     if spec.objective:
         from hpsearch.registry import load_plugin
 

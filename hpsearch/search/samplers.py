@@ -15,7 +15,7 @@ from hpsearch.registry import unknown_name_message
 from hpsearch.search.filters import FilteredSampler
 
 if TYPE_CHECKING:
-    from hpsearch.spec.model import StudySpec
+    pass
 
 
 def _tpe(seed: int | None, **kw: Any) -> optuna.samplers.BaseSampler:
@@ -309,9 +309,9 @@ def _cmaes_fits(cfg: dict[str, Any], space: dict[str, Any]) -> list[tuple[str, s
     return out
 
 
-def _budget_fits(cfg: dict[str, Any], spec: StudySpec) -> list[tuple[str, str]]:
+def _budget_fits(cfg: dict[str, Any], space: dict[str, Any], budget: int | None) -> list[tuple[str, str]]:
     """A learning phase the budget never reaches would quietly make the study a random search."""
-    name, budget = cfg["name"], spec.budget_trials
+    name = cfg["name"]
     if budget is None:
         return []
     if name in ("nsga2", "nsga3"):
@@ -323,23 +323,21 @@ def _budget_fits(cfg: dict[str, Any], spec: StudySpec) -> list[tuple[str, str]]:
     else:
         return []
     default = inspect.signature(SAMPLERS[name][1]).parameters[key].default  # Optuna's own default
-    size = cfg.get(key, _default_popsize(spec.space) if default is None else default)
+    size = cfg.get(key, _default_popsize(space) if default is None else default)
     if budget > size:
         return []
     return [(f"sampler.{key}", f"must be below the budget (budget.trials={budget}), but got {key}={size}: "
              f"{name} would never get past {what}, a random search; raise the budget or lower {key}")]
 
 
-def check_sampler_fits(spec: StudySpec, source: str) -> None:
-    """What the spec's sampler cannot do with its space, budget and repeats, as one line (create-study).
-
-    The spec's own validation sees the sampler's options alone; these need the whole spec.
-    """
-    cfg = spec.sampler
-    problems = _cmaes_fits(cfg, spec.space) if cfg["name"] == "cmaes" else []
-    if cfg.get("deterministic_objective") and spec.repeats > 1:
-        problems.append(("sampler.deterministic_objective", f"must be false with repeats={spec.repeats}: each "
+def fit_problems(cfg: dict[str, Any], space: dict[str, Any], repeats: int,
+                 budget: int | None) -> list[tuple[str, str]]:
+    """What the sampler cannot do with the space, budget and repeats: (field, message) for the
+    spec's validation, listed with its other problems (check_sampler sees the options alone)."""
+    if cfg.get("name") not in SAMPLERS:
+        return []  # check_sampler already said so
+    problems = _cmaes_fits(cfg, space) if cfg["name"] == "cmaes" else []
+    if cfg.get("deterministic_objective") and repeats > 1:
+        problems.append(("sampler.deterministic_objective", f"must be false with repeats={repeats}: each "
                          "repeat trains with another seed, so one configuration gives different values"))
-    problems += _budget_fits(cfg, spec)
-    if problems:
-        raise HpsearchError(f"{source}: " + "; ".join(f"{where}: {msg}" for where, msg in problems))
+    return problems + _budget_fits(cfg, space, budget)

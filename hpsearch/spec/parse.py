@@ -24,6 +24,7 @@ from hpsearch.search.samplers import (
     check_objectives,
     check_pruner,
     check_sampler,
+    fit_problems,
 )
 from hpsearch.space import grid_size
 from hpsearch.spec import objectives, trainer, warm
@@ -86,6 +87,8 @@ def parse_spec(raw: dict[str, Any], source: str, registries: bool = True) -> Stu
     if builtin:
         trainer.check_accepted_values(train, space, err)
     _check_grid(sampler, space, repeats, err)
+    for where, msg in fit_problems(sampler, space, repeats, budget_trials):
+        err(where, msg)
     warm_start = warm.parse(raw.get("warm_start"), sampler, budget_trials, space, err)
     # --- tracking and fusion; last, names in the registries (they import torch) ----------
     tracking = _tracking(raw.get("tracking"), err)

@@ -108,7 +108,7 @@ REFUSED = [
      "sampler.n_startup: is not an option of sampler 'gp'; known: deterministic_objective, n_startup_trials"),
     ("bad-value", lambda n: numeric_spec(n, {"name": "cmaes", "sigma0": -1}), None,
      "sampler.sigma0: must be a number > 0, but got -1"),
-    ("bad-crossover", lambda n: numeric_spec(n, {"name": "nsga2", "crossover": "sbxx"}), None,
+    ("bad-crossover", lambda n: numeric_spec(n, {"name": "nsga2", "crossover": "sbxx", "population_size": 4}), None,
      "crossover 'sbxx' is not registered"),
     ("optuna-refuses", lambda n: numeric_spec(n, {"name": "nsga3", "population_size": 2, "crossover": "undx"}), None,
      "population size should be greater than or equal to 3"),
@@ -161,3 +161,14 @@ def test_a_configuration_proposed_again_is_not_trained_twice(journal_url: str, t
     assert by_params[1].user_attrs["fail_reason"].startswith(f"duplicate: the sampler proposed the configuration "
                                                             f"and seed of trial {by_params[0].number} again")
     assert "Traceback" not in log.read_text()
+
+
+def test_what_the_sampler_cannot_do_is_listed_with_the_spec_s_other_problems(journal_url: str, tmp_path: Path) -> None:
+    """CMA-ES on a categorical parameter and a bad seed: both lines, at once (the fit check ran
+    after the spec's own validation and one of them waited for the other to be fixed)."""
+    spec = numeric_spec(unique("both"), {"name": "cmaes"})
+    spec["space"]["optimizer"] = {"choices": ["sgd", "adam"]}
+    spec["seed"] = -1
+    proc = run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", journal_url)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "seed: must be an integer" in proc.stderr and "space.optimizer: CMA-ES samples numeric ranges" in proc.stderr
