@@ -38,7 +38,8 @@ def _wrong(attrs: dict[str, Any], declared: dict[str, Any], where: str) -> list[
 def test_every_stored_attribute_is_declared_with_its_type(tmp_path: Path, pg_url: str) -> None:
     name = unique("schema")
     # lr 1e20 with sgd diverges (a divergent trial's attributes), 0.05 trains; 2 repeat seeds each.
-    spec = tiny_spec(name, repeats=2, space={"lr": {"choices": [0.05, 1.0e20]}, "optimizer": {"choices": ["sgd"]}})
+    spec = tiny_spec(name, repeats=2, space={"lr": {"choices": [0.05, 1.0e20]}, "optimizer": {"choices": ["sgd"]}},
+                     constraints={"n_params": {"max": 100000}})  # the constraint attributes too
     run_cli("create-study", str(write_spec(tmp_path, spec)), "--storage", pg_url, check=True)
     worker = start_worker(name, pg_url)
     out, _ = worker.communicate(timeout=300)
@@ -51,6 +52,8 @@ def test_every_stored_attribute_is_declared_with_its_type(tmp_path: Path, pg_url
     assert len(trials) == 4 and any(t.user_attrs.get(schema.DIVERGENT) for t in trials)
     for t in trials:
         wrong += _wrong(t.user_attrs, _declared("trial"), f"trial {t.number}")
-        wrong += _wrong({k: v for k, v in t.system_attrs.items() if not k.startswith("_")} if hasattr(t, "system_attrs")
-                        else {}, _declared("trial system"), f"trial {t.number} system")
+        # Optuna's own system attributes are not hpsearch's: Trial.set_constraint's "constraints:NAME".
+        system = {k: v for k, v in getattr(t, "system_attrs", {}).items()
+                  if not k.startswith(("_", "constraints:"))}
+        wrong += _wrong(system, _declared("trial system"), f"trial {t.number} system")
     assert not wrong, "\n".join(wrong)
