@@ -13,8 +13,10 @@ crowd    200 workers against a PostgreSQL with max_connections=100, through `hps
 capacity trials/s the coordination path sustains (no-op trials, 16 workers): PostgreSQL direct,
          pgbouncer, hpsearch proxy.
 status   `hpsearch status`, `best` and `report` on the 50k-trial study.
-statements  SQL statements the server receives per trial (the server's own statement log): one
-         worker running no-op trials (4 parameters, 5 reports) to the end of the study.
+statements  SQL statements the server receives per trial (its own statement log, every statement:
+         BEGIN, COMMIT and pings too), from the study's creation to the end of its last trial, one
+         process running no-op trials (4 parameters, 5 reports): an hpsearch worker, and beside it
+         plain Optuna (RDBStorage with a 30 s heartbeat, study.optimize) on the same trials.
 Everything runs on loopback against PostgreSQL clusters this script starts itself.
 """
 
@@ -245,23 +247,50 @@ def part_scaling(tmp: Path, counts: list[int], sleep: float, per_worker: int) ->
         cluster.destroy()
 
 
+# Plain Optuna on the statements part's workload: the same 4 parameters, 5 reports and value.
+PLAIN_OPTUNA = """
+import sys, warnings, optuna
+sys.path.insert(0, sys.argv[3])
+import bench_objectives
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval's
+storage = optuna.storages.RDBStorage(sys.argv[1], heartbeat_interval=30)
+study = optuna.create_study(study_name="plain", storage=storage, direction="minimize",
+                            sampler=optuna.samplers.RandomSampler())
+
+def objective(trial):
+    for name, (low, high) in (("x", (0.0, 1.0)), ("y", (0.0, 2.0)), ("z", (0.0, 3.0))):
+        trial.suggest_float(name, low, high)
+    trial.suggest_categorical("act", ["relu", "tanh", "gelu"])
+    return bench_objectives.instant(trial, {"train": {"steps": 5}})
+
+study.optimize(objective, n_trials=int(sys.argv[2]))
+"""
+
+
 def part_statements(tmp: Path, trials: int) -> None:
+    """The server's statements per trial, hpsearch and plain Optuna, each in a database of its own."""
     cluster = Cluster(max_connections=100).init()
     with open(cluster.data / "postgresql.conf", "a") as f:
-        f.write("log_statement = 'all'\nlog_line_prefix = ''\n")
+        f.write("log_statement = 'all'\nlog_line_prefix = '%d '\n")  # each line names its database
     cluster.start()
     try:
-        url = cluster.create_db("statements")
-        plan_mod.create(load_spec(spec_file(tmp, "statements", budget=trials)), open_storage(url, create=True))
+        ours, plain = cluster.create_db("hpsearch"), cluster.create_db("plain")
+        storage = open_storage(ours, create=True)  # the schemas first: not part of any trial
+        optuna.storages.RDBStorage(plain.replace("postgresql://", "postgresql+psycopg2://")).engine.dispose()
         log = cluster.root / "log"
         start = len(log.read_text().splitlines())
-        codes, logs = run_workers(url, "statements", 1, tmp)
+        plan_mod.create(load_spec(spec_file(tmp, "statements", budget=trials)), storage)  # what create-study does
+        codes, logs = run_workers(ours, "statements", 1, tmp)
         assert codes == [0], logs[-2000:]
-        lines = [ln for ln in log.read_text().splitlines()[start:] if "statement: " in ln]
-        tx = sum(1 for ln in lines if ln.split("statement: ", 1)[1].strip().upper() in ("BEGIN", "COMMIT", "ROLLBACK"))
-        print(f"\nstatements per trial (one worker, {trials} no-op trials, 4 parameters, 5 reports, from "
-              f"start to exit): {len(lines) / trials:.1f} ({(len(lines) - tx) / trials:.1f} without "
-              f"BEGIN/COMMIT/ROLLBACK)", flush=True)
+        # The same driver as hpsearch's (a bare postgresql:// is psycopg 3 in SQLAlchemy 2.1).
+        subprocess.run([sys.executable, "-c", PLAIN_OPTUNA, plain.replace("postgresql://", "postgresql+psycopg2://"),
+                        str(trials), str(ROOT / "bench")], env=ENV, check=True)
+        counts = Counter(ln.split(" ", 1)[0] for ln in log.read_text().splitlines()[start:] if "statement: " in ln)
+        print(f"\nstatements per trial (the server's log, every statement; {trials} no-op trials of 4 parameters "
+              f"and 5 reports, one process, from the study's creation to its end): hpsearch "
+              f"{counts['hpsearch'] / trials:.1f}, plain Optuna {counts['plain'] / trials:.1f} "
+              "(RDBStorage, heartbeat 30 s, study.optimize)", flush=True)
     finally:
         cluster.destroy()
 
@@ -390,7 +419,7 @@ def part_status(url: str, tmp: Path, size: int) -> None:
         subprocess.run([sys.executable, "-m", "hpsearch", *cmd, "--storage", url], env=ENV, check=True,
                        stdout=subprocess.DEVNULL)
         print(f"  hpsearch {cmd[0]:<7} {time.perf_counter() - t0:6.1f} s", flush=True)
-    print("  (Optuna's own study.get_trials() alone takes ~26 s on this study: see hpsearch/fastread.py)")
+    print("  (Optuna's own study.get_trials() alone takes ~26 s on this study: see hpsearch/storage/bulk.py)")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The queue of trials: the plan and its issuing, claims, faults (reaping, retries) and repeats."""
+"""The queue of trials: the plan and its issuing, claims, faults (reaping, retries) and a configuration's
+other seeds; each through the study's storage backend (hpsearch.storage.protocol), whichever it is."""
 
 import optuna
 

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial
 
 from hpsearch.storage import optuna_internals
-from hpsearch.storage.postgres import GET_TRIAL, frozen_trial
+from hpsearch.storage.postgres import read_trial
 
 # A lock holder that stays idle inside its transaction this long is presumed stopped: the server
 # ends its session. Every critical section here runs statements back to back, so a live holder
@@ -83,11 +83,6 @@ def _create(rdb: optuna.storages.RDBStorage, session: Any, study_id: int, templa
     trial = optuna_internals.prepared_new_trial(rdb, study_id, template, session)
     session.flush()
     return int(trial.number)
-
-
-def get_trial(session: Any, trial_id: int) -> FrozenTrial | None:
-    row = session.execute(GET_TRIAL, {"t": trial_id}).first()
-    return None if row is None else frozen_trial(trial_id, *row, {})
 
 
 def study_attrs(session: Any, study_id: int, keys: list[str]) -> dict[str, Any]:
@@ -145,7 +140,7 @@ def fail_and_requeue(rdb: optuna.storages.RDBStorage, key: int, study_id: int, t
             return None
         for k, v in attrs.items():
             set_trial_attr(session, trial_id, k, v)
-        failed = get_trial(session, trial_id)
+        failed = read_trial(session, trial_id)
         assert failed is not None
         template = successor(failed)
         number = None
@@ -217,7 +212,7 @@ def enqueue_if_running(rdb: optuna.storages.RDBStorage, key: int, study_id: int,
                                 {"t": trial_id}).scalar()
         if state != "RUNNING":
             return False
-        frozen = get_trial(session, trial_id)
+        frozen = read_trial(session, trial_id)
         assert frozen is not None
         if frozen.user_attrs.get(done_key):
             return True

@@ -127,7 +127,8 @@ def _open_grpc(url: str) -> optuna.storages.GrpcStorageProxy:
 
 
 def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # PostgreSQL pings only the connections that sat idle (_ping_when_idle); the others ping each checkout.
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": kind(url) != "postgresql"}
     if kind(url) in ("postgresql", "mysql"):
         # A worker needs one connection for trials and one for its heartbeat thread.
         engine_kwargs.update(pool_size=pool_size, max_overflow=2, pool_recycle=1800)
@@ -149,7 +150,7 @@ def _open_rdb(url: str, create: bool, heartbeat: int | None, pool_size: int) -> 
     while True:
         attempt += 1
         try:
-            return _bounded_transactions(ResilientRDBStorage(
+            return _postgres_sessions(ResilientRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 skip_table_creation=not create,
@@ -181,13 +182,14 @@ def _warn_sqlite(url: str) -> None:
                 "machine or PostgreSQL (README: Storage)", mask(url))
 
 
-def _bounded_transactions(storage: ResilientRDBStorage) -> ResilientRDBStorage:
-    """On PostgreSQL, the server ends a session that sits idle inside a transaction.
+def _postgres_sessions(storage: ResilientRDBStorage) -> ResilientRDBStorage:
+    """On PostgreSQL, bounded transactions, and a ping only for a pooled connection that sat idle.
 
-    Every transaction hpsearch (and Optuna under it) opens runs its statements back to back; one
-    that goes quiet is a process that was stopped (SIGSTOP, a frozen VM, a partition) while it
-    held row locks or the study lock, and would block every other worker for as long as it stays
-    stopped. Ending it rolls its half-done work back; the process finds out when it resumes.
+    The server ends a session that sits idle inside a transaction. Every transaction hpsearch (and
+    Optuna under it) opens runs its statements back to back; one that goes quiet is a process that
+    was stopped (SIGSTOP, a frozen VM, a partition) while it held row locks or the study lock, and
+    would block every other worker for as long as it stays stopped. Ending it rolls its half-done
+    work back; the process finds out when it resumes.
     """
     if not storage.lean:  # not PostgreSQL
         return storage
@@ -201,8 +203,43 @@ def _bounded_transactions(storage: ResilientRDBStorage) -> ResilientRDBStorage:
         dbapi_conn.commit()
 
     sa.event.listen(storage.engine, "connect", settings)
+    _ping_when_idle(storage.engine)
     storage.engine.dispose()  # the connections opened while checking the schema predate the setting
     return storage
+
+
+# A pooled connection unused for this long is pinged before it is handed out again.
+PING_IDLE_S = 1.0
+
+
+def _ping_when_idle(engine: Any) -> None:
+    """SQLAlchemy's pool_pre_ping, only for a connection that sat in the pool PING_IDLE_S or more.
+
+    pre_ping pings at every checkout: a round trip before each of the ~20 storage calls of a trial,
+    a fifth of what a worker sends the server. A connection that dies while pooled (the server
+    restarted, a pooler or a firewall dropped it) is caught here once it has sat idle; one used
+    again within the second is almost never dead, and if it is, its statement fails as a lost
+    connection, SQLAlchemy discards the pool's connections, and the storage call is retried
+    (hpsearch.storage.reconnect) on a new one.
+    """
+    import sqlalchemy as sa
+
+    def checkin(dbapi_conn: Any, record: Any) -> None:
+        record.info["hpsearch_idle_since"] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.pop("hpsearch_idle_since", None)
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return  # a new connection, or one in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception:  # noqa: BLE001 - any failure of the ping means: not this connection
+            alive = False
+        if not alive:
+            raise sa.exc.DisconnectionError("a pooled connection was lost while idle")  # the pool makes a new one
+
+    sa.event.listen(engine, "checkin", checkin)
+    sa.event.listen(engine, "checkout", checkout)
 
 
 # A server that is up but cannot take this login now: swamped, every connection slot taken

@@ -15,9 +15,10 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.trial import FrozenTrial
 
 from hpsearch.storage import optuna_internals
-from hpsearch.storage.postgres import HEARTBEAT
+from hpsearch.storage.postgres import HEARTBEAT, read_trial
 from hpsearch.storage.reconnect import with_reconnect
 
 _PICK = "SELECT trial_id FROM trials WHERE study_id = :s AND state = 'WAITING' ORDER BY number LIMIT 1"
@@ -43,19 +44,24 @@ _STUDY_STATE_INDEX = sa.text("CREATE INDEX IF NOT EXISTS hpsearch_trials_study_s
                              "ON trials (study_id, state, number)")
 
 
-def claim_next_postgres(rdb: optuna.storages.RDBStorage, study_id: int) -> int | None:
-    """Take the first waiting trial of the study (plan order); its id, or None when nothing waits.
+def claim_next_postgres(rdb: optuna.storages.RDBStorage, study_id: int,
+                        read: bool) -> tuple[int, FrozenTrial | None] | None:
+    """Take the first waiting trial of the study (plan order): its id and, when `read`, the trial as
+    claimed (for Optuna's cache); None when nothing waits.
 
     One statement: the row lock skips trials other workers are claiming right now, and the state
-    test makes it a compare-and-set. The heartbeat row starts in the same transaction.
+    test makes it a compare-and-set. The heartbeat row starts in the same transaction, and the
+    trial is read in it too (one round trip to the pool, not two).
     """
 
-    def attempt() -> int | None:
+    def attempt() -> tuple[int, FrozenTrial | None] | None:
         with rdb.engine.begin() as conn:
             row = conn.execute(_CLAIM_ONE_POSTGRES, {"s": study_id, "now": datetime.now()}).first()
-            if row is not None and rdb.heartbeat_interval:
+            if row is None:
+                return None
+            if rdb.heartbeat_interval:
                 conn.execute(HEARTBEAT, {"t": row[0]})
-        return None if row is None else int(row[0])
+            return int(row[0]), read_trial(conn, int(row[0])) if read else None
 
     return with_reconnect(attempt)()
 
@@ -97,19 +103,21 @@ def register_claimed(study: optuna.Study, rdb: optuna.storages.RDBStorage, trial
 
 
 def claim_matching_postgres(rdb: optuna.storages.RDBStorage, study_id: int, window: int,
-                   matches: Callable[[dict[str, Any]], bool], n: int) -> list[int]:
+                            matches: Callable[[dict[str, Any]], bool], n: int,
+                            read: bool) -> list[tuple[int, FrozenTrial | None]]:
     """PostgreSQL: take up to `n` of the oldest `window` waiting trials whose fixed parameters
-    `matches` accepts; their ids, in plan order (fewer, or none, when other workers got there first)."""
+    `matches` accepts; their ids (and, when `read`, the trials as claimed), in plan order (fewer,
+    or none, when other workers got there first)."""
 
-    def attempt() -> list[int]:
+    def attempt() -> list[tuple[int, FrozenTrial | None]]:
         # Candidates: the oldest waiting trials' fixed parameters, filtered by the caller.
         with rdb.engine.connect() as conn:
             rows = conn.execute(_WAITING_FIXED_PARAMS, {"s": study_id, "w": window}).all()
         wanted = [int(r[0]) for r in rows if matches(json.loads(r[1]))]
         if not wanted:
             return []
-        # One statement, as claim_next_postgres(): the row locks skip trials another worker is claiming right
-        # now and the state test makes each a compare-and-set. Heartbeats start in the same transaction.
+        # One statement, as claim_next_postgres(): the row locks skip trials another worker is claiming
+        # right now and the state test makes each a compare-and-set. Heartbeats start in the same transaction.
         with rdb.engine.begin() as conn:
             got = [int(r[0]) for r in conn.execute(
                 _CLAIM_MANY_POSTGRES, {"ids": wanted, "n": n, "now": datetime.now()}).all()]
@@ -117,7 +125,7 @@ def claim_matching_postgres(rdb: optuna.storages.RDBStorage, study_id: int, wind
             if rdb.heartbeat_interval:
                 for trial_id in got:
                     conn.execute(HEARTBEAT, {"t": trial_id})
-        return got
+            return [(trial_id, read_trial(conn, trial_id) if read else None) for trial_id in got]
 
     return with_reconnect(attempt)()
 

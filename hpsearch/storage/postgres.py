@@ -61,6 +61,7 @@ _SET_VALUE = sa.text(
     "VALUES (:t, :o, :v, CAST(:vt AS trialvaluetype)) "
     "ON CONFLICT (trial_id, objective) DO UPDATE SET value = EXCLUDED.value, value_type = EXCLUDED.value_type"
 )
+_SNAPSHOT = sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 HEARTBEAT = sa.text(
     "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, now()) "
     "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = now()"
@@ -111,6 +112,12 @@ def frozen_trial(trial_id: int, number: int, state: str, start: datetime | None,
         intermediate_values={step: stored_float(v, kind) for step, v, kind in inter or ()},
         trial_id=trial_id,
     )
+
+
+def read_trial(conn: Any, trial_id: int) -> FrozenTrial | None:
+    """The trial as a FrozenTrial, in one query on `conn` (a connection or a session); None when there is none."""
+    row = conn.execute(GET_TRIAL, {"t": trial_id}).first()
+    return None if row is None else frozen_trial(trial_id, *row, {})
 
 
 def _tag(value: float, nan_ok: bool) -> tuple[float | None, str]:
@@ -180,10 +187,10 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
         if not self.lean:
             return super().get_trial(trial_id)
         with _storage_errors("get_trial"), self.engine.connect() as conn:
-            row = conn.execute(GET_TRIAL, {"t": trial_id}).first()
-        if row is None:
+            frozen = read_trial(conn, trial_id)
+        if frozen is None:
             raise KeyError(optuna_internals.trial_not_found_message())
-        return frozen_trial(trial_id, *row, {})
+        return frozen
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
                     trial_id_greater_than: int) -> list[FrozenTrial]:
@@ -200,8 +207,12 @@ class LeanRDBStorage(optuna.storages.RDBStorage):
             where += " AND (t.trial_id > :gt OR t.trial_id = ANY(:inc))" if included else " AND t.trial_id > :gt"
             params["inc"] = included
         ids = f"SELECT t.trial_id FROM trials t WHERE {where}"
-        with _storage_errors("_get_trials"), \
-                self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        with _storage_errors("_get_trials"), self.engine.connect() as conn, conn.begin():
+            # One snapshot for the six reads. Set inside the transaction, not as the connection's
+            # isolation level: SQLAlchemy sets a level given that way back explicitly when the
+            # connection returns to the pool, after which psycopg2 sends a SET before and after
+            # every pool ping and names the level in every BEGIN (two more round trips per checkout).
+            conn.execute(_SNAPSHOT)
             if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :s"), params).first() is None:
                 raise KeyError(optuna_internals.trial_not_found_message())
             base = conn.execute(sa.text(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, "

@@ -51,18 +51,34 @@ class PostgresBackend(OptunaBackend):
     # ------------------------------------------------------------ claims
 
     def claim(self, study: optuna.Study) -> int | None:
-        trial_id = claims.claim_next_postgres(self.rdb, optuna_internals.study_id(study))
-        if trial_id is not None:
-            claims.register_claimed(study, self.rdb, [trial_id])
-        return trial_id
+        cached = self._cache(study)
+        got = claims.claim_next_postgres(self.rdb, optuna_internals.study_id(study), read=cached is not None)
+        if got is None:
+            return None
+        self._register(study, cached, [got])
+        return got[0]
 
     def claim_matching(self, study: optuna.Study, first_id: int, matches: Callable[[FrozenTrial], bool], n: int,
                        window: int) -> list[int]:
         # Candidates are read as their fixed parameters only, not as whole trials.
-        ids = claims.claim_matching_postgres(self.rdb, optuna_internals.study_id(study), window,
-                                             lambda fixed: matches(_waiting_template(fixed)), n)
-        claims.register_claimed(study, self.rdb, ids)
-        return ids
+        cached = self._cache(study)
+        got = claims.claim_matching_postgres(self.rdb, optuna_internals.study_id(study), window,
+                                             lambda fixed: matches(_waiting_template(fixed)), n,
+                                             read=cached is not None)
+        self._register(study, cached, got)
+        return [trial_id for trial_id, _ in got]
+
+    def _cache(self, study: optuna.Study) -> optuna.storages.BaseStorage | None:
+        """Optuna's cache around this storage, as the study has it (None: the study has none)."""
+        storage = optuna_internals.storage_of(study)
+        return None if storage is self.rdb else storage
+
+    def _register(self, study: optuna.Study, cached: optuna.storages.BaseStorage | None,
+                  claimed: list[tuple[int, FrozenTrial | None]]) -> None:
+        """Tell Optuna's cache about the trials the claim took behind its back (claims.register_claimed says why)."""
+        for _, frozen in claimed if cached is not None else ():
+            assert frozen is not None
+            optuna_internals.cache_claimed(cached, optuna_internals.study_id(study), frozen)
 
     # ------------------------------------------------------------ heartbeats
 
