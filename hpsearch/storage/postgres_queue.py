@@ -15,19 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.schema import (
-    BEAT,
-    BEAT_INTERVAL,
-    CONFIG_ID,
-    FIXED_PARAMS,
-    HASH_ATTR,
-    ISSUED_ATTR,
-    PLAN_INDEX,
-    PLANNED_ATTR,
-    READY_ATTR,
-    REPEATS_ENQUEUED,
-    SEED,
-)
+from hpsearch import schema
 from hpsearch.storage import atomic, bulk, claims, heartbeats, locks, optuna_internals
 from hpsearch.storage.generic import OptunaBackend
 from hpsearch.storage.locks import Acquire
@@ -88,8 +76,8 @@ class PostgresBackend(OptunaBackend):
         self.rdb.record_heartbeat_once(trial_id)
 
     def beat_ages(self, study: optuna.Study, default_interval: float) -> dict[int, tuple[float, float]]:
-        return heartbeats.ages_and_intervals(self.rdb, optuna_internals.study_id(study), BEAT_INTERVAL, BEAT,
-                                             default_interval, postgres=True)
+        return heartbeats.ages_and_intervals(self.rdb, optuna_internals.study_id(study), schema.BEAT_INTERVAL,
+                                             schema.BEAT, default_interval, postgres=True)
 
     # ------------------------------------------------------------ the study lock
 
@@ -113,30 +101,34 @@ class PostgresBackend(OptunaBackend):
                          attrs_if_none: dict[str, Any]) -> tuple[FrozenTrial, bool] | None:
         # Staleness is judged by the database clock at the moment of the write.
         done = with_reconnect(atomic.fail_and_requeue)(self.rdb, self._key(study), optuna_internals.study_id(study),
-                                                       trial_id, attrs, successor, stale_limit, BEAT, attrs_if_none)
+                                                       trial_id, attrs, successor, stale_limit, schema.BEAT,
+                                                       attrs_if_none)
         return None if done is None else (done[0], done[1] is not None)
 
     def requeue_orphans(self, study: optuna.Study, orphans: Callable[[list[FrozenTrial]], list[FrozenTrial]]) -> int:
         return 0  # a failure and its successor are one transaction: there are none
 
     def plan(self, study: optuna.Study, attrs: dict[str, Any], make: Make, chunk: int) -> str:
-        first = self._first_chunk(int(attrs[PLANNED_ATTR]), chunk)
+        first = self._first_chunk(int(attrs[schema.PLANNED_ATTR]), chunk)
+        ready = {schema.ISSUED_ATTR: first, schema.READY_ATTR: True}
         created = with_reconnect(atomic.plan)(self.rdb, self._key(study), optuna_internals.study_id(study), attrs,
-                                              HASH_ATTR, make, first, {ISSUED_ATTR: first, READY_ATTR: True})
+                                              schema.HASH_ATTR, make, first, ready)
         return "created" if created else "exists"
 
     def finish_plan(self, study: optuna.Study, planned: int) -> None:
-        with_reconnect(atomic.finish_plan)(self.rdb, self._key(study), optuna_internals.study_id(study), READY_ATTR,
-                                           PLANNED_ATTR, ISSUED_ATTR, PLAN_INDEX, planned)
+        with_reconnect(atomic.finish_plan)(self.rdb, self._key(study), optuna_internals.study_id(study),
+                                           schema.READY_ATTR, schema.PLANNED_ATTR, schema.ISSUED_ATTR,
+                                           schema.PLAN_INDEX, planned)
 
     def issue(self, study: optuna.Study, make: Make, chunk: int) -> int:
         return with_reconnect(atomic.issue)(self.rdb, self._key(study), optuna_internals.study_id(study),
-                                            PLANNED_ATTR, ISSUED_ATTR, make, chunk)
+                                            schema.PLANNED_ATTR, schema.ISSUED_ATTR, make, chunk)
 
     def enqueue_if_running(self, study: optuna.Study, trial_id: int,
                            templates: Callable[[FrozenTrial, set[tuple[str, int]]], list[FrozenTrial]]) -> bool:
         return with_reconnect(atomic.enqueue_if_running)(self.rdb, self._key(study), optuna_internals.study_id(study),
-                                                         trial_id, templates, REPEATS_ENQUEUED, CONFIG_ID, SEED)
+                                                         trial_id, templates, schema.REPEATS_ENQUEUED,
+                                                         schema.CONFIG_ID, schema.SEED)
 
     # ------------------------------------------------------------ reads and writes
 
@@ -162,4 +154,4 @@ class PostgresBackend(OptunaBackend):
 
 def _waiting_template(fixed_params: dict[str, Any]) -> FrozenTrial:
     """What a fusion key reads of a waiting trial, without loading the whole trial."""
-    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={FIXED_PARAMS: fixed_params})
+    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={schema.FIXED_PARAMS: fixed_params})

@@ -1,4 +1,4 @@
-"""What a worker lends each trial it runs: its device, its checkpoint store, its share of the machine, its stop state."""
+"""What a worker lends each trial it runs: its device, checkpoint store, share of the machine and stop state."""
 
 from __future__ import annotations
 

@@ -186,7 +186,8 @@ def _check_before_claiming(w: Worker) -> None:
     w.my_deadline = time.monotonic() + opts.timeout if opts.timeout else None
     _carried_over(w)
 
-    w.ctx = _context(spec, opts, w.url, w.stop, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)  # type: ignore[union-attr]
+    assert w.share is not None
+    w.ctx = _context(spec, opts, w.url, w.stop, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)
     w.ctx.class_counts_stored = schema.CLASS_COUNTS_ATTR in attrs
     w.ctx.threads = w.threads
     # The spec was read structurally: its plugins are imported here, before any claim, and its names
@@ -280,8 +281,9 @@ def _start(w: Worker) -> None:
     w.stop.install_signals(w.opts.stop_timeout, w.out)
     objective.stop_when(w.stop.asked_to_stop)  # what a user objective's should_stop() asks in this process
     w.summary = Summary()
+    assert w.ctx is not None
     w.out(f"worker {w.wid} on study {w.opts.study!r} ({w.spec.sampler['name']}, storage {mask(w.url)}, "
-          f"device {w.ctx.device}, {w.threads} thread{'s' if w.threads > 1 else ''}: {w.threads_why})")  # type: ignore[union-attr]
+          f"device {w.ctx.device}, {w.threads} thread{'s' if w.threads > 1 else ''}: {w.threads_why})")
 
 
 # ---------------------------------------------------------------- the claim loop

@@ -1,4 +1,4 @@
-"""Stopping a worker: its stop flag, the signal handlers, a trial's time limit, and the trials handed back on a hard exit.
+"""Stopping a worker: its stop flag, signal handlers and trial time limit, and what a hard exit hands back.
 
 SIGTERM/SIGINT (and SLURM's/PBS's USR1/USR2 warnings) set the flag; the running trial reaches a
 stopping point, is handed back to the queue and the worker exits 0. If it does not reach one
