@@ -265,7 +265,7 @@ class ArtifactGuard:
     def _exists(self, m: re.Match[str]) -> bool:
         from optuna.artifacts.exceptions import ArtifactNotFound
 
-        from hpsearch.storage.optuna_internals import dashboard_artifact_meta
+        from hpsearch.optuna_private import dashboard_artifact_meta
 
         study_id, artifact_id = int(m["study"]), m["artifact"]
         trial_id = None if m["trial"] is None else int(m["trial"])

@@ -31,14 +31,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import schema
-from hpsearch.storage.optuna_internals import (
-    dashboard_note,
-    dashboard_plot,
-    save_dashboard_note,
-    storage_of,
-    study_id,
-    trial_id,
-)
+from hpsearch.optuna_private import dashboard_note, dashboard_plot, save_dashboard_note
+from hpsearch.storage.optuna_internals import storage_of, study_id, trial_id
 
 log = logging.getLogger("hpsearch.dashboard")
 NOTES_EVERY = 30.0  # seconds; HPSEARCH_DASHBOARD_NOTES overrides it, 0 turns the notes off

@@ -3,10 +3,10 @@
 hpsearch needs a few things Optuna does not expose: a trial's and a study's storage ids, the
 storage under a study, the cache around an RDB storage (unwrapping it, telling it about a claimed
 trial), the RDB storage's session factory, row building, base methods and schema check, the
-journal backend's file and lock, the dashboard's artifact lookup and notes, the gRPC proxy's
-client channel and service. They are reached here and nowhere else (a sampler's view of a study,
-which is not storage, is hpsearch.optuna_private), so a new Optuna release is checked against
-these two files, and the version is checked when hpsearch first touches storage: a different
+journal backend's file and lock, the gRPC proxy's client channel and service. They are reached
+here and nowhere else (those that are not storage, a sampler's view of a study and
+optuna-dashboard's artifact lookup, notes and figures, are hpsearch.optuna_private's), so a new
+Optuna release is checked against these two files, and the version is checked when hpsearch first touches storage: a different
 Optuna stops with one line instead of failing somewhere deep inside a trial.
 """
 
@@ -61,15 +61,6 @@ def file_store_path(store: Any) -> str | None:
     """The directory of a FileSystemArtifactStore (None for other stores)."""
     path = getattr(store, "_base_path", None)
     return None if path is None else str(path)
-
-
-def dashboard_artifact_meta(storage: Any, study_id: int, trial_id: int | None, artifact_id: str) -> Any:
-    """optuna-dashboard's record of an artifact (None when it has none); KeyError for an unknown id."""
-    from optuna_dashboard.artifact._backend import get_study_artifact_meta, get_trial_artifact_meta
-
-    if trial_id is None:
-        return get_study_artifact_meta(storage, study_id, artifact_id)
-    return get_trial_artifact_meta(storage, study_id, trial_id, artifact_id)
 
 
 # --- Optuna's cache around an RDB storage ------------------------------------------------------
@@ -228,32 +219,3 @@ def add_grpc_storage_service(server: Any, storage: optuna.storages.BaseStorage) 
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
-
-
-# --- optuna-dashboard's notes ------------------------------------------------------------------
-
-
-def dashboard_note(system_attrs: dict[str, Any], trial_id: int | None) -> tuple[int, str]:
-    """(version, Markdown body) of optuna-dashboard's note on the study (trial_id None) or one of its
-    trials, from the study's system attributes (where the dashboard keeps every note)."""
-    from optuna_dashboard._note import get_note_from_system_attrs
-
-    note = get_note_from_system_attrs(system_attrs, trial_id)
-    return int(note["version"]), str(note["body"])
-
-
-def save_dashboard_note(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int | None,
-                        version: int, body: str) -> None:
-    """Write the note as the dashboard's own editor does: `version` must be the stored one + 1, so
-    an editor left open on the older version is told of the conflict instead of overwriting it."""
-    from optuna_dashboard._note import save_note_with_version
-
-    save_note_with_version(storage, study_id, trial_id, version, body)
-
-
-def dashboard_plot(system_attrs: dict[str, Any], graph_object_id: str) -> str | None:
-    """The JSON of a Plotly figure saved with optuna_dashboard.save_plotly_graph_object under that
-    id (shown on the study's top page), or None."""
-    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
-
-    return get_plotly_graph_objects(system_attrs).get(graph_object_id)

@@ -20,10 +20,11 @@ from hpsearch import schema
 from hpsearch import space as space_mod
 from hpsearch.errors import HpsearchError
 from hpsearch.ops import notes
+from hpsearch.optuna_private import dashboard_note
 from hpsearch.queue import claim as claim_mod
 from hpsearch.queue import study as study_mod
 from hpsearch.storage.backend import open_storage
-from hpsearch.storage.optuna_internals import dashboard_note, storage_of, study_id, trial_id
+from hpsearch.storage.optuna_internals import storage_of, study_id, trial_id
 
 
 def _note(study: optuna.Study, trial: int | None) -> str:
