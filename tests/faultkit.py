@@ -8,8 +8,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.trial import TrialState
 
 # Slow enough epochs (~0.3 s) to stop a worker in the middle of a trial.
@@ -61,3 +65,45 @@ def assert_exactly_once(study: optuna.Study, planned: int) -> None:
             reason = str(t.user_attrs.get("fail_reason", ""))
             assert reason and (t.user_attrs.get("retry_exhausted") or not reason.startswith(
                 ("stale", "preempted", "worker interrupted"))), (t.number, t.user_attrs)
+
+
+# ---------------------------------------------------------------- race windows held open on PostgreSQL
+
+
+def engine_of(url: str) -> sa.Engine:
+    """A second session's engine (psycopg2, application name hpsearch-test: not counted as a worker's)."""
+    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1),
+                            connect_args={"application_name": "hpsearch-test"})
+
+
+@contextmanager
+def hold(url: str, sql: str, **params: Any) -> Iterator[None]:
+    """Hold the locks `sql` takes, in an open transaction of a second session, until the block ends."""
+    engine = engine_of(url)
+    conn = engine.connect()
+    tx = conn.begin()
+    conn.execute(sa.text(sql), params)
+    try:
+        yield
+    finally:
+        tx.rollback()
+        conn.close()
+        engine.dispose()
+
+
+def wait_blocked(url: str, timeout: float = 120, sessions: int = 1) -> None:
+    """Until `sessions` hpsearch sessions of this database wait for a lock."""
+    engine = engine_of(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                n = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hpsearch' "
+                    "AND wait_event_type = 'Lock' AND datname = current_database()")).scalar()
+            if n >= sessions:
+                return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError("no hpsearch session ever waited for the held lock")

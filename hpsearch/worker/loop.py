@@ -370,7 +370,10 @@ def _run(w: Worker, trial: optuna.Trial) -> list[str]:
         left = w.opts.n_trials - w.done if w.opts.n_trials is not None else w.fuse.k
         k = min(w.fuse.k, left)
         if k > 1:  # near the study's end, no more than this worker's share of what is left
-            k = claim_mod.fair_share(w.study, k, w.here)
+            # This machine's workers of the study read again now, not before the claim: one that
+            # joined while the claim waited (on the database, or behind a loaded CPU) counts.
+            assert w.share is not None
+            k = claim_mod.fair_share(w.study, k, w.share.study_workers())
         group = claim_mod.claim_group(w.study, trial, k, w.fuse.key)
     ctx = w.ctx
     assert ctx is not None

@@ -102,10 +102,14 @@ def ended(study: optuna.Study, trial: optuna.Trial, exc: BaseException, timing: 
         return dropped(label, out)
     if isinstance(exc, StorageUnavailable):
         raise exc  # the storage itself (a full journal disk): one line; the trial is reaped and retried
-    if isinstance(exc, KeyError) and _gone(study, trial):
+    if isinstance(exc, Exception) and _gone(study, trial):
         # The study was deleted or replaced (create-study --replace): nothing is left to record a
-        # reason on; the worker's loop says what happened in one line.
-        raise exc
+        # reason on; the worker's loop says what happened in one line. Whatever the write raised:
+        # a KeyError when the record was already gone, a failed statement when the delete committed
+        # while the write waited on its row lock.
+        if isinstance(exc, KeyError):
+            raise exc
+        raise KeyError(f"trial {trial.number}'s record is gone") from exc
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         fail_and_requeue(study, trial_id(trial), f"worker interrupted: {type(exc).__name__}")
         raise exc

@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,50 +22,12 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from conftest import cli_env, run_cli, start_worker, tiny_spec, unique, write_spec
-from faultkit import SLOW_TRAIN, Tail, assert_exactly_once
+from faultkit import SLOW_TRAIN, Tail, assert_exactly_once, engine_of, hold, wait_blocked
 from hpsearch.storage import optuna_internals
 from hpsearch.storage.backend import open_storage
 from pgcluster import Cluster
 
 # ---------------------------------------------------------------- helpers
-
-
-def _engine(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1),
-                            connect_args={"application_name": "hpsearch-test"})
-
-
-@contextmanager
-def hold(url: str, sql: str, **params: Any) -> Iterator[None]:
-    """Hold the locks `sql` takes, in an open transaction of a second session, until the block ends."""
-    engine = _engine(url)
-    conn = engine.connect()
-    tx = conn.begin()
-    conn.execute(sa.text(sql), params)
-    try:
-        yield
-    finally:
-        tx.rollback()
-        conn.close()
-        engine.dispose()
-
-
-def wait_blocked(url: str, timeout: float = 120) -> None:
-    """Until an hpsearch session of this database waits for a lock."""
-    engine = _engine(url)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                n = conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hpsearch' "
-                    "AND wait_event_type = 'Lock' AND datname = current_database()")).scalar()
-            if n:
-                return
-            time.sleep(0.05)
-    finally:
-        engine.dispose()
-    raise AssertionError("no hpsearch session ever waited for the held lock")
 
 
 def _create(tmp_path: Path, url: str, name: str, env: dict[str, str] | None = None, **over: Any) -> None:
@@ -233,7 +193,7 @@ def test_silence_while_the_server_was_down_is_not_counted(throwaway_pg: Cluster,
     trial = claim_mod.claim(study)
     assert trial is not None
     study_mod.set_user_attrs(trial, {"hpsearch:heartbeat_interval": 2})
-    with _engine(url).begin() as conn:  # its worker last beat 30 s ago...
+    with engine_of(url).begin() as conn:  # its worker last beat 30 s ago...
         conn.execute(sa.text("UPDATE trial_heartbeats SET heartbeat = now() - interval '30 seconds'"))
     throwaway_pg.stop("fast")  # ...and the server went down, then came back
     throwaway_pg.start()
