@@ -44,6 +44,9 @@ CLASS_COUNTS_ATTR = _attr("hpsearch:class_counts", "study", dict,
                           "per-split class histograms and class names (the report's baselines)")
 ARTIFACTS_ATTR = _attr("hpsearch:artifacts", "study", str,
                        "absolute location of checkpoints, so a retry started elsewhere resumes")
+INSTANCE_ATTR = _attr("hpsearch:instance", "study", str,
+                      "random token of this creation of the study: its checkpoints' names carry it, so "
+                      "delete finds them all, also one a worker killed mid-write left unnamed by any trial")
 STOPPED_ATTR = _attr("hpsearch:stopped", "study", str,
                      "ISO time `hpsearch stop` asked workers to claim nothing more ('' after resume)")
 

@@ -74,7 +74,8 @@ def remove_checkpoints(study: optuna.Study, url: str) -> int:
     ids = [t.user_attrs.get(schema.CHECKPOINT) for t in study.get_trials(deepcopy=False)]
     ids = [i for i in ids if isinstance(i, str) and i]
     try:
-        store: Any = artifact_store(url, study.user_attrs.get(schema.ARTIFACTS_ATTR), study=study.study_name)
+        store: Any = artifact_store(url, study.user_attrs.get(schema.ARTIFACTS_ATTR), study=study.study_name,
+                                    tag=study.user_attrs.get(schema.INSTANCE_ATTR))
     except HpsearchError:
         if not ids:  # S3 without boto3, and nothing there to remove: no reason to stop the delete
             return 0
@@ -88,8 +89,20 @@ def remove_checkpoints(study: optuna.Study, url: str) -> int:
             pass
         except Exception as exc:  # noqa: BLE001 - a checkpoint left behind must not keep the study alive
             log.warning("checkpoint %s not removed (%s); the study is deleted all the same", artifact_id,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            break
+                        _first_line(exc))
+            return removed
+    # Those no trial names: a worker killed between writing a checkpoint and naming it on its trial
+    # (or before removing the one it replaced). Found by the study's creation tag in their names.
+    if hasattr(store, "sweep"):
+        try:
+            removed += store.sweep()
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("checkpoints of study %r not swept (%s); the study is deleted all the same",
+                        study.study_name, _first_line(exc))
     if hasattr(store, "drop_if_empty"):  # a directory: the study's folder goes with its last checkpoint
         store.drop_if_empty()
     return removed
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -10,6 +10,7 @@ overshot, whatever the number of workers. A study is done when nothing waits and
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import warnings
 from typing import Any
@@ -25,6 +26,7 @@ from hpsearch.schema import (
     CREATED_ATTR,
     FIXED_PARAMS,
     HASH_ATTR,
+    INSTANCE_ATTR,
     IS_REPEAT,
     ISSUED_ATTR,
     PLAN_INDEX,
@@ -62,7 +64,7 @@ def create(spec: StudySpec, storage: optuna.storages.BaseStorage, replace: bool 
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler())
     backends.of(study).prepare()
     attrs = {SPEC_ATTR: spec.to_dict(), HASH_ATTR: spec_hash, CREATED_ATTR: time.time(),
-             PLANNED_ATTR: planned_count(spec)}
+             PLANNED_ATTR: planned_count(spec), INSTANCE_ATTR: secrets.token_hex(6)}
     if artifacts:
         attrs[ARTIFACTS_ATTR] = artifacts
     # The spec, the start of the plan and the ready flag, all or nothing (or finishing an interrupted creation).

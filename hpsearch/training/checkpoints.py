@@ -22,6 +22,7 @@ import optuna
 import torch
 
 from hpsearch.schema import CHECKPOINT, CHECKPOINT_EPOCH
+from hpsearch.storage.artifacts import checkpoint_prefix
 from hpsearch.storage.optuna_internals import file_store_path
 
 log = logging.getLogger("hpsearch.objective")  # the trainer's logger: its lines keep their source
@@ -62,7 +63,9 @@ def save_checkpoint(ctx: Saving, trial: optuna.Trial, model: torch.nn.Module, op
         "state": copy.deepcopy(state), "best_state": best_state,
     }
     previous = trial.user_attrs.get(CHECKPOINT)
-    artifact_id = f"checkpoint-trial{trial.number}-{uuid.uuid4().hex}"
+    # Named by the study's creation (its store's tag): `hpsearch delete` finds it even if the worker is
+    # killed before the trial names it below, and never takes a same-named study's from a shared folder.
+    artifact_id = f"{checkpoint_prefix(getattr(ctx.artifact_store, 'tag', None))}trial{trial.number}-{uuid.uuid4().hex}"
     try:
         _write(ctx.artifact_store, artifact_id, blob)
     except Exception as exc:  # noqa: BLE001 - see above: never fail a trial for its checkpoint

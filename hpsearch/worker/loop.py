@@ -187,7 +187,8 @@ def _check_before_claiming(w: Worker) -> None:
     _carried_over(w)
 
     assert w.share is not None
-    w.ctx = _context(spec, opts, w.url, w.stop, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu)
+    w.ctx = _context(spec, opts, w.url, w.stop, attrs.get(schema.ARTIFACTS_ATTR), w.share.gpu,
+                     attrs.get(schema.INSTANCE_ATTR))
     w.ctx.class_counts_stored = schema.CLASS_COUNTS_ATTR in attrs
     w.ctx.threads = w.threads
     # The spec was read structurally: its plugins are imported here, before any claim, and its names
@@ -222,14 +223,14 @@ def _carried_over(w: Worker) -> None:
 
 
 def _context(spec: StudySpec, opts: Options, url: str, stop: stopping.Stopping, recorded: str | None = None,
-             gpu: int | None = None) -> TrialContext:
+             gpu: int | None = None, tag: str | None = None) -> TrialContext:
     from hpsearch.storage.artifacts import artifact_store
 
     device = "cpu"
     if spec.objective is None:  # user objectives import torch only if they want to
         device = pick_device(opts.device, gpu)
     # The study records where its checkpoints live, so a retry started elsewhere still finds them.
-    return TrialContext(device=device, artifacts=artifact_store(url, recorded, study=opts.study), stop=stop)
+    return TrialContext(device=device, artifacts=artifact_store(url, recorded, study=opts.study, tag=tag), stop=stop)
 
 
 def _take_share(w: Worker) -> None:

@@ -212,19 +212,17 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | list[float] |
           state: TrialState | None = None) -> bool:
     """Finish the trial; False when another worker took it over meanwhile (the result is dropped)."""
     try:
-        # Read from the storage, not the worker's copy: whether it was reaped meanwhile is the question.
-        frozen = storage_of(study).get_trial(trial_id(trial))
-        if frozen.state.is_finished():
-            log.info("trial %d was taken over by another worker (%s); result dropped", trial.number, frozen.state.name)
-            return False
-        # Not skip_if_finished: a reap between the read above and this write must be seen, not skipped.
+        # Not skip_if_finished: a trial reaped meanwhile must be seen, not skipped. Optuna's tell reads
+        # the trial from the storage (a reaped one is FAIL there: ValueError), and the write itself
+        # refuses a finished trial (UpdateFinishedTrialError), so no read of hpsearch's own comes first.
         if value is not None:
             study.tell(trial, value)
         else:
             study.tell(trial, state=state)
         return True
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-        log.info("trial %d was finished elsewhere; result dropped", trial.number)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+        log.info("trial %d was finished elsewhere (taken over by another worker: %s); result dropped",
+                 trial.number, exc)
         return False
 
 

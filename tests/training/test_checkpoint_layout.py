@@ -85,9 +85,10 @@ def test_a_checkpoint_of_the_old_layout_is_still_resumed_from(tmp_path: Path) ->
     name, url = unique("legacy"), f"journal:{tmp_path / 'journal.log'}"
     _killed_mid_trial(tmp_path, name, url)
     root = tmp_path / "artifacts"
-    (killed,) = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    (killed,) = study.trials
     artifact_id, epoch = killed.user_attrs[schema.CHECKPOINT], killed.user_attrs[schema.CHECKPOINT_EPOCH]
-    assert artifact_id.startswith("checkpoint-trial0-") and epoch >= 2
+    assert artifact_id.startswith(f"checkpoint-{study.user_attrs[schema.INSTANCE_ATTR]}-trial0-") and epoch >= 2
     for path in (root / name).iterdir():  # where the previous release wrote it, under the same id
         path.rename(root / path.name)
 
@@ -119,6 +120,23 @@ def test_a_replaced_study_never_reads_its_predecessors_checkpoint_and_the_replac
     # --replace deleted the old study as `delete` does, its checkpoints with it; the new one's own
     # are removed as its trial completes: nothing is left.
     assert _files(root) == []
+
+
+def test_delete_removes_the_checkpoints_no_trial_names_and_no_other_studys(tmp_path: Path) -> None:
+    # kill -9 can leave a checkpoint its trial does not name: written and not yet named, or replaced
+    # and not yet removed. Its name carries the study's creation tag, so `delete` finds it; a
+    # same-named study of another storage shares the folder, and its checkpoint stays.
+    name, url = unique("orphan"), f"journal:{tmp_path / 'journal.log'}"
+    _killed_mid_trial(tmp_path, name, url)
+    folder = tmp_path / "artifacts" / name
+    tag = optuna.load_study(study_name=name, storage=open_storage(url)).user_attrs[schema.INSTANCE_ATTR]
+    (folder / f"checkpoint-{tag}-trial0-{'0' * 32}").write_bytes(b"unnamed")
+    other = folder / f"checkpoint-{'f' * 12}-trial0-{'1' * 32}"
+    other.write_bytes(b"another storage's")
+    ours = len(list(folder.iterdir())) - 1
+    out = run_cli("delete", name, "--storage", url, "--yes", check=True).stdout
+    assert f"{ours} checkpoints removed" in out, out
+    assert list(folder.iterdir()) == [other]
 
 
 @pytest.mark.parametrize("bad", [".", "..."])
