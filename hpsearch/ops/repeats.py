@@ -1,7 +1,8 @@
 """`hpsearch repeat`: more seeds for chosen configurations, queued as ordinary waiting trials.
 
 What to repeat, one of: the top K configurations (per group), ranked exactly as the report's table
-ranks them (by the mean validation metric over their complete seeds); the configurations the
+ranks them (feasible before infeasible, then by the mean validation metric over their complete
+seeds, or by Pareto front with several objectives); the configurations the
 set-aside table lists (a pruned or failed seed, but their surviving seeds alone would put them in
 the top K: exactly the ones more seeds would settle); or configurations named by id or name, as
 `best` prints them. Each gets S new seeds that no trial of that
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial
 from hpsearch.errors import HpsearchError
 from hpsearch.queue import plan as plan_mod
 from hpsearch.report.export import config_id
+from hpsearch.report.objectives import Goals
 from hpsearch.report.stats import (
     ConfigSummary,
     best_per_group,
@@ -128,8 +130,9 @@ def _named(ranked: list[ConfigSummary], name: str, study_name: str) -> ConfigSum
 def _queue(study: optuna.Study, spec: StudySpec, sel: Selection, seeds: int) -> list[Queued]:
     trials = bulk.full_trials(study)
     check_group_by(sel.group_by, trials, spec.space)
-    maximize = spec.direction == "maximize"
-    ranked = summarize(trials, maximize, bounds=bounds_of(spec.metric))
+    # Ranked as best ranks them: feasible before infeasible (constraints), by Pareto front with several objectives.
+    goals = Goals.of(spec)
+    ranked = summarize(trials, goals.maximize[0], bounds=bounds_of(spec.metric), goals=goals)
     if not ranked:
         raise HpsearchError(f"study {study.study_name!r} has no complete trial yet: nothing to repeat")
     chosen = _select(ranked, sel, study.study_name)

@@ -131,3 +131,34 @@ def test_a_failed_repeat_leaves_the_configuration_set_aside(flagged: tuple[str, 
     study.tell(trial, state=TrialState.FAIL)
     data = json.loads(run_cli("best", name, "--storage", url, "--top", "1", "--json", check=True).stdout)
     assert [c["config_id"] for c in data["set_aside"]] == [cids[1]] and not data["set_aside"][0]["clean"]
+
+
+def _run_with(study: optuna.Study, values: float | list[float], n_params: int) -> str:
+    """Claim the next trial as a worker does; record its parameter count and complete it."""
+    trial = claim_mod.claim(study)
+    assert trial is not None
+    space_mod.suggest(trial, study_mod.stored_spec(study).space)
+    trial.set_user_attr(schema.N_PARAMETERS, n_params)
+    study.tell(trial, values)
+    return str(trial.user_attrs[schema.CONFIG_ID])
+
+
+@pytest.mark.parametrize("goals", ["constrained", "two objectives"])
+def test_top_repeats_what_best_ranks_first(journal_url: str, goals: str) -> None:
+    # Constrained: the best validation accuracy belongs to a configuration that breaks the bound.
+    # Two objectives: best's top 3 is the front (0.97/5000, 0.90/800, 0.50/700), while accuracy
+    # alone ranks 0.60/900 (dominated by 0.90/800) third. repeat --top ranked by the first objective
+    # alone: it queued seeds of the infeasible one, and of the dominated one.
+    name = unique("top-goals")
+    extra: dict = ({"constraints": {"n_params": {"max": 1000}}} if goals == "constrained"
+                   else {"metrics": {"val_acc": "maximize", "n_params": "minimize"}, "pruner": "none"})
+    study, _ = plan_mod.create(parse_spec(tiny_spec(name, repeats=1, **extra), "test"),
+                               open_storage(journal_url, create=True))
+    accs, sizes = [0.97, 0.90, 0.60, 0.50], [5000, 800, 900, 700]
+    cids = [_run_with(study, a if goals == "constrained" else [a, s], s) for a, s in zip(accs, sizes, strict=True)]
+    top = 1 if goals == "constrained" else 3
+    best = json.loads(run_cli("best", name, "--storage", journal_url, "--json", check=True).stdout)
+    ranked = [c["config_id"] for c in best["configurations"]][:top]
+    assert ranked == ([cids[1]] if goals == "constrained" else [cids[0], cids[1], cids[3]])
+    run_cli("repeat", name, "--storage", journal_url, "--top", str(top), "--seeds", "1", check=True)
+    assert sorted(_repeats(name, journal_url)) == sorted(ranked)
