@@ -448,6 +448,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
     """One study of `list`: trials done of planned (as `status` counts them), the best configuration
     as `best` ranks it (the mean over its complete seeds, not one lucky seed), and when
     create-study stored it (plain Optuna studies: their first trial's start)."""
+    from hpsearch.report import front
     from hpsearch.report.export import METRICS
     from hpsearch.report.stats import bounds_of, summarize
 
@@ -457,21 +458,22 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
         spec = study_mod.stored_spec(study) if schema.SPEC_ATTR in attrs else None
     except HpsearchError:  # a study whose spec no longer reads is still listed (status names the problem)
         spec = None
-    single = len(summary.directions) == 1
+    # Ranked as `best` ranks (constraints: feasible first; several objectives: by Pareto front).
+    goals = front.goals_of(study, spec) if spec is not None or len(summary.directions) == 1 else None
     trials = bulk.trials(study, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,
-                                          schema.REPEAT_OF, schema.FAIL_REASON, schema.IS_REPEAT, *METRICS],
-                            with_params=single)
+                                      schema.REPEAT_OF, schema.FAIL_REASON, schema.IS_REPEAT, *METRICS,
+                                      *(goals.keys() if goals is not None else ())],
+                         with_params=goals is not None)
     _, finished, _, _, remaining, more_seeds = progress(trials, attrs, spec)
     stopped = control.stopped_in(attrs)
-    best = None
-    if single:
-        metric = spec.metric if spec is not None else "value"
-        rows = summarize(trials, summary.directions[0] == optuna.study.StudyDirection.MAXIMIZE,
-                         bounds=bounds_of(metric))
-        if rows:
-            top = rows[0]
-            best = {"mean": top.value.mean, "seeds": top.value.n, "name": top.name, "config_id": top.config_id,
-                    "clean": top.clean, "seed_runs": top.runs.as_dict()}
+    best, pareto = None, None
+    rows = summarize(trials, goals.maximize[0], bounds=bounds_of(goals.metrics[0]), goals=goals) if goals else []
+    if rows and goals is not None and goals.multi:
+        pareto = sum(1 for r in rows if r.rank == 1)
+    elif rows:
+        top = rows[0]
+        best = {"mean": top.value.mean, "seeds": top.value.n, "name": top.name, "config_id": top.config_id,
+                "clean": top.clean, "feasible": top.feasible, "seed_runs": top.runs.as_dict()}
     created = created_time(attrs.get(schema.CREATED_ATTR))
     if created is None and summary.datetime_start is not None:
         created = summary.datetime_start.timestamp()
@@ -481,7 +483,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
         "planned": finished + remaining, "planned_upper_bound": more_seeds > 0,
         # Other tools' multi-objective studies may share the storage: list them, do not fail on them.
         "directions": [d.name.lower() for d in summary.directions],
-        "best_value": best["mean"] if best else None, "best_configuration": best,
+        "best_value": best["mean"] if best else None, "best_configuration": best, "pareto_front": pareto,
         "created": datetime.fromtimestamp(created, UTC).isoformat() if created is not None else None,
     }
 
@@ -506,7 +508,7 @@ def print_list(storage: str | None, as_json: bool = False) -> None:
         bound = "at most " if r["planned_upper_bound"] else ""
         created = datetime.fromisoformat(r["created"]).strftime("%Y-%m-%d %H:%M UTC") if r["created"] else "-"
         table.add_row(r["study"], r["state"], f"{r['finished']}/{bound}{r['planned']}", ", ".join(r["directions"]),
-                      _best_text(r["best_configuration"]), created)
+                      _best_text(r["best_configuration"], r["pareto_front"]), created)
     console.print(table)
     for r in records:  # what to type, under the table (a cell would wrap it)
         if r["state"] == "stopped":
@@ -514,10 +516,13 @@ def print_list(storage: str | None, as_json: bool = False) -> None:
                           highlight=False, soft_wrap=True)
 
 
-def _best_text(best: dict[str, Any] | None) -> str:
+def _best_text(best: dict[str, Any] | None, pareto: int | None = None) -> str:
+    if pareto is not None:
+        return f"a Pareto front of {pareto} configuration{'s' if pareto != 1 else ''} (`hpsearch best`)"
     if best is None:
         return "-"
     runs = best["seed_runs"]
     flags = ", ".join(f"{runs[k]} {k}" for k in ("pruned", "failed") if runs[k])
+    infeasible = "" if best.get("feasible", True) else "; breaks a constraint, as every configuration does"
     return (f"{best['mean']:.4f} ({best['seeds']} seed{'s' if best['seeds'] != 1 else ''}"
-            + (f"; {flags}: none clean" if flags else "") + ")")
+            + (f"; {flags}: none clean" if flags else "") + infeasible + ")")

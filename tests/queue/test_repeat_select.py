@@ -160,5 +160,12 @@ def test_top_repeats_what_best_ranks_first(journal_url: str, goals: str) -> None
     best = json.loads(run_cli("best", name, "--storage", journal_url, "--json", check=True).stdout)
     ranked = [c["config_id"] for c in best["configurations"]][:top]
     assert ranked == ([cids[1]] if goals == "constrained" else [cids[0], cids[1], cids[3]])
+    (listed,) = [r for r in json.loads(run_cli("list", "--storage", journal_url, "--json", check=True).stdout)
+                 if r["study"] == name]  # `list` ranks as best does too
+    if goals == "constrained":
+        assert listed["best_configuration"]["config_id"] == cids[1] and listed["best_value"] == 0.90
+    else:
+        assert listed["pareto_front"] == 3 and listed["best_configuration"] is None
+        assert "a Pareto front of 3 configurations" in run_cli("list", "--storage", journal_url, check=True).stdout
     run_cli("repeat", name, "--storage", journal_url, "--top", str(top), "--seeds", "1", check=True)
     assert sorted(_repeats(name, journal_url)) == sorted(ranked)
