@@ -22,7 +22,10 @@ demo: $(STAMP)
 # PostgreSQL cluster, may then be set up in both). Measured here: 13m36s and 16m29s against 15m18s
 # and 16m45s by file (these machines are noisy); 19m41s on 2026-12-02 with ~60 more end-to-end tests
 # (over the 15-minute target: trim from the slowest); 22m05s on 2026-12-03 with 872 tests (still over:
-# the suite is CPU-bound, load ~10 on 2 cores, mostly worker processes importing torch and training).
+# the suite is CPU-bound, load ~10 on 2 cores, mostly worker processes importing torch and training);
+# 16m59s on 2026-12-03 evening with 958 tests from a clean clone (.ci/run): 1,690 s of CPU, so two
+# cores cannot go below ~14 min; a worker's start is ~4 s of CPU, 1.3 s of it torch._dynamo, which
+# torch.optim imports on an optimizer's first use.
 # The slowest tests are listed at the end of each run.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=25 $(PYTEST_ARGS)
