@@ -46,6 +46,11 @@ def stored_spec(study: optuna.Study) -> StudySpec:
     return spec_from_dict(raw, source=f"study {study.study_name}", registries=False)
 
 
+def has_trials(study: optuna.Study) -> bool:
+    """Whether the study holds any trial, in any state (asked only on an error path: reads them all)."""
+    return bool(study.get_trials(deepcopy=False))
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Several trial attributes in one database statement (one round trip, not one per key)."""
     backends.of(trial.study).set_trial_user_attrs(trial, attrs)

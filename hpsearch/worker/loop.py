@@ -155,7 +155,7 @@ def _open(opts: Options) -> Worker:
     url = resolve_url(opts.storage)
     storage = open_storage(url, heartbeat=opts.heartbeat)
     study = study_mod.load(opts.study, storage)
-    spec = study_mod.stored_spec(study)
+    spec = _spec_once_created(study, None if opts.quiet else _say)
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
     # The sampler and pruner come from the spec, which comes from the study: they are attached to
     # the loaded study (Study keeps them as plain attributes) instead of loading it a second time.
@@ -170,6 +170,28 @@ def _open(opts: Options) -> Worker:
     w.share = share_mod.join(mask(url), opts.study, wid, n_gpus)
     _take_share(w)
     return w
+
+
+# A study is created in two steps (its row, then its spec with the first trials): a worker started
+# between them (an init container polling `status`, an array task beside create-study) waits.
+SPEC_WAIT = 30.0
+
+
+def _spec_once_created(study: optuna.Study, out: Any, wait: float = SPEC_WAIT) -> StudySpec:
+    """The study's spec; a study with neither a spec nor a trial yet is being created: wait for it."""
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return study_mod.stored_spec(study)
+        except HpsearchError:
+            if time.monotonic() > deadline or study_mod.has_trials(study):
+                raise  # a plain Optuna study, or one whose creation never finished
+            if not said and out is not None:
+                out(f"study {study.study_name!r} has no hpsearch spec yet (create-study still running?); "
+                    f"waiting up to {wait:g} s")
+                said = True
+            time.sleep(0.5)
 
 
 # ---------------------------------------------------------------- checks before claiming

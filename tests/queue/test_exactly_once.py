@@ -114,12 +114,18 @@ def test_interrupted_create_study_is_finished_not_taken_for_done(pg_url: str, tm
         wait_blocked(url)
         creator.send_signal(signal.SIGKILL)
         creator.wait()
+    # A worker started now (an init container that saw the study, an array task) finds a study with
+    # no spec and no trial: it is not "done", and the worker waits for the creation to finish.
     early = start_worker(name, url, "--heartbeat", "2", "--device", "cpu", log=tmp_path / "early.log")
-    early_code = early.wait(timeout=120)
-    early_out = (tmp_path / "early.log").read_text()  # a study with no spec yet is not "done"
-    assert early_code != 0 and "has no hpsearch spec" in early_out and "Traceback" not in early_out, early_out
+    deadline = time.monotonic() + 120
+    while "has no hpsearch spec yet" not in (tmp_path / "early.log").read_text():
+        assert early.poll() is None and time.monotonic() < deadline, (tmp_path / "early.log").read_text()
+        time.sleep(0.1)
     again = run_cli("create-study", str(spec), "--storage", url, timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
+    early_code = early.wait(timeout=120)
+    early_out = (tmp_path / "early.log").read_text()
+    assert early_code == 0 and "study done" in early_out and "Traceback" not in early_out, early_out
     _finish(name, url, tmp_path, "after.log")
     assert_exactly_once(_study(name, url), len(lrs))
 

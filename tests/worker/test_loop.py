@@ -70,3 +70,28 @@ def test_limits_are_checked_before_each_claim() -> None:
     assert loop._limit_reached(w) is None  # read a moment ago: not again for a few seconds
     assert control.stop_requested(study, poll=0)
     assert loop._limit_reached(w) == "the study was stopped (hpsearch stop); to go on: hpsearch resume s"
+
+
+def test_a_study_without_a_spec_is_waited_for_only_while_it_could_be_in_creation(tmp_path: Path) -> None:
+    # No spec and no trial: create-study may be between its two steps, so the worker waits (here
+    # 0.5 s) and then says what is wrong. A plain Optuna study with trials is refused at once.
+    import time
+
+    from hpsearch.errors import HpsearchError
+    from hpsearch.worker import loop
+
+    storage = open_storage(f"journal:{tmp_path / 'j.log'}", create=True)
+    empty = optuna.create_study(study_name="empty", storage=storage)
+    said: list[str] = []
+    t0 = time.monotonic()
+    with pytest.raises(HpsearchError, match="has no hpsearch spec"):
+        loop._spec_once_created(empty, said.append, wait=0.5)
+    assert time.monotonic() - t0 >= 0.5 and len(said) == 1 and "waiting up to 0.5 s" in said[0]
+
+    plain = optuna.create_study(study_name="plain", storage=storage)
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    said.clear()
+    t0 = time.monotonic()
+    with pytest.raises(HpsearchError, match="has no hpsearch spec"):
+        loop._spec_once_created(plain, said.append, wait=30)
+    assert time.monotonic() - t0 < 5 and said == []
