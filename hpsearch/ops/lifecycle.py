@@ -20,6 +20,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.queue import control
 from hpsearch.queue import study as study_mod
 from hpsearch.storage.optuna_internals import storage_of
+from hpsearch.storage.reconnect import reason
 
 log = logging.getLogger("hpsearch")
 
@@ -89,7 +90,7 @@ def remove_checkpoints(study: optuna.Study, url: str) -> int:
             pass
         except Exception as exc:  # noqa: BLE001 - a checkpoint left behind must not keep the study alive
             log.warning("checkpoint %s not removed (%s); the study is deleted all the same", artifact_id,
-                        _first_line(exc))
+                        reason(exc))
             return removed
     # Those no trial names: a worker killed between writing a checkpoint and naming it on its trial
     # (or before removing the one it replaced). Found by the study's creation tag in their names.
@@ -98,11 +99,8 @@ def remove_checkpoints(study: optuna.Study, url: str) -> int:
             removed += store.sweep()
         except Exception as exc:  # noqa: BLE001 - as above
             log.warning("checkpoints of study %r not swept (%s); the study is deleted all the same",
-                        study.study_name, _first_line(exc))
+                        study.study_name, reason(exc))
     if hasattr(store, "drop_if_empty"):  # a directory: the study's folder goes with its last checkpoint
         store.drop_if_empty()
     return removed
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

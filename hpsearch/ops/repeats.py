@@ -25,11 +25,10 @@ from hpsearch.report.objectives import Goals
 from hpsearch.report.stats import (
     ConfigSummary,
     best_per_group,
-    bounds_of,
     check_group_by,
     params_text,
+    rank,
     set_aside,
-    summarize,
 )
 from hpsearch.schema import SEED
 from hpsearch.spec.model import StudySpec
@@ -130,9 +129,7 @@ def _named(ranked: list[ConfigSummary], name: str, study_name: str) -> ConfigSum
 def _queue(study: optuna.Study, spec: StudySpec, sel: Selection, seeds: int) -> list[Queued]:
     trials = bulk.full_trials(study)
     check_group_by(sel.group_by, trials, spec.space)
-    # Ranked as best ranks them: feasible before infeasible (constraints), by Pareto front with several objectives.
-    goals = Goals.of(spec)
-    ranked = summarize(trials, goals.maximize[0], bounds=bounds_of(spec.metric), goals=goals)
+    ranked = rank(trials, Goals.of(spec))  # as best ranks: feasible first, by Pareto front with several objectives
     if not ranked:
         raise HpsearchError(f"study {study.study_name!r} has no complete trial yet: nothing to repeat")
     chosen = _select(ranked, sel, study.study_name)

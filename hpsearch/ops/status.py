@@ -450,7 +450,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
     create-study stored it (plain Optuna studies: their first trial's start)."""
     from hpsearch.report import front
     from hpsearch.report.export import METRICS
-    from hpsearch.report.stats import bounds_of, summarize
+    from hpsearch.report.stats import rank
 
     study = optuna.Study(study_name=summary.study_name, storage=storage)
     attrs = dict(summary.user_attrs)
@@ -467,7 +467,7 @@ def list_record(summary: Any, storage: Any) -> dict[str, Any]:
     _, finished, _, _, remaining, more_seeds = progress(trials, attrs, spec)
     stopped = control.stopped_in(attrs)
     best, pareto = None, None
-    rows = summarize(trials, goals.maximize[0], bounds=bounds_of(goals.metrics[0]), goals=goals) if goals else []
+    rows = rank(trials, goals) if goals is not None else []
     if rows and goals is not None and goals.multi:
         pareto = sum(1 for r in rows if r.rank == 1)
     elif rows:

@@ -15,7 +15,8 @@ import optuna
 from hpsearch import schema
 from hpsearch.errors import HpsearchError, StudyNotFound
 from hpsearch.queue import study as study_mod
-from hpsearch.report.stats import bounds_of, summarize
+from hpsearch.report import front
+from hpsearch.report.stats import rank
 from hpsearch.spec import warm
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk
@@ -41,11 +42,10 @@ def resolve(spec: StudySpec, storage: optuna.storages.BaseStorage, reuse: bool =
         raise HpsearchError(f"warm_start: study {ws['from']!r} has several objectives, so it has no single top "
                             f"{ws['top']}; warm start from a study of one objective")
     source_spec = study_mod.stored_spec(source) if schema.SPEC_ATTR in source.user_attrs else None
-    metric = source_spec.metric if source_spec is not None else "value"
+    goals = front.goals_of(source, source_spec)  # ranked as best ranks: a bound's breakers last
     trials = bulk.trials(source, keys=[schema.CONFIG_ID, schema.NAME, schema.SEED, schema.RETRY_OF,
-                                       schema.FAIL_REASON, schema.IS_REPEAT], with_params=True)
-    maximize = source.direction == optuna.study.StudyDirection.MAXIMIZE
-    rows = summarize(trials, maximize, bounds=bounds_of(metric))
+                                       schema.FAIL_REASON, schema.IS_REPEAT, *goals.keys()], with_params=True)
+    rows = rank(trials, goals)
     if not rows:
         raise HpsearchError(f"warm_start: study {ws['from']!r} has no complete trial to start from")
     chosen: list[dict[str, Any]] = []

@@ -201,7 +201,7 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     from hpsearch.errors import HpsearchError
     from hpsearch.report import front
     from hpsearch.report.export import METRICS
-    from hpsearch.report.stats import bounds_of, check_level, summarize
+    from hpsearch.report.stats import check_level, rank
     from hpsearch.storage import bulk
 
     check_level(level)
@@ -214,7 +214,7 @@ def best_data(study: optuna.Study, spec: Any, top: int, level: float = 0.9) -> d
     trials = bulk.trials(study, keys=keys, with_params=True) if spec is not None or not goals.multi else (
         study.get_trials(deepcopy=False))  # a plain Optuna study's objectives are in Optuna's table alone
     maximize, metric = goals.maximize[0], goals.metrics[0]
-    rows = summarize(trials, maximize, level, bounds_of(metric), goals)
+    rows = rank(trials, goals, level)
     order = list(spec.space) if spec is not None else []
     for r in rows:  # the spec's order on every row (the storage returns parameters in any order)
         r.params = in_order(r.params, order)

@@ -18,7 +18,7 @@ from hpsearch.report.curves import DEFAULT_MIN_GAIN, DEFAULT_WINDOW
 from hpsearch.report.export import PARAM_PREFIX, trials_frame
 from hpsearch.report.objectives import Goals, first_objective
 from hpsearch.report.render import Figure
-from hpsearch.report.stats import ConfigSummary, bounds_of, check_group_by, check_level, summarize
+from hpsearch.report.stats import ConfigSummary, check_group_by, check_level, rank
 from hpsearch.spec.model import StudySpec
 from hpsearch.storage import bulk
 from hpsearch.storage.backend import open_storage
@@ -69,7 +69,7 @@ class Snapshot:
     def __post_init__(self) -> None:
         self.goals = self.goals or Goals.of(self.spec, self.maximize)
         self.frame = trials_frame(self.trials, self.goals.metrics)
-        self.configs = summarize(self.trials, self.maximize, self.opts.level, bounds_of(self.metric), self.goals)
+        self.configs = rank(self.trials, self.goals, self.opts.level)
         if self.goals.multi:
             # Every view but the Pareto front reads one value per trial: the first objective's.
             self.trials = [first_objective(t) for t in self.trials]

@@ -132,6 +132,11 @@ class ConfigSummary:
                                    if self.settled_by else "")
 
 
+def rank(trials: Sequence[Any], goals: Goals, level: float = 0.9) -> list[ConfigSummary]:
+    """Configurations ranked as `best` ranks them: direction and bounds are the first objective's."""
+    return summarize(trials, goals.maximize[0], level, bounds_of(goals.metrics[0]), goals)
+
+
 def summarize(trials: Sequence[Any], maximize: bool, level: float = 0.9,
               bounds: tuple[float, float] | None = None, goals: Goals | None = None) -> list[ConfigSummary]:
     """Configurations with a complete seed, ranked: feasible before infeasible, clean before flagged,

@@ -87,7 +87,6 @@ class Worker:
     share: share_mod.Share | None = None  # this worker's registration on the machine: threads, GPU
     threads: int = 0  # torch threads now (re-read before each claim)
     threads_why: str = ""
-    here: list[str] = field(default_factory=list)  # this machine's live workers of the study
     lock: StudyLock | None = None
     reaper: Reaper | None = None
     summary: Summary = field(default_factory=Summary)
@@ -260,7 +259,6 @@ def _take_share(w: Worker) -> None:
     others that started or died since change it) and this machine's workers of the study."""
     assert w.share is not None
     peers = w.share.peers()
-    w.here = w.share.study_workers(peers)
     threads, why = w.share.threads(peers)
     if threads == w.threads:
         return

@@ -164,6 +164,14 @@ def test_top_repeats_what_best_ranks_first(journal_url: str, goals: str) -> None
                  if r["study"] == name]  # `list` ranks as best does too
     if goals == "constrained":
         assert listed["best_configuration"]["config_id"] == cids[1] and listed["best_value"] == 0.90
+        # ... and a warm start from it takes best's first, not the infeasible 0.97.
+        from hpsearch.ops import warm
+
+        new = parse_spec(tiny_spec(unique("warm"), sampler="random", budget=4, warm_start={"from": name, "top": 1}),
+                         "test")
+        resolved, _ = warm.resolve(new, open_storage(journal_url))
+        (chosen,) = resolved.warm_start["configs"]
+        assert space_mod.config_id(chosen["params"]) == cids[1]
     else:
         assert listed["pareto_front"] == 3 and listed["best_configuration"] is None
         assert "a Pareto front of 3 configurations" in run_cli("list", "--storage", journal_url, check=True).stdout

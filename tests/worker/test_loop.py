@@ -74,24 +74,21 @@ def test_limits_are_checked_before_each_claim() -> None:
 
 def test_a_study_without_a_spec_is_waited_for_only_while_it_could_be_in_creation(tmp_path: Path) -> None:
     # No spec and no trial: create-study may be between its two steps, so the worker waits (here
-    # 0.5 s) and then says what is wrong. A plain Optuna study with trials is refused at once.
-    import time
-
+    # 0.5 s, saying so once) and then says what is wrong. A plain Optuna study with trials is refused
+    # at once: the waiting line comes before the first pause, so none said means none waited.
     from hpsearch.errors import HpsearchError
     from hpsearch.worker import loop
 
     storage = open_storage(f"journal:{tmp_path / 'j.log'}", create=True)
     empty = optuna.create_study(study_name="empty", storage=storage)
     said: list[str] = []
-    t0 = time.monotonic()
     with pytest.raises(HpsearchError, match="has no hpsearch spec"):
         loop._spec_once_created(empty, said.append, wait=0.5)
-    assert time.monotonic() - t0 >= 0.5 and len(said) == 1 and "waiting up to 0.5 s" in said[0]
+    assert len(said) == 1 and "waiting up to 0.5 s" in said[0]
 
     plain = optuna.create_study(study_name="plain", storage=storage)
     plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     said.clear()
-    t0 = time.monotonic()
     with pytest.raises(HpsearchError, match="has no hpsearch spec"):
         loop._spec_once_created(plain, said.append, wait=30)
-    assert time.monotonic() - t0 < 5 and said == []
+    assert said == []
